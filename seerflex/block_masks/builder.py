@@ -1,0 +1,59 @@
+"""Kept-block decisions -> FlexAttention ``BlockMask``, with no S x S tensor anywhere.
+
+Tiles strictly below the diagonal whose keys are all real are *full* (the kernel skips
+``mask_mod``); the diagonal tile and tiles with padded keys are *partial*. Indices are built by
+stream compaction (cumsum + scatter, ascending, no sort). ``mask_mod`` encodes the whole selection
+too, because eager flex_attention ignores the block structure and evaluates only ``mask_mod``:
+with it, eager, CPU and compiled runs compute the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask
+
+from seerflex.block_masks.layout import BlockLayout
+
+
+def compact_indices(blocks: Tensor) -> tuple[Tensor, Tensor]:
+    """[..., n] bool -> (count [...] int32, indices [..., n] int32 with the True columns first)."""
+    n = blocks.shape[-1]
+    count = blocks.sum(-1, dtype=torch.int32)
+    target = torch.where(blocks, blocks.cumsum(-1) - 1, n)
+    columns = torch.arange(n, dtype=torch.int32, device=blocks.device).expand(blocks.shape)
+    out = torch.zeros(*blocks.shape[:-1], n + 1, dtype=torch.int32, device=blocks.device)
+    return count, out.scatter_(-1, target, columns)[..., :n].contiguous()
+
+
+def selection_mask_mod(kept: Tensor, layout: BlockLayout):
+    """mask_mod: causal, kept block, real key. Looks the decision up per (b, h, q-block, kv-block)."""
+    bs, valid = layout.block_size, layout.valid_tokens
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        ok = (kv_idx <= q_idx) & kept[b, h, q_idx // bs, kv_idx // bs]
+        return ok if valid is None else ok & valid[b, kv_idx]
+
+    return mask_mod
+
+
+def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: bool = False) -> BlockMask:
+    """BlockMask for causal attention restricted to ``kept`` [B, H, n, n] (H = query heads).
+
+    ``compute_q_blocks`` builds the transposed index only backward passes need.
+    """
+    n = layout.num_blocks
+    if kept.dim() != 4 or kept.shape[-2:] != (n, n) or kept.dtype != torch.bool:
+        raise ValueError(f"kept must be a bool tensor [B, H, {n}, {n}], got {kept.dtype} {tuple(kept.shape)}")
+    partial = torch.eye(n, dtype=torch.bool, device=kept.device)[None, None]
+    if layout.partial_blocks is not None:
+        partial = partial | layout.partial_blocks[:, None, None, :]
+    kv_num, kv_idx = compact_indices(kept & partial)
+    full_num, full_idx = compact_indices(kept & ~partial)
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx,
+        BLOCK_SIZE=(layout.block_size, layout.block_size),
+        mask_mod=selection_mask_mod(kept, layout),
+        seq_lengths=(layout.seq_len, layout.seq_len),
+        compute_q_blocks=compute_q_blocks,
+    )

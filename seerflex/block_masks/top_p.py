@@ -1,0 +1,31 @@
+"""Top-p policy: the smallest set of blocks whose gate probability reaches p.
+
+Blocks are taken in priority order (always-on blocks first, then by gate score), so the mass of
+the always-on blocks counts towards p; the cumulative-mass rule of XAttention/FlexPrefill, driven
+by the learned gate instead of a heuristic estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from seerflex.block_masks.policy import PerHead, Policy, check_range, softmax_probs
+
+
+@dataclass(frozen=True)
+class TopP(Policy):
+    p: PerHead = 0.9
+
+    name = "topp"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "p", self.p, 0.0, 1.0)
+
+    def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
+        sorted_probs = softmax_probs(scores).gather(-1, order)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        p = self.per_head(self.p, scores[..., 0])[..., None]
+        return (mass_before < p).sum(-1).float()

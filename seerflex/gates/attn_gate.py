@@ -1,0 +1,94 @@
+"""AttnGate: scores every (query-block, key-block) pair from pooled, projected Q and K.
+
+Data path: pre-RoPE Q [B, Hq, S, D] and K [B, Hkv, S, D] -> block pooling -> per-head projections
+(K repeated from KV heads to query heads first, as in the original) -> RoPE at block starts ->
+q_blk . k_blk^T / sqrt(hidden) -> block-causal logits [B, Hq, nq, nk] in float32, with -inf where
+a key block may not be chosen (above the diagonal, or padding only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from seerflex.block_masks.layout import BlockLayout
+from seerflex.gates.gate_type import GateType
+from seerflex.gates.pooling import block_pool
+from seerflex.gates.rope import RopeSpec, apply_rope
+
+
+class AttnGate(nn.Module):
+    """Trainable block scorer for one attention layer (bias-free per-head linear maps)."""
+
+    def __init__(
+        self,
+        gate_type: str | GateType,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        block_size: int = 64,
+        hidden_size: int = 128,
+        rope: RopeSpec | None = None,
+        project_q: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if hidden_size % 2:
+            raise ValueError(f"gate hidden_size must be even for RoPE, got {hidden_size}")
+        self.gate_type = gate_type if isinstance(gate_type, GateType) else GateType.parse(gate_type)
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.block_size, self.hidden_size = block_size, hidden_size
+        self.rope = rope if rope is not None else RopeSpec()
+        if project_q is None:  # the original skips Q's map when it could only be a square matrix
+            project_q = len(self.gate_type.q_pools) > 1 or hidden_size != head_dim
+        elif not project_q and len(self.gate_type.q_pools) * head_dim != hidden_size:
+            raise ValueError("an unprojected Q needs hidden_size == head_dim * number of Q poolings")
+        q_in, k_in = (len(p) * head_dim for p in (self.gate_type.q_pools, self.gate_type.k_pools))
+        self.q_weight = nn.Parameter(torch.empty(num_heads, q_in, hidden_size)) if project_q else None
+        self.k_weight = nn.Parameter(torch.empty(num_heads, k_in, hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02), the original's initialisation."""
+        for w in (self.q_weight, self.k_weight):
+            if w is not None:
+                nn.init.normal_(w, std=0.02)
+
+    def forward(self, q: Tensor, k: Tensor, layout: BlockLayout | None = None) -> Tensor:
+        """Block logits [B, Hq, nq, nk] (float32) for pre-RoPE ``q`` [B,Hq,S,D] and ``k`` [B,Hkv,S,D]."""
+        self._check(q, k)
+        if layout is None:
+            layout = BlockLayout(q.shape[2], self.block_size)
+        elif layout.block_size != self.block_size or layout.seq_len != q.shape[2]:
+            raise ValueError("layout does not match the gate's block size or the sequence length")
+        dtype = self.k_weight.dtype
+        qb = block_pool(q, self.gate_type.q_pools, self.block_size, layout.valid_tokens).to(dtype)
+        kb = block_pool(k, self.gate_type.k_pools, self.block_size, layout.valid_tokens).to(dtype)
+        kb = kb.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        if self.q_weight is not None:
+            qb = torch.einsum("bhnd,hde->bhne", qb, self.q_weight)
+        kb = torch.einsum("bhnd,hde->bhne", kb, self.k_weight)
+        n = layout.num_blocks
+        starts = torch.arange(n, device=q.device) * self.block_size
+        cos, sin = self.rope.cos_sin(starts, self.hidden_size, dtype)
+        qb, kb = apply_rope(qb, cos, sin), apply_rope(kb, cos, sin)
+        logits = (qb @ kb.transpose(-1, -2)).float() * self.hidden_size**-0.5
+        return logits.masked_fill(~layout.selectable_blocks(q.device), float("-inf"))
+
+    def _check(self, q: Tensor, k: Tensor) -> None:
+        if q.dim() != 4 or k.dim() != 4:
+            raise ValueError(f"gate expects q [B, Hq, S, D] and k [B, Hkv, S, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+        expected_q = (self.num_heads, q.shape[2], self.head_dim)
+        if tuple(q.shape[1:]) != expected_q or tuple(k.shape[1:]) != (self.num_kv_heads, q.shape[2], self.head_dim) \
+                or k.shape[0] != q.shape[0]:
+            raise ValueError(
+                f"gate built for {self.num_heads} query / {self.num_kv_heads} KV heads of size {self.head_dim} "
+                f"got q {tuple(q.shape)} and k {tuple(k.shape)} (expected [B, H, S, D], same B and S)"
+            )
+
+    def extra_repr(self) -> str:
+        return (f"{self.gate_type.name}, heads={self.num_heads}/{self.num_kv_heads}, head_dim={self.head_dim}, "
+                f"block_size={self.block_size}, hidden={self.hidden_size}, rope={self.rope.rope_type}")
+
