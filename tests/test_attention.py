@@ -1,0 +1,117 @@
+"""SeerFlexAttention against a float64 dense reference that uses the same block decisions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference import dense_attention_f64, relative_error, token_mask
+from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, Threshold, TopK, TopP
+
+
+def make_inputs(b: int, hq: int, hkv: int, s: int, d: int, dtype=torch.float32):
+    q, k, v = (torch.randn(b, h, s, d, dtype=dtype) for h in (hq, hkv, hkv))
+    return q, k, v
+
+
+def padding_mask(b: int, s: int, side: str) -> torch.Tensor | None:
+    if side == "none":
+        return None
+    mask = torch.ones(b, s, dtype=torch.long)
+    cut = torch.randint(1, s // 2, (1,)).item()
+    if side == "left":
+        mask[-1, :cut] = 0
+    else:
+        mask[-1, s - cut:] = 0
+    return mask
+
+
+def kept_blocks(layer: SeerFlexAttention, q, k, mask) -> torch.Tensor:
+    layout = BlockLayout.from_attention_mask(mask, q.shape[2], layer.config.block_size)
+    return layer.policy.select(layer.gate(q, k, layout), layout).kept
+
+
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize(("s", "d", "pad"), [(257, 64, "none"), (200, 128, "left"), (321, 64, "right")])
+def test_sparse_output_matches_f64_reference(density, s, d, pad):
+    cfg = SeerFlexConfig(policy=TopK(density=density), dense_below=0, block_size=32 if d == 64 else 64)
+    layer = SeerFlexAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=d)
+    q, k, v = make_inputs(2, 8, 2, s, d)
+    mask = padding_mask(2, s, pad)
+    out, stats = layer(q, k, v, attention_mask=mask, return_stats=True)
+    kept = kept_blocks(layer, q, k, mask)
+    ref = dense_attention_f64(q, k, v, token_mask(kept, s, cfg.block_size, mask))
+    rows = None if mask is None else mask.double()
+    assert relative_error(out, ref, rows) < 1e-5
+    if density == 1.0:  # all of the causal triangle: plain causal attention
+        plain = dense_attention_f64(q, k, v, token_mask(None, s, cfg.block_size, mask))
+        assert relative_error(out, plain, rows) < 1e-5
+        assert stats.mean_density == 1.0
+    if density == 0.0:  # only forced blocks: diagonal, one sink, two local -> at most 4 per row
+        assert int(kept.sum(-1).max()) <= 4
+    assert torch.isfinite(out).all()
+
+
+def test_density_tracks_request_on_long_rows():
+    cfg = SeerFlexConfig(policy=TopK(density=0.25, sink=0, local=0), dense_below=0, block_size=32)
+    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=4, head_dim=64)
+    q, k, v = make_inputs(1, 4, 4, 32 * 64, 64)
+    _, stats = layer(q, k, v, return_stats=True)
+    assert abs(stats.mean_density - 0.25) < 0.02
+
+
+@pytest.mark.parametrize("policy", [Threshold(0.02), TopP(0.8), TopK(k=3)])
+def test_every_policy_runs_sparse_and_exact(policy):
+    cfg = SeerFlexConfig(policy=policy, dense_below=0, block_size=32)
+    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=1, head_dim=64)
+    q, k, v = make_inputs(1, 4, 1, 300, 64)
+    out = layer(q, k, v)
+    kept = kept_blocks(layer, q, k, None)
+    assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, 300, 32, None))) < 1e-5
+
+
+def test_gate_sees_pre_rope_inputs_when_given():
+    cfg = SeerFlexConfig(policy=TopK(k=2, sink=0, local=0), dense_below=0, block_size=32)
+    layer = SeerFlexAttention(cfg, num_heads=2, num_kv_heads=2, head_dim=64)
+    q, k, v = make_inputs(1, 2, 2, 256, 64)
+    gq, gk = make_inputs(1, 2, 2, 256, 64)[:2]
+    out = layer(q, k, v, gate_q=gq, gate_k=gk)
+    kept = kept_blocks(layer, gq, gk, None)
+    assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, 256, 32, None))) < 1e-5
+
+
+@pytest.mark.parametrize("pad", ["none", "left"])
+def test_dense_paths_decode_short_prompt_and_disabled(pad):
+    cfg = SeerFlexConfig(dense_below=512)
+    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=64)
+    q, k, v = make_inputs(2, 4, 2, 100, 64)
+    mask = padding_mask(2, 100, pad)
+    rows = None if mask is None else mask.double()
+    full = dense_attention_f64(q, k, v, token_mask(None, 100, 64, mask))
+    assert relative_error(layer(q, k, v, attention_mask=mask), full, rows) < 1e-5  # short prompt
+    decode = layer(q[:, :, -1:], k, v, attention_mask=mask)  # one query over the cache
+    assert relative_error(decode, full[:, :, -1:]) < 1e-5
+    layer.config.dense_below, layer.enabled = 0, False
+    assert relative_error(layer(q, k, v, attention_mask=mask), full, rows) < 1e-5
+
+
+def test_left_padded_rows_are_finite_everywhere():
+    layer = SeerFlexAttention(SeerFlexConfig(dense_below=0, block_size=32), 4, 2, 64)
+    q, k, v = make_inputs(2, 4, 2, 160, 64)
+    mask = torch.ones(2, 160, dtype=torch.long)
+    mask[0, :100] = 0  # several whole blocks of padding
+    assert torch.isfinite(layer(q, k, v, attention_mask=mask)).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    layer = SeerFlexAttention(SeerFlexConfig(dense_below=0), 4, 2, 64)
+    q, k, v = make_inputs(1, 4, 2, 128, 64)
+    with pytest.raises(ValueError, match="query / 2 KV heads"):
+        layer(q[:, :3], k, v)
+    with pytest.raises(ValueError, match="mismatched"):
+        layer(q, k, v[:, :, :100])
+    with pytest.raises(ValueError, match="attention_mask"):
+        layer(q, k, v, attention_mask=torch.ones(1, 7))
+    q[0, 0, 5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        layer(q, k, v)

@@ -1,0 +1,71 @@
+"""BlockMask builder: indices, full/partial split, and agreement of eager and compiled flex."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from reference import dense_attention_f64, relative_error, token_mask
+from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, Threshold, TopK, TopP, build_block_mask
+from seerflex.block_masks import compact_indices
+
+
+def test_compact_indices_lists_true_columns_first_in_order():
+    blocks = torch.rand(3, 4, 9, 9) > 0.5
+    count, idx = compact_indices(blocks)
+    for row, c, i in zip(blocks.view(-1, 9), count.view(-1), idx.view(-1, 9)):
+        assert c == row.sum() and i[:c].tolist() == row.nonzero().flatten().tolist()
+    assert idx.dtype == count.dtype == torch.int32
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_block_mask_keeps_exactly_the_decisions_with_disjoint_full_and_partial(pad):
+    s, bs = 10 * 32 - 5, 32
+    mask = torch.ones(2, s, dtype=torch.long)
+    if pad:
+        mask[0, :45] = 0
+    layout = BlockLayout.from_attention_mask(mask, s, bs)
+    kept = torch.rand(2, 3, 10, 10) > 0.6
+    kept = (kept & layout.selectable_blocks(torch.device("cpu"))) | torch.eye(10, dtype=torch.bool)
+    bm = build_block_mask(kept, layout)
+    assert torch.equal(bm.to_dense().bool(), kept)
+    full = torch.zeros_like(kept)
+    for b, h, i in torch.cartesian_prod(torch.arange(2), torch.arange(3), torch.arange(10)).tolist():
+        partial_cols = bm.kv_indices[b, h, i, : bm.kv_num_blocks[b, h, i]].tolist()
+        full_cols = bm.full_kv_indices[b, h, i, : bm.full_kv_num_blocks[b, h, i]].tolist()
+        assert not set(partial_cols) & set(full_cols)
+        assert i in partial_cols  # the causal diagonal tile always needs mask_mod
+        if pad and b == 0:
+            assert 1 not in full_cols  # block 1 mixes padding and real tokens
+        full[b, h, i, full_cols] = True
+    assert not full.diagonal(dim1=-2, dim2=-1).any()
+    assert bm.q_num_blocks is None and build_block_mask(kept, layout, compute_q_blocks=True).q_num_blocks is not None
+
+
+def test_bad_decisions_are_rejected():
+    layout = BlockLayout(128, 64)
+    with pytest.raises(ValueError, match="bool tensor"):
+        build_block_mask(torch.ones(1, 1, 2, 2), layout)
+    with pytest.raises(ValueError, match="bool tensor"):
+        build_block_mask(torch.ones(1, 1, 3, 3, dtype=torch.bool), layout)
+
+
+def test_compiled_flex_equals_reference_and_policy_swaps_do_not_recompile():
+    """One compiled CPU run: exact vs reference, across lengths and policies, with a bounded compile count."""
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    layer = SeerFlexAttention(SeerFlexConfig(dense_below=0, block_size=32, compile=True), 4, 2, 64)
+    compiles = []
+    for s, policy in [(256, TopK(density=0.3)), (320, TopK(density=0.3)), (384, Threshold(0.05)),
+                      (448, TopP(0.5)), (384, TopK(k=2))]:
+        layer.policy = policy
+        q, k, v = (torch.randn(1, h, s, 64) for h in (4, 2, 2))
+        out = layer(q, k, v)
+        layout = BlockLayout(s, 32)
+        kept = policy.select(layer.gate(q, k, layout), layout).kept
+        assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, s, 32, None))) < 1e-5
+        compiles.append(counters["stats"]["unique_graphs"])
+    # first length compiles, the second triggers the one dynamic-shape recompile, then nothing more
+    assert compiles[-1] == compiles[1] <= 2

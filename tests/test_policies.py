@@ -1,0 +1,133 @@
+"""Policy semantics: exact k, threshold, top-p, forced blocks, bounds, overrides, serialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seerflex import BlockLayout, SeerFlexConfig, Threshold, TopK, TopP
+from seerflex.block_masks import policy_from_dict
+
+
+def random_scores(b=2, h=3, n=12):
+    layout = BlockLayout(n * 64, 64)
+    scores = torch.randn(b, h, n, n).masked_fill(~layout.selectable_blocks(torch.device("cpu")), float("-inf"))
+    return scores, layout
+
+
+def forced_of(policy, layout, shape):
+    n = layout.num_blocks
+    return (policy.forced_blocks(layout, torch.device("cpu")) & layout.selectable_blocks(torch.device("cpu"))
+            | torch.eye(n, dtype=torch.bool)).expand(shape)
+
+
+def test_exact_k_keeps_forced_then_best_scores():
+    scores, layout = random_scores()
+    policy = TopK(k=5, sink=1, local=1)
+    kept = policy.select(scores, layout).kept
+    n_avail = torch.arange(1, 13)
+    assert torch.equal(kept.sum(-1), torch.minimum(n_avail, torch.tensor(5)).expand(2, 3, 12))
+    forced = forced_of(policy, layout, kept.shape)
+    assert not (forced & ~kept).any()
+    # among the non-forced blocks, every kept one scores at least as high as every dropped one
+    free = scores.masked_fill(forced, float("nan"))
+    lowest_kept = free.masked_fill(~kept | forced, float("inf")).amin(-1)
+    highest_dropped = free.masked_fill(kept | forced | scores.isinf(), float("-inf")).amax(-1)
+    assert (lowest_kept >= highest_dropped).all()
+
+
+def test_density_zero_keeps_only_forced_blocks():
+    scores, layout = random_scores()
+    policy = TopK(density=0.0, sink=2, local=3)
+    kept = policy.select(scores, layout).kept
+    assert torch.equal(kept, forced_of(policy, layout, kept.shape))
+
+
+def test_uniform_nz_ratio_form_matches_original_rule():
+    scores, layout = random_scores(n=16)
+    kept = TopK.original(0.3).select(scores, layout).kept
+    k = int((1 - (1 - 0.3) ** 0.5) * 16)
+    rows = kept.sum(-1)
+    expected = torch.clamp(torch.arange(1, 17), max=k).clamp(min=1)
+    expected[-2:] = torch.tensor([15, 16])
+    assert torch.equal(rows[0, 0], expected)
+
+
+def test_threshold_keeps_exactly_the_blocks_above_it():
+    scores, layout = random_scores()
+    t = 0.08
+    kept = Threshold(t, sink=0, local=0, min_blocks=0).select(scores, layout).kept
+    probs = scores.softmax(-1)
+    diag = torch.eye(12, dtype=torch.bool)
+    assert torch.equal(kept, (probs > t) | diag)
+
+
+def test_top_p_is_the_smallest_prefix_reaching_p():
+    scores, layout = random_scores()
+    p = 0.7
+    kept = TopP(p, sink=0, local=0, min_blocks=0).select(scores, layout).kept
+    probs = scores.softmax(-1)
+    diag = torch.eye(12, dtype=torch.bool).expand_as(kept)
+    mass = (probs * kept).sum(-1)
+    assert (mass >= p - 1e-6).all()
+    # dropping the least probable non-diagonal kept block would fall below p
+    smallest = (probs.masked_fill(~kept | diag, float("inf"))).amin(-1)
+    removable = torch.isfinite(smallest)
+    assert ((mass - smallest)[removable] < p + 1e-6).all()
+
+
+@pytest.mark.parametrize("policy", [TopK(density=0.0), Threshold(1.0), TopP(0.0)])
+def test_no_row_is_ever_empty_and_min_max_bounds_hold(policy):
+    scores, layout = random_scores()
+    kept = policy.select(scores, layout).kept
+    assert (kept.sum(-1) >= 1).all()
+
+
+def test_min_and_max_blocks_bound_every_row():
+    scores, layout = random_scores()
+    rows = TopK(k=9, sink=0, local=0, max_blocks=4).select(scores, layout).kept.sum(-1)
+    assert int(rows.max()) == 4
+    rows = Threshold(1.0, sink=0, local=0, min_blocks=5).select(scores, layout).kept.sum(-1)
+    assert torch.equal(rows[0, 0], torch.clamp(torch.arange(1, 13), max=5))
+
+
+def test_left_padding_moves_the_sink_to_the_first_real_block():
+    mask = torch.ones(2, 8 * 64, dtype=torch.long)
+    mask[1, : 3 * 64 + 10] = 0  # sequence 1 starts inside block 3
+    layout = BlockLayout.from_attention_mask(mask, 8 * 64, 64)
+    scores = torch.randn(2, 1, 8, 8)
+    kept = TopK(density=0.0, sink=1, local=0).select(scores, layout).kept
+    assert kept[0, 0, 7, 0] and not kept[1, 0, 7, 0] and kept[1, 0, 7, 3]
+    # padding-only blocks are never chosen; their own rows keep just the diagonal
+    assert torch.equal(kept[1, 0, :, :3], torch.eye(8, 3, dtype=torch.bool))
+
+
+def test_per_head_parameters():
+    scores, layout = random_scores(h=3)
+    kept = TopK(k=[1, 4, 8], sink=0, local=0).select(scores, layout).kept
+    assert kept[:, :, -1].sum(-1).tolist() == [[1, 4, 8]] * 2
+    with pytest.raises(ValueError, match="3 heads"):
+        TopK(k=[1, 2], sink=0, local=0).select(scores, layout)
+
+
+def test_per_layer_policy_and_json_round_trip():
+    cfg = SeerFlexConfig(policy=TopP(0.9), layer_policies={3: Threshold([1e-3, 2e-3])}, block_size=32)
+    again = SeerFlexConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert again.policy_for(3) == Threshold((1e-3, 2e-3)) and again.policy_for(0) == TopP(0.9)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: TopK(), "exactly one"),
+    (lambda: TopK(density=1.5), "density"),
+    (lambda: Threshold(-1), "threshold"),
+    (lambda: TopP(float("nan")), "p must"),
+    (lambda: TopK(k=2, sink=-1), "sink"),
+    (lambda: policy_from_dict({"type": "bottomk"}), "unknown policy"),
+    (lambda: SeerFlexConfig(block_size=48), "block_size"),
+    (lambda: SeerFlexConfig(gate_type="Qavg_Kmedian"), "unknown gate type"),
+    (lambda: SeerFlexConfig.from_dict({"gate": 1}), "unknown SeerFlexConfig"),
+])
+def test_bad_policies_and_configs_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
