@@ -6,7 +6,9 @@ import importlib
 import sys
 
 # command -> "module:function"; the function takes the remaining argv and returns an exit code.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "bench": "seerflex.recipes.bench:main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

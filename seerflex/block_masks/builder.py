@@ -29,16 +29,18 @@ def compact_indices(blocks: Tensor) -> tuple[Tensor, Tensor]:
 def selection_mask_mod(kept: Tensor, layout: BlockLayout):
     """mask_mod: causal, kept block, real key. Looks the decision up per (b, h, q-block, kv-block)."""
     bs, valid = layout.block_size, layout.valid_tokens
+    one_batch, one_head = kept.shape[0] == 1, kept.shape[1] == 1  # broadcast masks: index 0
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        ok = (kv_idx <= q_idx) & kept[b, h, q_idx // bs, kv_idx // bs]
+        ok = (kv_idx <= q_idx) & kept[0 if one_batch else b, 0 if one_head else h, q_idx // bs, kv_idx // bs]
         return ok if valid is None else ok & valid[b, kv_idx]
 
     return mask_mod
 
 
 def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: bool = False) -> BlockMask:
-    """BlockMask for causal attention restricted to ``kept`` [B, H, n, n] (H = query heads).
+    """BlockMask for causal attention restricted to ``kept`` [B, H, n, n] (B, H may be 1 to broadcast;
+    otherwise H = query heads: GPU kernels map heads by modulo, not by GQA group).
 
     ``compute_q_blocks`` builds the transposed index only backward passes need.
     """

@@ -1,0 +1,131 @@
+"""``seerflex bench kernel``: per-layer attention time, dense vs seerflex, with the overhead broken out.
+
+For each sequence length: SDPA dense causal, flex dense causal (128-token tiles, flex's best dense
+case), and seerflex at each density, split into gate, policy, BlockMask build and the sparse flex
+kernel, plus the whole layer call. Each seerflex output is checked on GPU against a float32 dense
+reference that uses the same block decisions (on a few slices of query rows, so 128k fits).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK, build_block_mask
+from seerflex.block_masks import SparsityStats
+from seerflex.flex import dense_attention, sparse_attention
+from seerflex.recipes.common import console, environment, print_table, write_json
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Median milliseconds (CUDA events via triton's do_bench; host clock on CPU)."""
+    if torch.cuda.is_available():
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    import time
+
+    fn()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[1]
+
+
+def reference_rows(q: Tensor, k: Tensor, v: Tensor, kept: Tensor, block_size: int, rows: slice) -> Tensor:
+    """float32 masked attention for query ``rows`` only: memory O(rows x S), not S x S."""
+    group = q.shape[1] // k.shape[1]
+    qs = q[:, :, rows].float()
+    kf, vf = (t.float().repeat_interleave(group, 1) for t in (k, v))
+    qpos = torch.arange(q.shape[2], device=q.device)[rows]
+    kpos = torch.arange(k.shape[2], device=q.device)
+    mask = (kpos[None] <= qpos[:, None])[None, None] & kept[:, :, qpos // block_size][..., kpos // block_size]
+    scores = (qs @ kf.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ vf
+
+
+def max_relative_error(out: Tensor, q: Tensor, k: Tensor, v: Tensor, kept: Tensor, block_size: int) -> float:
+    s, errs = q.shape[2], []
+    for start in (0, s // 2, s - 256):
+        rows = slice(start, start + 256)
+        ref = reference_rows(q, k, v, kept, block_size, rows)
+        errs.append(float((out[:, :, rows].float() - ref).norm() / ref.norm()))
+    return max(errs)
+
+
+def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
+    dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    q, k, v = (torch.randn(1, h, s, args.head_dim, device=dev, dtype=dtype)
+               for h in (args.heads, args.kv_heads, args.kv_heads))
+    rows: list[dict[str, Any]] = []
+    base = {"seq_len": s, "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
+            "dtype": args.dtype, "block_size": args.block_size}
+    sdpa_ms = timed(lambda: dense_attention(q, k, v))
+    rows.append(base | {"method": "sdpa dense", "density": 1.0, "total_ms": sdpa_ms})
+    dense_layout = BlockLayout(s, 128)
+    causal = dense_layout.selectable_blocks(dev)
+    dense_mask = build_block_mask(causal, dense_layout)
+    flex_ms = timed(lambda: sparse_attention(q, k, v, dense_mask, scale=None, compile=None))
+    rows.append(base | {"method": "flex dense", "density": 1.0, "total_ms": flex_ms})
+    for density in densities:
+        cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size, dense_below=0)
+        layer = SeerFlexAttention(cfg, args.heads, args.kv_heads, args.head_dim).to(dev, dtype)
+        layout = BlockLayout(s, args.block_size)
+        scores = layer.gate(q, k, layout)
+        kept = layer.policy.select(scores, layout).kept
+        block_mask = build_block_mask(kept, layout)
+        torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
+        out = layer(q, k, v)
+        row = base | {
+            "method": "seerflex", "density": density,
+            "achieved_density": SparsityStats.of(kept, layout).mean_density,
+            "gate_ms": timed(lambda: layer.gate(q, k, layout)),
+            "policy_ms": timed(lambda: layer.policy.select(scores, layout).kept),
+            "build_ms": timed(lambda: build_block_mask(kept, layout)),
+            "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, scale=None, compile=None)),
+            "total_ms": timed(lambda: layer(q, k, v)),
+        }
+        if dev.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if args.check:
+            row["max_rel_err"] = max_relative_error(out, q, k, v, kept, args.block_size)
+        row["total_vs_density_x_sdpa"] = row["total_ms"] / (row["achieved_density"] * sdpa_ms)
+        row["overhead_vs_kernel"] = (row["gate_ms"] + row["policy_ms"] + row["build_ms"]) / row["kernel_ms"]
+        rows.append(row)
+        console.log(f"S={s} density={density}: {row['total_ms']:.3f} ms (sdpa {sdpa_ms:.3f})")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="seerflex bench kernel", description=__doc__)
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
+    p.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1, 0.05])
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the reference check")
+    p.add_argument("--out", default="benchmarks/results/bench_kernel.json")
+    args = p.parse_args(argv)
+    results: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for s in args.lengths:
+            try:
+                results += bench_length(s, args.densities, args)
+            except torch.OutOfMemoryError as err:
+                results.append({"seq_len": s, "error": f"out of memory: {err}"})
+                torch.cuda.empty_cache()
+            write_json(args.out, {"environment": environment(), "args": vars(args), "results": results})
+    cols = ["seq_len", "method", "density", "achieved_density", "gate_ms", "policy_ms", "build_ms", "kernel_ms",
+            "total_ms", "total_vs_density_x_sdpa", "max_rel_err"]
+    print_table(f"per-layer attention ({environment()['device']})", cols,
+                [[r.get(c, "") for c in cols] for r in results if "error" not in r])
+    console.print(f"saved {args.out}")
+    return 0
