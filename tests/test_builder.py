@@ -53,8 +53,10 @@ def test_bad_decisions_are_rejected():
 
 def test_compiled_flex_equals_reference_and_policy_swaps_do_not_recompile():
     """One compiled CPU run: exact vs reference, across lengths and policies, with a bounded compile count."""
-    torch._dynamo.reset()
     from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
 
     layer = SeerFlexAttention(SeerFlexConfig(dense_below=0, block_size=32, compile=True), 4, 2, 64)
     compiles = []

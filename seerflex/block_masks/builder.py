@@ -47,11 +47,15 @@ def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: boo
     n = layout.num_blocks
     if kept.dim() != 4 or kept.shape[-2:] != (n, n) or kept.dtype != torch.bool:
         raise ValueError(f"kept must be a bool tensor [B, H, {n}, {n}], got {kept.dtype} {tuple(kept.shape)}")
-    partial = torch.eye(n, dtype=torch.bool, device=kept.device)[None, None]
-    if layout.partial_blocks is not None:
-        partial = partial | layout.partial_blocks[:, None, None, :]
-    kv_num, kv_idx = compact_indices(kept & partial)
-    full_num, full_idx = compact_indices(kept & ~partial)
+    diagonal = torch.eye(n, dtype=torch.bool, device=kept.device)
+    if layout.partial_blocks is None:  # without padding only the diagonal tile can be partial
+        kv_num = kept.diagonal(dim1=-2, dim2=-1).to(torch.int32)
+        kv_idx = torch.arange(n, dtype=torch.int32, device=kept.device)[:, None].expand(kept.shape).contiguous()
+        full_num, full_idx = compact_indices(kept & ~diagonal)
+    else:
+        partial = diagonal | layout.partial_blocks[:, None, None, :]
+        kv_num, kv_idx = compact_indices(kept & partial)
+        full_num, full_idx = compact_indices(kept & ~partial)
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx,
         BLOCK_SIZE=(layout.block_size, layout.block_size),

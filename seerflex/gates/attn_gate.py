@@ -48,6 +48,7 @@ class AttnGate(nn.Module):
         q_in, k_in = (len(p) * head_dim for p in (self.gate_type.q_pools, self.gate_type.k_pools))
         self.q_weight = nn.Parameter(torch.empty(num_heads, q_in, hidden_size)) if project_q else None
         self.k_weight = nn.Parameter(torch.empty(num_heads, k_in, hidden_size))
+        self._rope_tables: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -70,12 +71,18 @@ class AttnGate(nn.Module):
         if self.q_weight is not None:
             qb = torch.einsum("bhnd,hde->bhne", qb, self.q_weight)
         kb = torch.einsum("bhnd,hde->bhne", kb, self.k_weight)
-        n = layout.num_blocks
-        starts = torch.arange(n, device=q.device) * self.block_size
-        cos, sin = self.rope.cos_sin(starts, self.hidden_size, dtype)
+        cos, sin = self._cos_sin(layout.num_blocks, q.device, dtype)
         qb, kb = apply_rope(qb, cos, sin), apply_rope(kb, cos, sin)
         logits = (qb @ kb.transpose(-1, -2)).float() * self.hidden_size**-0.5
         return logits.masked_fill(~layout.selectable_blocks(q.device), float("-inf"))
+
+    def _cos_sin(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """RoPE tables at block starts, cached: no host-to-device copy per call."""
+        key = (n, device, dtype)
+        if key not in self._rope_tables:
+            starts = torch.arange(n, device=device) * self.block_size
+            self._rope_tables = {key: self.rope.cos_sin(starts, self.hidden_size, dtype)}
+        return self._rope_tables[key]
 
     def _check(self, q: Tensor, k: Tensor) -> None:
         if q.dim() != 4 or k.dim() != 4:
