@@ -49,7 +49,7 @@ class SeerFlexAttention(nn.Module):
             return (out, None) if return_stats else out
         layout = BlockLayout.from_attention_mask(attention_mask, sq, self.config.block_size)
         scores = self.gate(q if gate_q is None else gate_q, k if gate_k is None else gate_k, layout)
-        if torch.isnan(scores).any():
+        if self.config.check_finite and torch.isnan(scores).any():
             raise ValueError(f"gate of layer {self.layer_idx} produced NaN block scores: "
                              "check the inputs and the gate weights for non-finite values")
         kept = self.policy.select(scores, layout).kept

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seerflex.block_masks import Policy, TopK, policy_from_dict
+from seerflex.flex import COMPILE_MODES
 from seerflex.gates.gate_type import GateType
 
 BLOCK_SIZES = (32, 64, 128)
@@ -18,8 +19,9 @@ class SeerFlexConfig:
     """Gate architecture plus the default block policy (and per-layer overrides).
 
     ``dense_below``: prompts shorter than this many tokens run dense attention (the sparse path
-    only pays off on long prefills). ``compile``: compile flex_attention (None = on CUDA only;
-    eager flex is exact but slow, see FIELD_NOTES).
+    only pays off on long prefills). ``compile``: how flex_attention runs, one of
+    ``seerflex.flex.COMPILE_MODES`` ("auto" = compiled for all lengths on CUDA, eager on CPU).
+    ``check_finite``: raise on NaN gate scores (costs one host sync per layer).
     """
 
     gate_type: str = "Qavg_Kmaxminavg"
@@ -28,10 +30,13 @@ class SeerFlexConfig:
     policy: Policy = field(default_factory=lambda: TopK(density=0.1))
     layer_policies: dict[int, Policy] = field(default_factory=dict)
     dense_below: int = 1024
-    compile: bool | None = None
+    compile: str = "auto"
+    check_finite: bool = True
 
     def __post_init__(self) -> None:
         GateType.parse(self.gate_type)
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile!r}; choose one of {COMPILE_MODES}")
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {self.block_size}")
         if self.gate_hidden_size < 2 or self.gate_hidden_size % 2:

@@ -52,16 +52,15 @@ def test_bad_decisions_are_rejected():
 
 
 def test_compiled_flex_equals_reference_and_policy_swaps_do_not_recompile():
-    """One compiled CPU run: exact vs reference, across lengths and policies, with a bounded compile count."""
+    """Compiled CPU flex (static mode): exact vs reference; swapping policies never recompiles."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-
-    layer = SeerFlexAttention(SeerFlexConfig(dense_below=0, block_size=32, compile=True), 4, 2, 64)
+    layer = SeerFlexAttention(SeerFlexConfig(dense_below=0, block_size=32, compile="static"), 4, 2, 64)
     compiles = []
-    for s, policy in [(256, TopK(density=0.3)), (320, TopK(density=0.3)), (384, Threshold(0.05)),
-                      (448, TopP(0.5)), (384, TopK(k=2))]:
+    for s, policy in [(256, TopK(density=0.3)), (256, Threshold(0.05)), (256, TopP(0.5)), (256, TopK(k=2)),
+                      (320, TopK(density=0.3))]:
         layer.policy = policy
         q, k, v = (torch.randn(1, h, s, 64) for h in (4, 2, 2))
         out = layer(q, k, v)
@@ -69,5 +68,4 @@ def test_compiled_flex_equals_reference_and_policy_swaps_do_not_recompile():
         kept = policy.select(layer.gate(q, k, layout), layout).kept
         assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, s, 32, None))) < 1e-5
         compiles.append(counters["stats"]["unique_graphs"])
-    # first length compiles, the second triggers the one dynamic-shape recompile, then nothing more
-    assert compiles[-1] == compiles[1] <= 2
+    assert compiles == [1, 1, 1, 1, 2]  # static mode: one graph per sequence length, none per policy

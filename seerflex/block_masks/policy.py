@@ -24,17 +24,22 @@ PerHead = Union[float, Sequence[float]]
 
 @dataclass(frozen=True)
 class BlockSelection:
-    """Kept blocks as a priority ``order`` [B,H,nq,nk] (int64) and a per-row ``count`` [B,H,nq]."""
+    """Kept blocks: the first ``count`` [B,H,nq] entries of each row of ``order`` [B,H,nq,m].
+
+    ``order`` lists key blocks by priority; it may be cut to the m <= nk blocks a row can ever keep.
+    """
 
     order: Tensor
     count: Tensor
+    num_blocks: int
 
     @property
     def kept(self) -> Tensor:
         """[B, H, nq, nk] bool: block (i, j) is kept."""
         rank = torch.arange(self.order.shape[-1], device=self.order.device)
         in_prefix = rank < self.count[..., None]
-        return torch.zeros_like(in_prefix).scatter_(-1, self.order, in_prefix)
+        out = torch.zeros(*self.order.shape[:-1], self.num_blocks, dtype=torch.bool, device=self.order.device)
+        return out.scatter_(-1, self.order, in_prefix)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,15 +73,28 @@ class Policy:
         forced = (self.forced_blocks(layout, scores.device) & selectable) | diagonal
         scores = scores.float().masked_fill(~selectable, float("-inf"))
         priority = scores.masked_fill(forced, float("inf"))
-        order = priority.argsort(dim=-1, descending=True)
+        bound = self.max_row_count(n)  # a partial top-k is much cheaper than sorting whole rows
+        order = priority.topk(bound, dim=-1).indices if bound < n else priority.argsort(dim=-1, descending=True)
         n_forced = forced.sum(-1)
         n_available = (selectable | forced).sum(-1)
         count = self.row_counts(scores, order, forced, selectable).to(n_forced.dtype)
         count = count.clamp(min=self.min_blocks)
         if self.max_blocks is not None:
             count = count.clamp(max=self.max_blocks)
-        count = torch.maximum(count, n_forced).minimum(n_available)
-        return BlockSelection(order, count)
+        count = torch.maximum(count, n_forced).minimum(n_available).clamp(max=bound)
+        return BlockSelection(order, count, n)
+
+    def max_row_count(self, n: int) -> int:
+        """An upper bound on any row's count, from the parameters alone (no look at the data)."""
+        forced = 1 + self.local + self.sink
+        bound = max(self.count_bound(n), forced, self.min_blocks)
+        if self.max_blocks is not None:
+            bound = min(bound, max(self.max_blocks, forced))
+        return min(bound, n)
+
+    def count_bound(self, n: int) -> int:
+        """How many blocks the policy's own rule can ask for in a row of ``n`` blocks."""
+        return n
 
     def forced_blocks(self, layout: BlockLayout, device: torch.device) -> Tensor:
         """[B or 1, 1, n, n] bool: diagonal, ``local`` previous blocks and ``sink`` first real blocks.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from seerflex.block_masks.policy import PerHead, Policy, check_range, softmax_probs
@@ -22,6 +23,11 @@ class Threshold(Policy):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self, "threshold", self.threshold, 0.0, 1.0)
+
+    def count_bound(self, n: int) -> int:
+        """At most 1/t blocks can each hold more than t of a row's probability (plus forced ones)."""
+        t = float(min(torch.as_tensor(self.threshold, dtype=torch.float64).reshape(-1)))
+        return n if t <= 0 else min(n, 1 + self.sink + self.local + int(1 / t))
 
     def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
         t = self.per_head(self.threshold, scores[..., 0])[..., None]

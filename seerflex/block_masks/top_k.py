@@ -45,6 +45,14 @@ class TopK(Policy):
         """The original SeerAttention nz_ratio policy: uniform k, last two rows dense, nothing forced."""
         return cls(density=nz_ratio, uniform=True, dense_last_rows=2, sink=0, local=0)
 
+    def count_bound(self, n: int) -> int:
+        if self.dense_last_rows:
+            return n
+        if self.k is not None:
+            return int(max(torch.as_tensor(self.k, dtype=torch.float64).reshape(-1)))
+        d = float(max(torch.as_tensor(self.density, dtype=torch.float64).reshape(-1)))
+        return int((1 - math.sqrt(1 - d)) * n) if self.uniform else int(d * n + 0.5)
+
     def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
         n_selectable = selectable.sum(-1)
         n = scores.shape[-1]

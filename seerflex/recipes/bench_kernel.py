@@ -16,7 +16,7 @@ from torch import Tensor
 
 from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK, build_block_mask
 from seerflex.block_masks import SparsityStats
-from seerflex.flex import dense_attention, sparse_attention
+from seerflex.flex import COMPILE_MODES, dense_attention, sparse_attention
 from seerflex.recipes.common import console, environment, print_table, write_json
 
 
@@ -63,17 +63,18 @@ def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> li
     q, k, v = (torch.randn(1, h, s, args.head_dim, device=dev, dtype=dtype)
                for h in (args.heads, args.kv_heads, args.kv_heads))
     rows: list[dict[str, Any]] = []
-    base = {"seq_len": s, "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
+    base = {"seq_len": s, "compile": args.compile, "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
             "dtype": args.dtype, "block_size": args.block_size}
     sdpa_ms = timed(lambda: dense_attention(q, k, v))
     rows.append(base | {"method": "sdpa dense", "density": 1.0, "total_ms": sdpa_ms})
     dense_layout = BlockLayout(s, 128)
     causal = dense_layout.selectable_blocks(dev)
     dense_mask = build_block_mask(causal, dense_layout)
-    flex_ms = timed(lambda: sparse_attention(q, k, v, dense_mask, scale=None, compile=None))
+    flex_ms = timed(lambda: sparse_attention(q, k, v, dense_mask, compile=args.compile))
     rows.append(base | {"method": "flex dense", "density": 1.0, "total_ms": flex_ms})
     for density in densities:
-        cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size, dense_below=0)
+        cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size, dense_below=0,
+                             compile=args.compile)
         layer = SeerFlexAttention(cfg, args.heads, args.kv_heads, args.head_dim).to(dev, dtype)
         layout = BlockLayout(s, args.block_size)
         scores = layer.gate(q, k, layout)
@@ -87,7 +88,7 @@ def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> li
             "gate_ms": timed(lambda: layer.gate(q, k, layout)),
             "policy_ms": timed(lambda: layer.policy.select(scores, layout).kept),
             "build_ms": timed(lambda: build_block_mask(kept, layout)),
-            "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, scale=None, compile=None)),
+            "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, compile=args.compile)),
             "total_ms": timed(lambda: layer(q, k, v)),
         }
         if dev.type == "cuda":
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="flex compile mode")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the reference check")
     p.add_argument("--out", default="benchmarks/results/bench_kernel.json")
