@@ -20,7 +20,7 @@ def compact_indices(blocks: Tensor) -> tuple[Tensor, Tensor]:
     """[..., n] bool -> (count [...] int32, indices [..., n] int32 with the True columns first)."""
     n = blocks.shape[-1]
     count = blocks.sum(-1, dtype=torch.int32)
-    target = torch.where(blocks, blocks.cumsum(-1) - 1, n)
+    target = torch.where(blocks, blocks.cumsum(-1, dtype=torch.int32) - 1, n).long()
     columns = torch.arange(n, dtype=torch.int32, device=blocks.device).expand(blocks.shape)
     out = torch.zeros(*blocks.shape[:-1], n + 1, dtype=torch.int32, device=blocks.device)
     return count, out.scatter_(-1, target, columns)[..., :n].contiguous()

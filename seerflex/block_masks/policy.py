@@ -68,7 +68,8 @@ class Policy:
         n = layout.num_blocks
         if scores.dim() != 4 or scores.shape[-2:] != (n, n):
             raise ValueError(f"scores must be [B, H, {n}, {n}] for this layout, got {tuple(scores.shape)}")
-        selectable = layout.selectable_blocks(scores.device).expand_as(scores)
+        # masks stay [B or 1, 1, n, n] and broadcast: per-head copies would dominate the cost
+        selectable = layout.selectable_blocks(scores.device)
         diagonal = torch.eye(n, dtype=torch.bool, device=scores.device)
         forced = (self.forced_blocks(layout, scores.device) & selectable) | diagonal
         scores = scores.float().masked_fill(~selectable, float("-inf"))
@@ -81,7 +82,7 @@ class Policy:
         count = count.clamp(min=self.min_blocks)
         if self.max_blocks is not None:
             count = count.clamp(max=self.max_blocks)
-        count = torch.maximum(count, n_forced).minimum(n_available).clamp(max=bound)
+        count = torch.maximum(count, n_forced).minimum(n_available).clamp(max=bound).expand(scores.shape[:-1])
         return BlockSelection(order, count, n)
 
     def max_row_count(self, n: int) -> int:
@@ -109,7 +110,9 @@ class Policy:
         return (forced | sink).view(-1, 1, n, n)
 
     def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
-        """How many blocks each row keeps, forced ones included ([B, H, nq])."""
+        """How many blocks each row keeps, forced ones included ([B, H, nq] or broadcastable).
+
+        ``forced`` and ``selectable`` are [B or 1, 1, n, n] masks that broadcast against ``scores``."""
         raise NotImplementedError
 
     def per_head(self, value: PerHead, like: Tensor) -> Tensor:

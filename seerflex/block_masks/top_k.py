@@ -57,12 +57,12 @@ class TopK(Policy):
         n_selectable = selectable.sum(-1)
         n = scores.shape[-1]
         if self.k is not None:
-            count = self.per_head(self.k, n_selectable).floor().expand(n_selectable.shape)
+            count = self.per_head(self.k, scores[..., 0]).floor().expand(scores.shape[:-1])
         elif self.uniform:
-            nz = self.per_head(self.density, n_selectable)
-            count = ((1 - (1 - nz).sqrt()) * n).floor().expand(n_selectable.shape)
+            nz = self.per_head(self.density, scores[..., 0])
+            count = ((1 - (1 - nz).sqrt()) * n).floor().expand(scores.shape[:-1])
         else:
-            count = (self.per_head(self.density, n_selectable) * n_selectable + 0.5).floor()
+            count = (self.per_head(self.density, scores[..., 0]) * n_selectable + 0.5).floor()
         if self.dense_last_rows:
             last = torch.arange(n, device=scores.device) >= n - self.dense_last_rows
             count = torch.where(last, float(n), count)
