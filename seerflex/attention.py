@@ -14,13 +14,14 @@ from seerflex.block_masks import BlockLayout, Policy, SparsityStats, build_block
 from seerflex.config import SeerFlexConfig
 from seerflex.flex import dense_attention, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
+from seerflex.gates.baselines import BlockScorer
 
 
 class SeerFlexAttention(nn.Module):
     """Gate + policy + sparse flex attention for a layer with the given head layout.
 
     ``enabled = False`` turns the gate off (dense attention); ``policy`` may be reassigned at any
-    time without recompiling.
+    time without recompiling; ``scorer`` replaces the gate by a training-free baseline.
     """
 
     def __init__(self, config: SeerFlexConfig, num_heads: int, num_kv_heads: int, head_dim: int, *,
@@ -30,6 +31,7 @@ class SeerFlexAttention(nn.Module):
         self.gate = AttnGate(config.gate_type, num_heads, num_kv_heads, head_dim, block_size=config.block_size,
                              hidden_size=config.gate_hidden_size, rope=rope)
         self.policy: Policy = config.policy_for(layer_idx)
+        self.scorer: BlockScorer | None = None  # a training-free baseline in place of the gate
         self.enabled = True
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, gate_q: Tensor | None = None,
@@ -48,7 +50,8 @@ class SeerFlexAttention(nn.Module):
             out = dense_attention(q, k, v, attention_mask, scale=scale)
             return (out, None) if return_stats else out
         layout = BlockLayout.from_attention_mask(attention_mask, sq, self.config.block_size)
-        scores = self.gate(q if gate_q is None else gate_q, k if gate_k is None else gate_k, layout)
+        gate_q, gate_k = (q if gate_q is None else gate_q), (k if gate_k is None else gate_k)
+        scores = self.gate(gate_q, gate_k, layout) if self.scorer is None else self.scorer(gate_q, gate_k, q, k, layout)
         if self.config.check_finite and torch.isnan(scores).any():
             raise ValueError(f"gate of layer {self.layer_idx} produced NaN block scores: "
                              "check the inputs and the gate weights for non-finite values")
