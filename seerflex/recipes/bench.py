@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = {"kernel": "seerflex.recipes.bench_kernel"}
+BENCHMARKS = {"kernel": "seerflex.recipes.bench_kernel", "ttft": "seerflex.recipes.bench_ttft"}
 
 
 def main(argv: list[str]) -> int:

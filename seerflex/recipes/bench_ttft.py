@@ -1,0 +1,96 @@
+"""``seerflex bench ttft``: time to first token of a Llama-3.1-8B-shaped model, dense SDPA vs seerflex.
+
+Random bf16 weights (speed does not depend on their values; no download), one prompt, prefill
+with KV cache and only the last position's logits (a 128k x 128k-vocab logit tensor would not
+fit). Dense and every density are measured in the same process, one after another, on the same
+prompt. Peak GPU memory per run is recorded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from seerflex import SeerFlexConfig, TopK, get_seerflex_model
+from seerflex.flex import COMPILE_MODES
+from seerflex.recipes.common import console, environment, print_table, write_json
+
+LLAMA_3_1_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                     "original_max_position_embeddings": 8192})
+
+
+def random_llama(layers: int, device: str) -> torch.nn.Module:
+    """Llama-3.1-8B shape with N(0, 0.02) bf16 weights, built directly on the device."""
+    config = LlamaConfig(**(LLAMA_3_1_8B | {"num_hidden_layers": layers}))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16)
+    model = model.to_empty(device=device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
+        rope = type(model.model.rotary_emb)(config).to(device)  # meta init left inv_freq empty
+        model.model.rotary_emb = rope
+    return model.eval()
+
+
+def time_prefill(model: Any, ids: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Median seconds and peak GiB of one prefill (first-token logits only)."""
+    times = []
+    for i in range(repeats + 1):  # the first run compiles and is not counted
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        end.record()
+        torch.cuda.synchronize()
+        if i:
+            times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="seerflex bench ttft", description=__doc__)
+    p.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
+    p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
+    p.add_argument("--layers", type=int, default=32, help="fewer layers for a quick look")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES)
+    p.add_argument("--out", default="benchmarks/results/bench_ttft.json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        console.print("[red]bench ttft needs a CUDA GPU[/red]")
+        return 2
+    torch.manual_seed(0)
+    model = get_seerflex_model(random_llama(args.layers, "cuda"),
+                               SeerFlexConfig(policy=TopK(density=0.1), dense_below=0, compile=args.compile))
+    model.to(torch.bfloat16)
+    results: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        for s in args.lengths:
+            ids = torch.randint(0, LLAMA_3_1_8B["vocab_size"], (1, s), device="cuda")
+            try:
+                with model.disable_adapter():
+                    dense_s, dense_mem = time_prefill(model, ids, args.repeats)
+                results.append({"seq_len": s, "method": "sdpa dense", "ttft_s": dense_s, "peak_gb": dense_mem})
+                for d in args.densities:
+                    model.set_policy(TopK(density=d))
+                    t, mem = time_prefill(model, ids, args.repeats)
+                    results.append({"seq_len": s, "method": "seerflex", "density": d, "ttft_s": t, "peak_gb": mem,
+                                    "speedup_vs_dense": dense_s / t})
+                    console.log(f"S={s} density={d}: {t:.3f} s vs dense {dense_s:.3f} s")
+            except torch.OutOfMemoryError:
+                results.append({"seq_len": s, "error": "out of memory"})
+                torch.cuda.empty_cache()
+            write_json(args.out, {"environment": environment(), "args": vars(args), "results": results})
+    cols = ["seq_len", "method", "density", "ttft_s", "speedup_vs_dense", "peak_gb", "error"]
+    print_table(f"time to first token, Llama-3.1-8B shape ({environment()['device']})", cols,
+                [[r.get(c, "") for c in cols] for r in results])
+    return 0
