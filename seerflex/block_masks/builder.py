@@ -9,6 +9,9 @@ with it, eager, CPU and compiled runs compute the same function.
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Callable
+
 import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask
@@ -38,24 +41,38 @@ def selection_mask_mod(kept: Tensor, layout: BlockLayout):
     return mask_mod
 
 
+def block_indices(kept: Tensor, partial_keys: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(partial count, partial indices, full count, full indices) for ``from_kv_blocks``.
+
+    ``partial_keys`` [B, n] marks key blocks that mix padding and real tokens (None: no padding).
+    """
+    n = kept.shape[-1]
+    diagonal = torch.eye(n, dtype=torch.bool, device=kept.device)
+    if partial_keys is None:  # without padding only the diagonal tile can be partial
+        kv_num = kept.diagonal(dim1=-2, dim2=-1).to(torch.int32)
+        kv_idx = torch.arange(n, dtype=torch.int32, device=kept.device)[:, None].expand(kept.shape).contiguous()
+        return (kv_num, kv_idx, *compact_indices(kept & ~diagonal))
+    partial = diagonal | partial_keys[:, None, None, :]
+    return (*compact_indices(kept & partial), *compact_indices(kept & ~partial))
+
+
+@cache
+def _compiled_block_indices() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    return torch.compile(block_indices, dynamic=True)
+
+
 def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: bool = False) -> BlockMask:
     """BlockMask for causal attention restricted to ``kept`` [B, H, n, n] (B, H may be 1 to broadcast;
     otherwise H = query heads: GPU kernels map heads by modulo, not by GQA group).
 
-    ``compute_q_blocks`` builds the transposed index only backward passes need.
+    ``compute_q_blocks`` builds the transposed index only backward passes need. On CUDA the index
+    computation is compiled into one fused graph (0.055 vs 0.32 ms at 32k on H100).
     """
     n = layout.num_blocks
     if kept.dim() != 4 or kept.shape[-2:] != (n, n) or kept.dtype != torch.bool:
         raise ValueError(f"kept must be a bool tensor [B, H, {n}, {n}], got {kept.dtype} {tuple(kept.shape)}")
-    diagonal = torch.eye(n, dtype=torch.bool, device=kept.device)
-    if layout.partial_blocks is None:  # without padding only the diagonal tile can be partial
-        kv_num = kept.diagonal(dim1=-2, dim2=-1).to(torch.int32)
-        kv_idx = torch.arange(n, dtype=torch.int32, device=kept.device)[:, None].expand(kept.shape).contiguous()
-        full_num, full_idx = compact_indices(kept & ~diagonal)
-    else:
-        partial = diagonal | layout.partial_blocks[:, None, None, :]
-        kv_num, kv_idx = compact_indices(kept & partial)
-        full_num, full_idx = compact_indices(kept & ~partial)
+    indices = _compiled_block_indices() if kept.is_cuda else block_indices
+    kv_num, kv_idx, full_num, full_idx = indices(kept, layout.partial_blocks)
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx,
         BLOCK_SIZE=(layout.block_size, layout.block_size),
