@@ -8,6 +8,7 @@ import sys
 # command -> "module:function"; the function takes the remaining argv and returns an exit code.
 COMMANDS: dict[str, str] = {
     "bench": "seerflex.recipes.bench:main",
+    "convert": "seerflex.hf.original:convert_main",
 }
 
 

@@ -1,0 +1,188 @@
+"""Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors``, PEFT's names and layout.
+
+The config holds ``SeerFlexConfig.to_dict()`` plus the fields that tie the gates to a base model
+(``peft_type: "SEERFLEX"``, base model name and revision, layer count, head geometry, gated layers,
+whether Q is projected). The weights are the gate matrices only, under model-class independent keys
+``model.layers.{i}.self_attn.seerflex_gate.{q_weight,k_weight}``. Every check against the model
+runs on the config and the safetensors header before a tensor is read or a weight is touched.
+Loading never unpickles: safetensors here, ``torch.load(weights_only=True)`` for original gates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from seerflex.config import SeerFlexConfig
+from seerflex.gates.gate_type import GateType
+from seerflex.hf.families import ModelSpec
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ORIGINAL_CONFIG = "config.json"
+ORIGINAL_WEIGHTS = "attn_gate_weights.pth"
+PEFT_TYPE = "SEERFLEX"
+FORMAT_VERSION = 1
+GEOMETRY = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
+REQUIRED_META = (*GEOMETRY, "gated_layers", "project_q")
+OPTIONAL_META = ("peft_type", "format_version", "seerflex_version", "model_type", "base_model_name_or_path",
+                 "revision")
+
+
+def gate_key(layer_idx: int, param: str) -> str:
+    return f"model.layers.{layer_idx}.self_attn.seerflex_gate.{param}"
+
+
+def default_project_q(config: SeerFlexConfig, head_dim: int) -> bool:
+    """AttnGate's rule: Q is projected unless it could only be a square map of one pooling."""
+    return len(GateType.parse(config.gate_type).q_pools) > 1 or config.gate_hidden_size != head_dim
+
+
+def expected_shapes(config: SeerFlexConfig, meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape the config and geometry in ``meta`` call for."""
+    gate_type, d, h = GateType.parse(config.gate_type), meta["head_dim"], meta["num_attention_heads"]
+    shapes = {}
+    for i in meta["gated_layers"]:
+        if meta["project_q"]:
+            shapes[gate_key(i, "q_weight")] = (h, len(gate_type.q_pools) * d, config.gate_hidden_size)
+        shapes[gate_key(i, "k_weight")] = (h, len(gate_type.k_pools) * d, config.gate_hidden_size)
+    return shapes
+
+
+@dataclass
+class GateCheckpoint:
+    """Gates read from a folder or the hub: config, metadata, tensor shapes, and a deferred loader."""
+
+    source: str
+    config: SeerFlexConfig
+    meta: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    load: Callable[[], dict[str, Tensor]]
+
+    def check_fits(self, spec: ModelSpec) -> None:
+        """Raise one ValueError listing every way these gates do not fit the model (nothing is loaded)."""
+        problems = [f"{k}: gates {self.meta[k]}, model {getattr(spec, k)}" for k in GEOMETRY
+                    if self.meta[k] != getattr(spec, k)]
+        extra = sorted(set(self.meta["gated_layers"]) - set(spec.gated_layers))
+        if extra:
+            problems.append(f"gates for layers {extra}, which the model does not have or which use sliding-window "
+                            f"attention (gateable layers: {spec.gated_layers})")
+        if not problems:
+            problems = self.shape_problems()
+        if problems:
+            raise ValueError(f"gates from {self.source} do not fit this model:\n  - " + "\n  - ".join(problems))
+        if self.meta.get("model_type") not in (None, spec.model_type):
+            warnings.warn(f"gates from {self.source} were made for model_type '{self.meta['model_type']}', "
+                          f"loading them into '{spec.model_type}' (shapes match)", stacklevel=3)
+
+    def shape_problems(self) -> list[str]:
+        """How the stored tensors differ from what the checkpoint's own config and geometry call for."""
+        expected = expected_shapes(self.config, self.meta)
+        missing, unexpected = sorted(set(expected) - set(self.shapes)), sorted(set(self.shapes) - set(expected))
+        wrong = [f"{k} {self.shapes[k]} (expected {expected[k]})" for k in sorted(set(expected) & set(self.shapes))
+                 if tuple(self.shapes[k]) != expected[k]]
+        problems = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+                    for label, items in (("missing tensors", missing), ("unexpected tensors", unexpected),
+                                         ("wrong shapes", wrong)) if items]
+        q_width = len(GateType.parse(self.config.gate_type).q_pools) * self.meta["head_dim"]
+        if not self.meta["project_q"] and q_width != self.config.gate_hidden_size:
+            problems.append(f"Q is not projected, so gate_hidden_size ({self.config.gate_hidden_size}) must equal "
+                            f"head_dim x Q poolings ({q_width})")
+        return problems
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write in the seerflex adapter format (how ``seerflex convert`` writes imported gates)."""
+        write_adapter(directory, self.config, self.meta, self.load())
+
+
+def write_adapter(directory: str | os.PathLike, config: SeerFlexConfig, meta: dict[str, Any],
+                  tensors: dict[str, Tensor]) -> None:
+    """Write both files atomically (temp file + ``os.replace``): readers never see half a file."""
+    from seerflex import __version__
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    body = {k: meta.get(k) for k in (*REQUIRED_META, "model_type", "base_model_name_or_path", "revision")}
+    body |= {"peft_type": PEFT_TYPE, "format_version": FORMAT_VERSION, "seerflex_version": __version__}
+    body |= config.to_dict()
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic(out / ADAPTER_WEIGHTS, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    _atomic(out / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n"))
+
+
+def _atomic(path: Path, write: Callable[[str], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = None,
+                    token: str | bool | None = None) -> GateCheckpoint:
+    """Read seerflex adapter files, or original SeerAttention gates, from a folder or a hub repo."""
+    files = _resolve(str(path_or_id), revision, token)
+    if ADAPTER_CONFIG in files:
+        return _read_adapter(str(path_or_id), files[ADAPTER_CONFIG], files[ADAPTER_WEIGHTS])
+    from seerflex.hf.original import read_original
+
+    return read_original(str(path_or_id), files[ORIGINAL_CONFIG], files[ORIGINAL_WEIGHTS])
+
+
+def _read_adapter(source: str, config_path: Path, weights_path: Path) -> GateCheckpoint:
+    raw = json.loads(config_path.read_text())
+    if raw.get("peft_type") != PEFT_TYPE:
+        raise ValueError(f"{source}: {ADAPTER_CONFIG} has peft_type {raw.get('peft_type')!r}, not {PEFT_TYPE!r}; "
+                         "adapters of other PEFT methods load with peft.PeftModel.from_pretrained")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{source}: adapter format version {raw.get('format_version')!r} is not supported "
+                         f"(this seerflex reads version {FORMAT_VERSION})")
+    missing = [k for k in REQUIRED_META if k not in raw]
+    if missing:
+        raise ValueError(f"{source}: {ADAPTER_CONFIG} lacks {missing}")
+    meta = {k: raw.pop(k) for k in (*REQUIRED_META, *OPTIONAL_META) if k in raw}
+    config = SeerFlexConfig.from_dict(raw)
+    with safe_open(str(weights_path), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return GateCheckpoint(source, config, meta, shapes, lambda: load_file(str(weights_path)))
+
+
+def _resolve(path_or_id: str, revision: str | None, token: str | bool | None) -> dict[str, Path]:
+    """Name -> local path of whichever complete file pair the folder or hub repo holds."""
+    pairs = ((ADAPTER_CONFIG, ADAPTER_WEIGHTS), (ORIGINAL_CONFIG, ORIGINAL_WEIGHTS))
+    local = Path(path_or_id)
+    if local.is_dir():
+        for pair in pairs:
+            if all((local / name).is_file() for name in pair):
+                return {name: local / name for name in pair}
+        raise ValueError(f"{local} holds neither a seerflex adapter ({' + '.join(pairs[0])}) nor original "
+                         f"SeerAttention gates ({' + '.join(pairs[1])})")
+    if local.exists():
+        raise ValueError(f"{local} is a file; pass the folder that holds {ADAPTER_CONFIG}")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        for pair in pairs:
+            try:
+                first = Path(hf_hub_download(path_or_id, pair[0], revision=revision, token=token))
+            except EntryNotFoundError:
+                continue
+            return {pair[0]: first, pair[1]: Path(hf_hub_download(path_or_id, pair[1], revision=revision, token=token))}
+    except (OSError, ValueError, EntryNotFoundError) as err:  # offline, unknown repo or revision, missing file
+        raise OSError(f"'{path_or_id}' is not a local folder and could not be fetched from the Hugging Face Hub: "
+                      f"{err}") from None
+    raise ValueError(f"hub repo '{path_or_id}' holds neither {ADAPTER_CONFIG} nor "
+                     f"{ORIGINAL_CONFIG} + {ORIGINAL_WEIGHTS}")
