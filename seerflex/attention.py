@@ -7,6 +7,8 @@ dense path, where sparsity would not pay.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -36,13 +38,14 @@ class SeerFlexAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, gate_q: Tensor | None = None,
                 gate_k: Tensor | None = None, attention_mask: Tensor | None = None,
-                scale: float | None = None, return_stats: bool = False
-                ) -> Tensor | tuple[Tensor, SparsityStats | None]:
+                scale: float | None = None, score_mod: Callable[..., Tensor] | None = None,
+                return_stats: bool = False) -> Tensor | tuple[Tensor, SparsityStats | None]:
         """Attention output [B, Hq, Sq, Dv] for q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv].
 
         ``gate_q``/``gate_k``: the pre-RoPE Q/K the gate scores (default: ``q``/``k``).
         ``attention_mask``: [B, Skv], 1 = real token. With ``return_stats`` also returns the
-        achieved block density (None when the dense path ran).
+        achieved block density (None when the dense path ran). ``score_mod``: a flex score_mod for
+        the sparse path (e.g. Gemma-2 soft-capping); the dense path here does not apply it.
         """
         self._check(q, k, v)
         sq, skv = q.shape[2], k.shape[2]
@@ -57,7 +60,7 @@ class SeerFlexAttention(nn.Module):
                              "check the inputs and the gate weights for non-finite values")
         kept = self.policy.select(scores, layout).kept
         block_mask = build_block_mask(kept, layout, compute_q_blocks=torch.is_grad_enabled() and q.requires_grad)
-        out = sparse_attention(q, k, v, block_mask, scale=scale, compile=self.config.compile)
+        out = sparse_attention(q, k, v, block_mask, scale=scale, compile=self.config.compile, score_mod=score_mod)
         return (out, SparsityStats.of(kept, layout)) if return_stats else out
 
     def _check(self, q: Tensor, k: Tensor, v: Tensor) -> None:

@@ -27,8 +27,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from seerflex.attention import SeerFlexAttention
-from seerflex.block_masks import BlockLayout, SparsityStats, build_block_mask
-from seerflex.flex import sparse_attention
+from seerflex.block_masks import SparsityStats
 from seerflex.hf.capture import QKCapture
 
 NAME = "seerflex"
@@ -107,12 +106,10 @@ def seerflex_attention(module: nn.Module, query: Tensor, key: Tensor, value: Ten
                                sliding_window=sliding_window, softcap=softcap, **kwargs)
     gate_q, gate_k = state.capture.take(query, key)
     want_stats = state.runtime.stats is not None
-    if softcap is None:
-        result = layer(query, key, value, gate_q=gate_q, gate_k=gate_k, attention_mask=padding, scale=scaling,
-                       return_stats=want_stats)
-        out, stats = result if want_stats else (result, None)
-    else:
-        out, stats = softcapped_sparse_attention(layer, query, key, value, gate_q, gate_k, padding, scaling, softcap)
+    score_mod = None if softcap is None else softcap_score_mod(float(softcap), query.device)
+    result = layer(query, key, value, gate_q=gate_q, gate_k=gate_k, attention_mask=padding, scale=scaling,
+                   score_mod=score_mod, return_stats=want_stats)
+    out, stats = result if want_stats else (result, None)
     if want_stats:
         state.runtime.stats.append((state.layer_idx, stats))
     return out.transpose(1, 2).contiguous(), None
@@ -164,16 +161,3 @@ def softcap_score_mod(softcap: float, device: torch.device) -> Callable[..., Ten
         return torch.tanh(score / cap) * cap
 
     return score_mod
-
-
-def softcapped_sparse_attention(layer: SeerFlexAttention, query: Tensor, key: Tensor, value: Tensor, gate_q: Tensor,
-                                gate_k: Tensor, padding: Tensor | None, scaling: float | None, softcap: float
-                                ) -> tuple[Tensor, SparsityStats]:
-    """``SeerFlexAttention``'s sparse path with logit soft-capping as a flex ``score_mod``."""
-    layout = BlockLayout.from_attention_mask(padding, query.shape[2], layer.config.block_size)
-    scores = (layer.gate(gate_q, gate_k, layout) if layer.scorer is None
-              else layer.scorer(gate_q, gate_k, query, key, layout))
-    kept = layer.policy.select(scores, layout).kept
-    out = sparse_attention(query, key, value, build_block_mask(kept, layout), scale=scaling,
-                           compile=layer.config.compile, score_mod=softcap_score_mod(float(softcap), query.device))
-    return out, SparsityStats.of(kept, layout)
