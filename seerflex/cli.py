@@ -9,6 +9,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "bench": "seerflex.recipes.bench:main",
     "convert": "seerflex.hf.original:convert_main",
+    "distill": "seerflex.distill.recipe:main",
 }
 
 

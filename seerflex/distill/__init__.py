@@ -1,0 +1,1 @@
+"""Self-distillation of gates: the frozen model's block attention map teaches the gates."""

@@ -1,0 +1,99 @@
+"""Per-layer gate logits and ground truth, collected during an exact dense forward pass.
+
+``distill_attention`` is registered with transformers' ``AttentionInterface``: every layer runs
+ordinary SDPA (downstream layers see exact activations), and gated layers additionally score
+their blocks with the active gate (the only part that carries gradients) and compute the block
+attention map of the post-RoPE Q/K. The loss is taken right away, so no [B, H, n, n] tensor
+outlives its layer.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+from seerflex.block_masks import BlockLayout
+from seerflex.distill.loss import gate_kl, gate_recall
+from seerflex.ground_truth import block_attention_map
+from seerflex.hf.attention_interface import STATE_ATTR
+
+NAME = "seerflex_distill"
+
+
+@dataclass
+class Collector:
+    """Loss options plus what one forward pass produced, per layer."""
+
+    target: Literal["max", "mass"] = "max"
+    reduction: Literal["mean", "batchmean"] = "mean"
+    skip_first_rows: float = 0.25
+    losses: dict[int, Tensor] = field(default_factory=dict)
+    recalls: dict[int, float] = field(default_factory=dict)
+
+    def add(self, layer_idx: int, logits: Tensor, target: Tensor, kept: Tensor) -> None:
+        self.losses[layer_idx] = gate_kl(logits, target, skip_first_rows=self.skip_first_rows, reduction=self.reduction)
+        self.recalls[layer_idx] = float(gate_recall(kept, target, self.skip_first_rows))
+
+    def total(self, scale: float = 10.0) -> Tensor:
+        """Sum over layers x ``scale`` (the original's x10)."""
+        if not self.losses:
+            raise RuntimeError("no gated layer reported a loss: is the model wrapped by get_seerflex_model?")
+        return torch.stack(list(self.losses.values())).sum() * scale
+
+    def clear(self) -> None:
+        self.losses.clear()
+        self.recalls.clear()
+
+
+_active: Collector | None = None
+
+
+def register() -> None:
+    AttentionInterface.register(NAME, distill_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+@contextmanager
+def collecting(hf_model: nn.Module, collector: Collector) -> Iterator[Collector]:
+    """Run ``hf_model`` with the distillation attention; restores its attention implementation."""
+    global _active
+    register()
+    previous = hf_model.config._attn_implementation
+    hf_model.set_attn_implementation(NAME)
+    _active = collector
+    try:
+        yield collector
+    finally:
+        _active = None
+        hf_model.set_attn_implementation(previous)
+
+
+def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                      **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    """Dense SDPA attention; for gated layers also the gate's loss against the true block map."""
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    state = getattr(module, STATE_ATTR, None)
+    layer = state.active() if state is not None else None
+    if _active is None or layer is None or query.shape[2] != key.shape[2]:
+        if state is not None:
+            state.capture.clear()
+        return out
+    usable, padding = state.runtime.key_padding(attention_mask, query.shape[2])
+    if not usable:
+        raise ValueError("distillation needs causal attention with key padding only (no packed/custom masks)")
+    gate_q, gate_k = state.capture.take(query, key)
+    layout = BlockLayout.from_attention_mask(padding, query.shape[2], layer.config.block_size)
+    logits = layer.gate(gate_q, gate_k, layout)
+    with torch.no_grad():
+        target = block_attention_map(query, key, block_size=layout.block_size, mode=_active.target,
+                                     scale=kwargs.get("scaling"), attention_mask=padding)
+        kept = layer.policy.select(logits.detach(), layout).kept
+    _active.add(state.layer_idx, logits, target, kept)
+    return out

@@ -1,0 +1,34 @@
+"""Distillation loss (KL of the gate's block distribution from the ground truth) and gate recall."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def gate_kl(logits: Tensor, target: Tensor, *, skip_first_rows: float = 0.25,
+            reduction: Literal["mean", "batchmean"] = "mean") -> Tensor:
+    """KL(target || softmax(logits)) over key blocks, for [B, H, n, n] tensors.
+
+    The original's choices are the defaults: the first quarter of query-block rows is dropped (short
+    rows are trivial and would dominate), and the element-wise mean is taken over the remaining
+    rows' entries. ``batchmean`` divides the summed KL by the number of (batch, head, row) instead.
+    -inf logits (blocks above the diagonal) with zero target contribute exactly 0.
+    """
+    if reduction not in ("mean", "batchmean"):
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'batchmean'")
+    first = int(logits.shape[-2] * skip_first_rows)
+    logits, target = logits[..., first:, :].float(), target[..., first:, :].float()
+    log_q = logits.log_softmax(-1)
+    terms = torch.where(target > 0, target * (target.clamp(min=1e-30).log() - log_q), torch.zeros_like(target))
+    total = terms.sum()
+    return total / (terms.numel() if reduction == "mean" else terms[..., 0].numel())
+
+
+@torch.no_grad()
+def gate_recall(kept: Tensor, target: Tensor, skip_first_rows: float = 0.25) -> Tensor:
+    """Mean ground-truth mass the kept blocks cover per row (1.0 = nothing important dropped)."""
+    first = int(kept.shape[-2] * skip_first_rows)
+    return (target[..., first:, :] * kept[..., first:, :]).sum(-1).mean()
