@@ -10,6 +10,7 @@ COMMANDS: dict[str, str] = {
     "bench": "seerflex.recipes.bench:main",
     "convert": "seerflex.hf.original:convert_main",
     "distill": "seerflex.distill.recipe:main",
+    "eval": "seerflex.recipes.eval:main",
 }
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity and retrieval at chosen block scorers and policies."""

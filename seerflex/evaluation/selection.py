@@ -1,0 +1,71 @@
+"""What decides the kept blocks during an evaluation: a scorer name and a policy spec string.
+
+Scorers: ``dense`` (no sparsity), ``gate`` (the loaded, learned gates), ``recency`` (sink + local
+window), ``pooled`` (training-free pooled Q.K), ``oracle`` (exact block attention mass). Policy specs
+are short strings so a whole sweep fits on a command line: ``topk:0.1`` (density), ``topk:k=8``,
+``threshold:2e-3``, ``topp:0.9``, with optional ``:sink=N:local=N:max_blocks=N`` suffixes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterator
+
+import torch
+
+from seerflex.attention import SeerFlexAttention
+from seerflex.block_masks import Policy, SparsityStats, Threshold, TopK, TopP
+from seerflex.gates.baselines import SCORERS
+
+SCORER_NAMES = ("dense", "gate", *SCORERS)
+_POLICY_KINDS = {"topk": (TopK, "density"), "threshold": (Threshold, "threshold"), "topp": (TopP, "p")}
+
+
+def parse_policy(spec: str) -> Policy:
+    """``kind:value[:key=value...]`` -> Policy, e.g. ``topk:0.1:sink=0``."""
+    kind, *parts = spec.split(":")
+    if kind not in _POLICY_KINDS:
+        raise ValueError(f"unknown policy {kind!r} in {spec!r}; known: {sorted(_POLICY_KINDS)}")
+    cls, main = _POLICY_KINDS[kind]
+    kwargs: dict[str, Any] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key, value = (key, value) if sep else (main, key)
+        kwargs[key] = float(value) if key in ("density", "threshold", "p") else int(float(value))
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad policy spec {spec!r}: {err}") from None
+
+
+def sparse_layers(model: torch.nn.Module) -> list[SeerFlexAttention]:
+    return [m for m in model.modules() if isinstance(m, SeerFlexAttention)]
+
+
+@contextmanager
+def selection(model: Any, scorer: str, policy: Policy | None) -> Iterator[list[tuple[int, SparsityStats]]]:
+    """Run ``model`` (a SeerFlexModel) with ``scorer`` and ``policy``; yields the sparsity records."""
+    if scorer not in SCORER_NAMES:
+        raise ValueError(f"unknown scorer {scorer!r}; known: {SCORER_NAMES}")
+    layers = sparse_layers(model)
+    saved = [(m.scorer, m.policy) for m in layers]
+    for m in layers:
+        m.scorer = None if scorer in ("dense", "gate") else SCORERS[scorer]()
+        if policy is not None:
+            m.policy = policy
+    dense: ContextManager = model.disable_adapter() if scorer == "dense" else nullcontext()
+    try:
+        with dense, model.track_sparsity() as records:
+            yield records
+    finally:
+        for m, (sc, po) in zip(layers, saved):
+            m.scorer, m.policy = sc, po
+
+
+def achieved_density(records: list[tuple[int, SparsityStats]]) -> float | None:
+    """Kept fraction of the causal block triangle over all recorded layers (None: nothing sparse ran)."""
+    stats = [s for _, s in records if s is not None]
+    if not stats:
+        return None
+    kept = sum(float(s.kept_blocks.sum()) for s in stats)
+    return kept / max(1.0, sum(float(s.total_blocks.sum()) for s in stats))
