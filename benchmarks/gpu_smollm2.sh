@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The SmolLM2 distillation + evaluation as run on the lent GPU machine, in three calls that follow
+# each other within the machine's warm window (each call may carry at most 64 MiB):
+#   stage1: carry .whl .assets/gguf/p0            -> wheels installed, first half of the GGUF
+#   stage2: carry .assets/gguf/p1 .assets/austen  -> GGUF reassembled + checked, gates distilled
+#   stage3: (nothing)                             -> perplexity and passkey evaluation on Emma
+# Locally: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 50; wheels via pip download.
+set -euo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=/tmp/cache COLUMNS=160
+RUN=/tmp/run
+case "$1" in
+stage1)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  mkdir -p /tmp/parts && cp .assets/gguf/p0/part.* /tmp/parts/ ;;
+stage2)
+  mkdir -p /tmp/cache/smollm2 /tmp/cache/austen
+  cat /tmp/parts/part.* .assets/gguf/p1/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
+  cp .assets/austen/*.txt /tmp/cache/austen/
+  python -m seerflex.cli distill recipes/distill_smollm2.yaml output_dir=$RUN/distill ${DISTILL_ARGS:-}
+  cp $RUN/distill/metrics.jsonl $RUN/distill/recipe.json "$OUT"/
+  cp -r $RUN/distill/adapter "$OUT"/adapter ;;
+stage3)
+  python -m seerflex.cli eval ppl --adapter $RUN/distill/adapter --text austen:Emma --window 8192 --prefix 1024 \
+    --windows 3 --scorers dense,gate,recency,pooled,oracle --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5 --out "$OUT"/ppl
+  python -m seerflex.cli eval passkey --adapter $RUN/distill/adapter --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
+    --trials 3 --scorers dense,gate,recency,pooled --policies topk:0.1 --out "$OUT"/passkey ;;
+esac
