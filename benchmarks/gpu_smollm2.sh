@@ -4,6 +4,8 @@
 #   stage1: carry .whl .assets/gguf/p0            -> wheels installed, first half of the GGUF
 #   stage2: carry .assets/gguf/p1 .assets/austen  -> GGUF reassembled + checked, gates distilled
 #   stage3: (nothing)                             -> perplexity and passkey evaluation on Emma
+#   stage3b: carry .assets/adapter_v1             -> v2 (mass target) vs v1 (max target) gates, calibrated
+#            top-p / threshold policies next to top-k and the baselines
 # Locally: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 50; wheels via pip download.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=/tmp/cache COLUMNS=160
@@ -25,4 +27,11 @@ stage3)
     --windows 3 --scorers dense,gate,recency,pooled,oracle --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5 --out "$OUT"/ppl
   python -m seerflex.cli eval passkey --adapter $RUN/distill/adapter --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
     --trials 3 --scorers dense,gate,recency,pooled --policies topk:0.1 --out "$OUT"/passkey ;;
+stage3b)
+  for name in v2:$RUN/distill/adapter v1:.assets/adapter_v1; do
+    python -m seerflex.cli eval ppl --adapter ${name#*:} --text austen:Emma --window 8192 --prefix 1024 --windows 3 \
+      --scorers ${SCORERS:-gate} --policies topk:0.1,topp:density=0.1,threshold:density=0.1 --out "$OUT"/ppl_${name%%:*}
+  done
+  python -m seerflex.cli eval passkey --adapter $RUN/distill/adapter --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
+    --trials 3 --scorers gate,pooled --policies topk:0.1,topp:density=0.1 --out "$OUT"/passkey ;;
 esac

@@ -30,6 +30,7 @@ def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: st
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -50,6 +51,7 @@ def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: P
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

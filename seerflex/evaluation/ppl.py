@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
+from seerflex.evaluation.calibration import calibrate
 from seerflex.evaluation.selection import achieved_density, parse_policy, selection
 from seerflex.recipes.common import console
 
@@ -44,7 +45,10 @@ def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, sco
         task = progress.add_task("perplexity", total=len(runs) * len(token_windows))
         for scorer, spec in runs:
             nll, count, seconds, records = 0.0, 0, 0.0, []
-            with selection(model, scorer, None if spec is None else parse_policy(spec)) as recs:
+            policy, target = (None, None) if spec is None else parse_policy(spec)
+            if target is not None:  # threshold/top-p at a requested density: calibrate on the first window
+                policy, _ = calibrate(model, scorer, policy, target, token_windows[:1])
+            with selection(model, scorer, policy) as recs:
                 for w in token_windows:
                     tic = time.perf_counter()
                     part, n = window_nll(model, w, prefix)
@@ -53,6 +57,7 @@ def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, sco
                     progress.advance(task)
                 records = list(recs)
             density = achieved_density(records)
-            rows.append({"scorer": scorer, "policy": spec or "-", "ppl": math.exp(nll / count),
+            rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": None if target is None else policy.to_dict(),
+                         "ppl": math.exp(nll / count),
                          "density": 1.0 if density is None else density, "seconds": seconds, "tokens": count})
     return rows

@@ -4,6 +4,7 @@ Scorers: ``dense`` (no sparsity), ``gate`` (the loaded, learned gates), ``recenc
 window), ``pooled`` (training-free pooled Q.K), ``oracle`` (exact block attention mass). Policy specs
 are short strings so a whole sweep fits on a command line: ``topk:0.1`` (density), ``topk:k=8``,
 ``threshold:2e-3``, ``topp:0.9``, with optional ``:sink=N:local=N:max_blocks=N`` suffixes.
+``threshold:density=0.1`` / ``topp:density=0.1`` ask for calibration to that average density.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ SCORER_NAMES = ("dense", "gate", *SCORERS)
 _POLICY_KINDS = {"topk": (TopK, "density"), "threshold": (Threshold, "threshold"), "topp": (TopP, "p")}
 
 
-def parse_policy(spec: str) -> Policy:
-    """``kind:value[:key=value...]`` -> Policy, e.g. ``topk:0.1:sink=0``."""
+def parse_policy(spec: str) -> tuple[Policy, float | None]:
+    """``kind:value[:key=value...]`` -> (Policy, density to calibrate to or None), e.g. ``topk:0.1:sink=0``."""
     kind, *parts = spec.split(":")
     if kind not in _POLICY_KINDS:
         raise ValueError(f"unknown policy {kind!r} in {spec!r}; known: {sorted(_POLICY_KINDS)}")
@@ -32,8 +33,9 @@ def parse_policy(spec: str) -> Policy:
         key, sep, value = part.partition("=")
         key, value = (key, value) if sep else (main, key)
         kwargs[key] = float(value) if key in ("density", "threshold", "p") else int(float(value))
+    target = kwargs.pop("density") if cls is not TopK and "density" in kwargs else None
     try:
-        return cls(**kwargs)
+        return cls(**kwargs), target
     except TypeError as err:
         raise ValueError(f"bad policy spec {spec!r}: {err}") from None
 

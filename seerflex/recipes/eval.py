@@ -19,7 +19,8 @@ import torch
 
 from seerflex.config import SeerFlexConfig
 from seerflex.evaluation import plots
-from seerflex.evaluation.passkey import passkey_trial
+from seerflex.evaluation.calibration import calibrate
+from seerflex.evaluation.passkey import passkey_prompt, passkey_trial
 from seerflex.evaluation.ppl import evaluate_ppl, windows
 from seerflex.evaluation.selection import achieved_density, parse_policy, selection
 from seerflex.recipes.common import console, environment, print_table, write_json
@@ -94,7 +95,11 @@ def passkey_main(argv: list[str]) -> int:
     rows, out = [], Path(args.out)
     for scorer, spec in runs:
         grid = []
-        with selection(model, scorer, None if spec is None else parse_policy(spec)) as records:
+        policy, target = (None, None) if spec is None else parse_policy(spec)
+        if target is not None:  # calibrate on a prompt of the same kind (its key is not one of the trials')
+            probe = passkey_prompt(tokenizer, args.lengths[0], 0.5, 12345)
+            policy, _ = calibrate(model, scorer, policy, target, [probe])
+        with selection(model, scorer, policy) as records:
             for length in args.lengths:
                 rng = random.Random(args.seed + length)  # the same keys for every scorer
                 grid.append([sum(passkey_trial(model, tokenizer, length, d, rng) for _ in range(args.trials)) / args.trials
@@ -102,7 +107,8 @@ def passkey_main(argv: list[str]) -> int:
             density = achieved_density(list(records))
         name = scorer if spec is None else f"{scorer} {spec}"
         flat = [x for row in grid for x in row]
-        rows.append({"scorer": scorer, "policy": spec or "-", "accuracy": sum(flat) / len(flat),
+        rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": None if target is None else policy.to_dict(),
+                     "accuracy": sum(flat) / len(flat),
                      "density": 1.0 if density is None else density, "grid": grid})
         plots.heatmap(grid, [str(n) for n in args.lengths], [f"{d:.1f}" for d in args.depths],
                       out / f"passkey_{name.replace(' ', '_').replace(':', '-')}.png", f"passkey accuracy: {name}",
