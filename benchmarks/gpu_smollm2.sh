@@ -28,9 +28,10 @@ stage3)
   python -m seerflex.cli eval passkey --adapter $RUN/distill/adapter --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
     --trials 3 --scorers dense,gate,recency,pooled --policies topk:0.1 --out "$OUT"/passkey ;;
 stage3b)
-  for name in v2:$RUN/distill/adapter v1:.assets/adapter_v1; do
-    python -m seerflex.cli eval ppl --adapter ${name#*:} --text austen:Emma --window 8192 --prefix 1024 --windows 3 \
-      --scorers ${SCORERS:-gate} --policies topk:0.1,topp:density=0.1,threshold:density=0.1 --out "$OUT"/ppl_${name%%:*}
+  for name in v2:$RUN/distill/adapter:gate,pooled,oracle v1:.assets/adapter_v1:gate; do
+    IFS=: read -r tag adapter scorers <<< "$name"
+    python -m seerflex.cli eval ppl --adapter "$adapter" --text austen:Emma --window 8192 --prefix 1024 --windows 3 \
+      --scorers "$scorers" --policies topk:0.1,topp:density=0.1,threshold:density=0.1 --out "$OUT"/ppl_$tag
   done
   python -m seerflex.cli eval passkey --adapter $RUN/distill/adapter --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
     --trials 3 --scorers gate,pooled --policies topk:0.1,topp:density=0.1 --out "$OUT"/passkey ;;
