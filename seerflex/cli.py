@@ -11,6 +11,7 @@ COMMANDS: dict[str, str] = {
     "convert": "seerflex.hf.original:convert_main",
     "distill": "seerflex.distill.recipe:main",
     "eval": "seerflex.recipes.eval:main",
+    "demo": "seerflex.recipes.demo:main",
 }
 
 
