@@ -19,7 +19,8 @@ stage2)
   cat /tmp/parts/part.* .assets/gguf/p1/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
   cp .assets/austen/*.txt /tmp/cache/austen/
-  python -m seerflex.cli distill recipes/distill_smollm2.yaml output_dir=$RUN/distill ${DISTILL_ARGS:-}
+  # LAUNCH="accelerate launch --multi_gpu --num_processes 2" for DDP on two GPUs
+  ${LAUNCH:-python} -m seerflex.cli distill recipes/distill_smollm2.yaml output_dir=$RUN/distill ${DISTILL_ARGS:-}
   cp $RUN/distill/metrics.jsonl $RUN/distill/recipe.json "$OUT"/
   cp -r $RUN/distill/adapter "$OUT"/adapter ;;
 stage3)
