@@ -14,9 +14,11 @@ case "$1" in
 stage1)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   mkdir -p /tmp/parts && cp .assets/gguf/p0/part.* /tmp/parts/ ;;
+part)  # a middle part, when the working tree leaves room for smaller parts only
+  cp .assets/gguf/p*/part.* /tmp/parts/ ;;
 stage2)
   mkdir -p /tmp/cache/smollm2 /tmp/cache/austen
-  cat /tmp/parts/part.* .assets/gguf/p1/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  cat /tmp/parts/part.* .assets/gguf/p*/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
   cp .assets/austen/*.txt /tmp/cache/austen/
   # LAUNCH="accelerate launch --multi_gpu --num_processes 2" for DDP on two GPUs
