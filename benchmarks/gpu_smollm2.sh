@@ -18,7 +18,8 @@ part)  # a middle part, when the working tree leaves room for smaller parts only
   cp .assets/gguf/p*/part.* /tmp/parts/ ;;
 stage2)
   mkdir -p /tmp/cache/smollm2 /tmp/cache/austen
-  cat /tmp/parts/part.* .assets/gguf/p*/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  cp .assets/gguf/p*/part.* /tmp/parts/  # carried folders stay on the machine: copy, never concatenate twice
+  cat /tmp/parts/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
   cp .assets/austen/*.txt /tmp/cache/austen/
   # LAUNCH="accelerate launch --multi_gpu --num_processes 2" for DDP on two GPUs
