@@ -91,7 +91,8 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
     torch.manual_seed(recipe.seed)
     if model is None:
-        model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 else torch.float32)
+        with accelerator.main_process_first():  # the first load may convert/cache the model: once, not per rank
+            model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 else torch.float32)
     wrapped = get_seerflex_model(model, SeerFlexConfig.from_dict(recipe.seerflex))
     pieces = pack(load_texts(recipe.data, recipe.text_field), tokenizer, recipe.seq_len)
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
@@ -108,7 +109,8 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         console.log(f"resumed from {ckpt_dir} at step {start}")
-    runner, optimizer, scheduler = accelerator.prepare(wrapped, optimizer, scheduler)
+    # the scheduler stays unprepared: accelerate would step it once per process, and the schedule is per step
+    runner, optimizer = accelerator.prepare(wrapped, optimizer)
     collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows)
     world, rank = accelerator.num_processes, accelerator.process_index
     metrics_file = out / "metrics.jsonl"
