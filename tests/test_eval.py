@@ -65,3 +65,16 @@ def test_eval_passkey_writes_heatmaps(tiny, tmp_path):
 def test_bad_policy_specs_are_named(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_policy(spec)
+
+
+def test_eval_needle_and_sparsity_write_their_files(tiny, tmp_path):
+    assert eval_recipe.main(["needle", "--model", "tiny", "--lengths", "200", "--depths", "0.5", "--trials", "2",
+                             "--scorers", "gate", "--policies", "topk:0.5", "--out", str(tmp_path / "n")]) == 0
+    assert json.loads((tmp_path / "n" / "needle.json").read_text())["rows"][0]["grid"][0][0] in (0.0, 0.5, 1.0)
+    out = tmp_path / "s"
+    assert eval_recipe.main(["sparsity", "--model", "tiny", "--text", str(tiny), "--window", "1024",
+                             "--policy", "topk:0.3", "--layer", "1", "--head", "2", "--out", str(out)]) == 0
+    rows = json.loads((out / "sparsity.json").read_text())["rows"]
+    assert [r["layer"] for r in rows] == [0, 1]
+    assert all(0 < r["density"] <= 1 and 0 < r["recall"] <= 1 + 1e-6 and len(r["recall_per_head"]) == 4 for r in rows)
+    assert all((out / f).stat().st_size > 0 for f in ("density.png", "recall.png", "block_maps.png"))

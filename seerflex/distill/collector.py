@@ -19,7 +19,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from seerflex.block_masks import BlockLayout
+from seerflex.block_masks import BlockLayout, SparsityStats
 from seerflex.distill.loss import gate_kl, gate_recall
 from seerflex.ground_truth import block_attention_map
 from seerflex.hf.attention_interface import STATE_ATTR
@@ -34,12 +34,20 @@ class Collector:
     target: Literal["max", "mass"] = "max"
     reduction: Literal["mean", "batchmean"] = "mean"
     skip_first_rows: float = 0.25
+    per_head: bool = False  # also keep per-head density and recall (evaluation)
     losses: dict[int, Tensor] = field(default_factory=dict)
     recalls: dict[int, float] = field(default_factory=dict)
+    head_stats: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (density [H], recall [H])
+    maps: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (gate softmax, target) of batch 0
 
-    def add(self, layer_idx: int, logits: Tensor, target: Tensor, kept: Tensor) -> None:
+    def add(self, layer_idx: int, logits: Tensor, target: Tensor, kept: Tensor, layout: BlockLayout) -> None:
         self.losses[layer_idx] = gate_kl(logits, target, skip_first_rows=self.skip_first_rows, reduction=self.reduction)
         self.recalls[layer_idx] = float(gate_recall(kept, target, self.skip_first_rows))
+        if self.per_head:
+            first = int(kept.shape[-2] * self.skip_first_rows)
+            recall = (target * kept)[..., first:, :].sum(-1).mean((0, 2)).cpu()
+            self.head_stats[layer_idx] = (SparsityStats.of(kept, layout).density.cpu(), recall)
+            self.maps[layer_idx] = (logits.detach()[0].float().softmax(-1).nan_to_num(0).cpu(), target[0].cpu())
 
     def total(self, scale: float = 10.0) -> Tensor:
         """Sum over layers x ``scale`` (the original's x10)."""
@@ -50,6 +58,8 @@ class Collector:
     def clear(self) -> None:
         self.losses.clear()
         self.recalls.clear()
+        self.head_stats.clear()
+        self.maps.clear()
 
 
 _active: Collector | None = None
@@ -95,5 +105,5 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
         target = block_attention_map(query, key, block_size=layout.block_size, mode=_active.target,
                                      scale=kwargs.get("scaling"), attention_mask=padding)
         kept = layer.policy.select(logits.detach(), layout).kept
-    _active.add(state.layer_idx, logits, target, kept)
+    _active.add(state.layer_idx, logits, target, kept, layout)
     return out

@@ -39,18 +39,38 @@ def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: st
 def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: Path, title: str,
             xlabel: str, ylabel: str) -> Path:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(cols), 1 + 0.5 * len(rows)))
+    fig, ax = plt.subplots(figsize=(min(16, 1 + 0.6 * len(cols)), min(16, 1 + 0.5 * len(rows))))
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
-    for i, row in enumerate(matrix):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=8)
+    if len(rows) * len(cols) <= 400:  # numbers only where they stay readable
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def block_maps(gate: list[list[float]], truth: list[list[float]], path: Path, title: str) -> Path:
+    """Gate softmax next to the ground-truth block map (log colour scale: the mass spans decades)."""
+    import matplotlib.colors as colors
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, data, name in zip(axes, (gate, truth), ("gate softmax", "ground truth")):
+        im = ax.imshow(data, norm=colors.LogNorm(vmin=1e-4, vmax=1), cmap="magma")
+        ax.set_title(name)
+        ax.set_xlabel("key block")
+        ax.set_ylabel("query block")
+    fig.colorbar(im, ax=axes)
+    fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,9 +1,11 @@
-"""``seerflex eval {ppl,passkey}``: quality of block selections, learned gates next to baselines.
+"""``seerflex eval {ppl,passkey,needle,sparsity}``: quality of block selections, learned gates next to baselines.
 
     seerflex eval ppl --model smollm2 --adapter runs/distill_smollm2/adapter --text austen:Emma \\
         --window 8192 --prefix 1024 --windows 3 --scorers dense,gate,recency,pooled,oracle \\
         --policies topk:0.05,topk:0.1,topk:0.2 --out results/ppl
     seerflex eval passkey --model smollm2 --adapter ... --lengths 4096 8192 --depths 0.1 0.5 0.9 --trials 4
+    seerflex eval needle  (same options as passkey; a planted fact instead of a number)
+    seerflex eval sparsity --adapter ... --policy topk:0.1 --layer 10 --head 3
 
 Each writes ``<out>/<command>.json`` and a PNG, and prints a rich table.
 """
@@ -20,7 +22,7 @@ import torch
 from seerflex.config import SeerFlexConfig
 from seerflex.evaluation import plots
 from seerflex.evaluation.calibration import calibrate
-from seerflex.evaluation.passkey import passkey_prompt, passkey_trial
+from seerflex.evaluation.passkey import needle_trial, passkey_prompt, passkey_trial
 from seerflex.evaluation.ppl import evaluate_ppl, windows
 from seerflex.evaluation.selection import achieved_density, parse_policy, selection
 from seerflex.recipes.common import console, environment, print_table, write_json
@@ -78,8 +80,8 @@ def ppl_main(argv: list[str]) -> int:
     return 0
 
 
-def passkey_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="seerflex eval passkey")
+def passkey_main(argv: list[str], kind: str = "passkey") -> int:
+    p = argparse.ArgumentParser(prog=f"seerflex eval {kind}")
     common_args(p)
     p.add_argument("--lengths", type=int, nargs="+", default=[8192])
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
@@ -93,6 +95,7 @@ def passkey_main(argv: list[str]) -> int:
     runs = [("dense", None)] if "dense" in args.scorers.split(",") else []
     runs += [(s, spec) for s in args.scorers.split(",") if s != "dense" for spec in args.policies.split(",")]
     rows, out = [], Path(args.out)
+    trial = passkey_trial if kind == "passkey" else needle_trial
     for scorer, spec in runs:
         grid = []
         policy, target = (None, None) if spec is None else parse_policy(spec)
@@ -102,7 +105,7 @@ def passkey_main(argv: list[str]) -> int:
         with selection(model, scorer, policy) as records:
             for length in args.lengths:
                 rng = random.Random(args.seed + length)  # the same keys for every scorer
-                grid.append([sum(passkey_trial(model, tokenizer, length, d, rng) for _ in range(args.trials)) / args.trials
+                grid.append([sum(trial(model, tokenizer, length, d, rng) for _ in range(args.trials)) / args.trials
                              for d in args.depths])
             density = achieved_density(list(records))
         name = scorer if spec is None else f"{scorer} {spec}"
@@ -111,15 +114,61 @@ def passkey_main(argv: list[str]) -> int:
                      "accuracy": sum(flat) / len(flat),
                      "density": 1.0 if density is None else density, "grid": grid})
         plots.heatmap(grid, [str(n) for n in args.lengths], [f"{d:.1f}" for d in args.depths],
-                      out / f"passkey_{name.replace(' ', '_').replace(':', '-')}.png", f"passkey accuracy: {name}",
+                      out / f"{kind}_{name.replace(' ', '_').replace(':', '-').replace('=', '')}.png", f"{kind} accuracy: {name}",
                       "depth", "length")
-    write_json(out / "passkey.json", {"environment": environment(), "args": vars(args), "rows": rows})
-    print_table("passkey retrieval", ["scorer", "policy", "accuracy", "density"],
+    write_json(out / f"{kind}.json", {"environment": environment(), "args": vars(args), "rows": rows})
+    print_table(f"{kind} retrieval", ["scorer", "policy", "accuracy", "density"],
                 [[r[c] for c in ("scorer", "policy", "accuracy", "density")] for r in rows])
     return 0
 
 
-COMMANDS = {"ppl": ppl_main, "passkey": passkey_main}
+def sparsity_main(argv: list[str]) -> int:
+    """Per-layer/head achieved density and gate recall on one window; block maps of one layer/head."""
+    p = argparse.ArgumentParser(prog="seerflex eval sparsity")
+    common_args(p)
+    p.add_argument("--text", default="austen:Emma")
+    p.add_argument("--window", type=int, default=8192)
+    p.add_argument("--policy", default="topk:0.1")
+    p.add_argument("--target", default="mass", choices=["mass", "max"], help="ground truth recall is measured on")
+    p.add_argument("--layer", type=int, default=0)
+    p.add_argument("--head", type=int, default=0)
+    args = p.parse_args(argv)
+    from seerflex.distill.collector import Collector, collecting
+    from seerflex.distill.data import load_texts
+    from seerflex.hf.families import hf_model_of
+
+    model, tokenizer = load_seerflex_model(args.model, args.adapter, args.device, getattr(torch, args.dtype),
+                                           dense_below=0, compile=args.compile)
+    policy, target = parse_policy(args.policy)
+    if target is not None:
+        raise ValueError("eval sparsity takes an explicit policy (calibrate with eval ppl)")
+    model.set_policy(policy)
+    ids = windows(torch.tensor(tokenizer("\n".join(load_texts(args.text)))["input_ids"]), args.window, 1)[0]
+    collector = Collector(target=args.target, skip_first_rows=0.0, per_head=True)
+    with torch.no_grad(), collecting(hf_model_of(model.base_model), collector):
+        model(input_ids=ids[None].to(model.device), use_cache=False, logits_to_keep=1)
+    layers = sorted(collector.head_stats)
+    density = [collector.head_stats[i][0].tolist() for i in layers]
+    recall = [collector.head_stats[i][1].tolist() for i in layers]
+    out = Path(args.out)
+    heads = [str(h) for h in range(len(density[0]))]
+    plots.heatmap(density, [str(i) for i in layers], heads, out / "density.png", f"achieved density, {args.policy}",
+                  "head", "layer")
+    plots.heatmap(recall, [str(i) for i in layers], heads, out / "recall.png",
+                  f"gate recall ({args.target} covered), {args.policy}", "head", "layer")
+    gate_map, truth = collector.maps[args.layer]
+    plots.block_maps(gate_map[args.head].tolist(), truth[args.head].tolist(), out / "block_maps.png",
+                     f"layer {args.layer}, head {args.head}")
+    rows = [{"layer": i, "density": sum(d) / len(d), "recall": sum(r) / len(r), "density_per_head": d,
+             "recall_per_head": r} for i, d, r in zip(layers, density, recall)]
+    write_json(out / "sparsity.json", {"environment": environment(), "args": vars(args), "rows": rows})
+    print_table(f"sparsity per layer ({args.policy})", ["layer", "density", "recall"],
+                [[r["layer"], r["density"], r["recall"]] for r in rows])
+    return 0
+
+
+COMMANDS = {"ppl": ppl_main, "passkey": passkey_main, "needle": lambda argv: passkey_main(argv, "needle"),
+            "sparsity": sparsity_main}
 
 
 def main(argv: list[str]) -> int:
