@@ -39,4 +39,14 @@ stage3b)
   done
   python -m seerflex.cli eval passkey --adapter $RUN/distill/adapter --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
     --trials 3 --scorers gate,pooled --policies topk:0.1,topp:density=0.1 --out "$OUT"/passkey ;;
+stage4)  # after stage1/part/stage2-style reassembly: sparsity and needle for the bundled gates
+  mkdir -p /tmp/cache/smollm2 /tmp/cache/austen
+  cp .assets/gguf/p*/part.* /tmp/parts/
+  cat /tmp/parts/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
+  cp .assets/austen/*.txt /tmp/cache/austen/
+  python -m seerflex.cli eval sparsity --adapter seerflex/adapters/smollm2-austen --text austen:Emma --window 8192 \
+    --policy topk:0.1 --layer 15 --head 0 --out "$OUT"/sparsity
+  python -m seerflex.cli eval needle --adapter seerflex/adapters/smollm2-austen --lengths 8192 --depths 0.1 0.5 0.9 \
+    --trials 3 --scorers dense,gate,pooled --policies topk:0.1 --out "$OUT"/needle ;;
 esac
