@@ -66,7 +66,8 @@ def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: boo
     otherwise H = query heads: GPU kernels map heads by modulo, not by GQA group).
 
     ``compute_q_blocks`` builds the transposed index only backward passes need. On CUDA the index
-    computation is compiled into one fused graph (0.055 vs 0.32 ms at 32k on H100).
+    computation is compiled into one fused graph (compaction alone: 0.094 vs 0.32 ms at 32k on H100,
+    benchmarks/results/2026-11-23_h100_perf_experiments_v2.json).
     """
     n = layout.num_blocks
     if kept.dim() != 4 or kept.shape[-2:] != (n, n) or kept.dtype != torch.bool:
