@@ -41,5 +41,3 @@ def calibrate(model: Any, scorer: str, policy: Policy, target: float, windows: l
         best = min(best, (abs(density - target), candidate, density), key=lambda b: b[0])
         low, high = (mid, high) if density < target else (low, mid)
     return best[1], best[2]
-
-

@@ -15,6 +15,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig: Any, path: Path, *, tight: bool) -> Path:
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> Path:
     """One line per scorer: ``metric`` against achieved density; dense as a horizontal line."""
     plt = _pyplot()
@@ -29,11 +40,7 @@ def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: st
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=True)
 
 
 def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: Path, title: str,
@@ -51,11 +58,7 @@ def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: P
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=True)
 
 
 def block_maps(gate: list[list[float]], truth: list[list[float]], path: Path, title: str) -> Path:
@@ -71,7 +74,4 @@ def block_maps(gate: list[list[float]], truth: list[list[float]], path: Path, ti
         ax.set_ylabel("query block")
     fig.colorbar(im, ax=axes)
     fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False)  # tight_layout fights the shared colour bar
