@@ -14,7 +14,7 @@ import torch
 from rich.progress import Progress
 
 from seerflex.evaluation.calibration import calibrate
-from seerflex.evaluation.selection import achieved_density, parse_policy, selection
+from seerflex.evaluation.selection import achieved_density, parse_policy, runs, selection
 from seerflex.recipes.common import console
 
 
@@ -38,12 +38,11 @@ def window_nll(model: Any, window: torch.Tensor, prefix: int) -> tuple[float, in
 def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, scorers: list[str],
                  policies: list[str]) -> list[dict[str, Any]]:
     """One row per (scorer, policy); ``dense`` once, with no policy."""
-    runs = [("dense", None)] if "dense" in scorers else []
-    runs += [(s, p) for s in scorers if s != "dense" for p in policies]
+    sweep = runs(scorers, policies)
     rows = []
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("perplexity", total=len(runs) * len(token_windows))
-        for scorer, spec in runs:
+        task = progress.add_task("perplexity", total=len(sweep) * len(token_windows))
+        for scorer, spec in sweep:
             nll, count, seconds, records = 0.0, 0, 0.0, []
             policy, target = (None, None) if spec is None else parse_policy(spec)
             if target is not None:  # threshold/top-p at a requested density: calibrate on the first window

@@ -44,6 +44,12 @@ def sparse_layers(model: torch.nn.Module) -> list[SeerFlexAttention]:
     return [m for m in model.modules() if isinstance(m, SeerFlexAttention)]
 
 
+def runs(scorers: list[str], policies: list[str]) -> list[tuple[str, str | None]]:
+    """(scorer, policy spec) pairs of a sweep: ``dense`` once without a policy, others x every policy."""
+    out: list[tuple[str, str | None]] = [("dense", None)] if "dense" in scorers else []
+    return out + [(s, p) for s in scorers if s != "dense" for p in policies]
+
+
 @contextmanager
 def selection(model: Any, scorer: str, policy: Policy | None) -> Iterator[list[tuple[int, SparsityStats]]]:
     """Run ``model`` (a SeerFlexModel) with ``scorer`` and ``policy``; yields the sparsity records."""

@@ -24,7 +24,7 @@ from seerflex.evaluation import plots
 from seerflex.evaluation.calibration import calibrate
 from seerflex.evaluation.passkey import needle_trial, passkey_prompt, passkey_trial
 from seerflex.evaluation.ppl import evaluate_ppl, windows
-from seerflex.evaluation.selection import achieved_density, parse_policy, selection
+from seerflex.evaluation.selection import achieved_density, parse_policy, runs, selection
 from seerflex.recipes.common import console, environment, print_table, write_json
 
 
@@ -92,11 +92,9 @@ def passkey_main(argv: list[str], kind: str = "passkey") -> int:
     args = p.parse_args(argv)
     model, tokenizer = load_seerflex_model(args.model, args.adapter, args.device, getattr(torch, args.dtype),
                                            dense_below=0, compile=args.compile)
-    runs = [("dense", None)] if "dense" in args.scorers.split(",") else []
-    runs += [(s, spec) for s in args.scorers.split(",") if s != "dense" for spec in args.policies.split(",")]
     rows, out = [], Path(args.out)
     trial = passkey_trial if kind == "passkey" else needle_trial
-    for scorer, spec in runs:
+    for scorer, spec in runs(args.scorers.split(","), args.policies.split(",")):
         grid = []
         policy, target = (None, None) if spec is None else parse_policy(spec)
         if target is not None:  # calibrate on a prompt of the same kind (its key is not one of the trials')
