@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from seerflex.block_masks import BlockLayout, Policy, SparsityStats, build_block_mask
+from seerflex.block_masks import BlockLayout, Policy, SparsityStats, block_mask_from_selection, build_block_mask
 from seerflex.config import SeerFlexConfig
-from seerflex.flex import dense_attention, sparse_attention
+from seerflex.flex import dense_attention, skips_unlisted_tiles, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
 from seerflex.gates.baselines import BlockScorer
 
@@ -58,10 +58,14 @@ class SeerFlexAttention(nn.Module):
         if self.config.check_finite and torch.isnan(scores).any():
             raise ValueError(f"gate of layer {self.layer_idx} produced NaN block scores: "
                              "check the inputs and the gate weights for non-finite values")
-        kept = self.policy.select(scores, layout).kept
-        block_mask = build_block_mask(kept, layout, compute_q_blocks=torch.is_grad_enabled() and q.requires_grad)
+        selection = self.policy.select(scores, layout)
+        backward = torch.is_grad_enabled() and q.requires_grad
+        if layout.valid_tokens is None and skips_unlisted_tiles(self.config.compile, q.device):
+            block_mask = block_mask_from_selection(selection, layout, compute_q_blocks=backward)
+        else:
+            block_mask = build_block_mask(selection.kept, layout, compute_q_blocks=backward)
         out = sparse_attention(q, k, v, block_mask, scale=scale, compile=self.config.compile, score_mod=score_mod)
-        return (out, SparsityStats.of(kept, layout)) if return_stats else out
+        return (out, SparsityStats.of(selection.kept, layout)) if return_stats else out
 
     def _check(self, q: Tensor, k: Tensor, v: Tensor) -> None:
         g = self.gate

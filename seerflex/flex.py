@@ -37,6 +37,12 @@ def flex_function(mode: str, device: torch.device) -> Callable[..., Tensor]:
     return compiled_flex_attention(dynamic=mode != "static")
 
 
+def skips_unlisted_tiles(mode: str, device: torch.device) -> bool:
+    """True when the kernel for this mode runs only the BlockMask's listed tiles (compiled flex);
+    eager flex evaluates ``mask_mod`` over all of S x S instead."""
+    return flex_function(mode, device) is not flex_attention
+
+
 def kernel_options(device: torch.device, head_dim: int, block_size: int) -> dict[str, Any] | None:
     """Forward tile sizes and pipelining for this block size.
 

@@ -115,3 +115,17 @@ def test_bad_inputs_raise_clear_errors():
     q[0, 0, 5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         layer(q, k, v)
+
+
+@pytest.mark.parametrize(("density", "policy_cls"), [(0.0, TopK), (0.3, TopK), (1.0, TopK), (0.9, TopP)])
+def test_compiled_fast_path_matches_f64_reference(density, policy_cls):
+    """Compiled flex (CPU inductor here, Triton on GPU) with the BlockMask built straight from the
+    policy's order: odd length, GQA, batch 2, no padding."""
+    policy = TopK(density=density) if policy_cls is TopK else TopP(density)
+    cfg = SeerFlexConfig(policy=policy, dense_below=0, block_size=32, compile="dynamic")
+    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=32)
+    s = 32 * 9 + 7
+    q, k, v = make_inputs(2, 4, 2, s, 32)
+    out = layer(q, k, v)
+    kept = kept_blocks(layer, q, k, None)
+    assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, s, 32, None))) < 1e-5

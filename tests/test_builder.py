@@ -8,7 +8,7 @@ import torch
 
 from reference import dense_attention_f64, relative_error, token_mask
 from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, Threshold, TopK, TopP, build_block_mask
-from seerflex.block_masks import compact_indices
+from seerflex.block_masks import block_mask_from_selection, compact_indices
 
 
 def test_compact_indices_lists_true_columns_first_in_order():
@@ -69,3 +69,26 @@ def test_compiled_flex_equals_reference_and_policy_swaps_do_not_recompile():
         assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, s, 32, None))) < 1e-5
         compiles.append(counters["stats"]["unique_graphs"])
     assert compiles == [1, 1, 1, 1, 2]  # static mode: one graph per sequence length, none per policy
+
+
+@pytest.mark.parametrize("policy", [TopK(density=0.3), TopK(k=2, sink=0, local=0), Threshold(0.05), TopP(0.7),
+                                    TopK.original(0.4)])
+def test_mask_from_selection_lists_the_same_tiles(policy):
+    """Fast-path indices (the policy's order) cover exactly the kept tiles, diagonal as the only partial one."""
+    layout = BlockLayout(64 * 13 + 5, 64)
+    n = layout.num_blocks
+    scores = torch.randn(2, 3, n, n).masked_fill(~layout.selectable_blocks(torch.device("cpu")), float("-inf"))
+    selection = policy.select(scores, layout)
+    fast = block_mask_from_selection(selection, layout)
+    full = torch.zeros(2, 3, n, n + 1, dtype=torch.int32)
+    rank = torch.arange(n)
+    full.scatter_(-1, fast.full_kv_indices.long().masked_fill(rank >= fast.full_kv_num_blocks[..., None], n), 1)
+    partial = torch.zeros_like(full).scatter_(-1, fast.kv_indices.long().masked_fill(
+        rank >= fast.kv_num_blocks[..., None], n), 1)
+    assert torch.equal(partial[..., :n].bool(), torch.eye(n, dtype=torch.bool).expand(2, 3, n, n))
+    assert torch.equal((full + partial)[..., :n].bool(), selection.kept)
+    assert int((full + partial)[..., :n].max()) == 1  # no tile listed twice
+    with pytest.raises(ValueError, match="unpadded"):
+        padded = BlockLayout.from_attention_mask(torch.ones(1, layout.seq_len).index_fill_(1, torch.tensor([0]), 0),
+                                                 layout.seq_len, 64)
+        block_mask_from_selection(selection, padded)

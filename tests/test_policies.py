@@ -16,9 +16,9 @@ def random_scores(b=2, h=3, n=12):
 
 
 def forced_of(policy, layout, shape):
-    n = layout.num_blocks
-    return (policy.forced_blocks(layout, torch.device("cpu")) & layout.selectable_blocks(torch.device("cpu"))
-            | torch.eye(n, dtype=torch.bool)).expand(shape)
+    """Reference always-on blocks of an unpadded layout: diagonal, local previous, first sink blocks."""
+    i, j = torch.arange(layout.num_blocks)[:, None], torch.arange(layout.num_blocks)[None, :]
+    return ((j <= i) & ((j >= i - policy.local) | (j < policy.sink))).expand(shape)
 
 
 def test_exact_k_keeps_forced_then_best_scores():
@@ -131,3 +131,20 @@ def test_per_layer_policy_and_json_round_trip():
 def test_bad_policies_and_configs_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("policy", [TopK(density=0.2), TopK(k=3, max_blocks=2), TopK.original(0.3),
+                                    TopK(density=[0.1, 0.2, 0.5]), Threshold(0.03, min_blocks=4), TopP(0.8)])
+def test_selection_compiles_as_one_graph_with_the_same_result(policy):
+    """The CUDA route compiles the selection; it must trace without graph breaks and agree with eager."""
+    from seerflex.block_masks.policy import policy_tensors, select_blocks
+
+    scores, layout = random_scores(n=20)
+    compiled = torch.compile(select_blocks, fullgraph=True, backend="aot_eager")
+    order, count = compiled(type(policy).row_counts, scores, None, None, policy_tensors(policy, 20, 3, scores.device),
+                            policy.max_row_count(20))
+    eager = policy.select(scores, layout)
+    assert torch.equal(count, eager.count)
+    assert (order[..., 0] == torch.arange(20)).all()  # the diagonal leads every row
+    kept = type(eager)(order, count, 20).kept
+    assert torch.equal(kept, eager.kept)

@@ -1,10 +1,15 @@
 """Kept-block decisions -> FlexAttention ``BlockMask``, with no S x S tensor anywhere.
 
 Tiles strictly below the diagonal whose keys are all real are *full* (the kernel skips
-``mask_mod``); the diagonal tile and tiles with padded keys are *partial*. Indices are built by
-stream compaction (cumsum + scatter, ascending, no sort). ``mask_mod`` encodes the whole selection
-too, because eager flex_attention ignores the block structure and evaluates only ``mask_mod``:
-with it, eager, CPU and compiled runs compute the same function.
+``mask_mod``); the diagonal tile and tiles with padded keys are *partial*. Two routes:
+
+- ``block_mask_from_selection``: the compiled-kernel fast path for unpadded batches. The policy's
+  priority order already lists the diagonal first and the other kept blocks after it, so the
+  indices are that order itself: no n x n boolean mask, no compaction, no sort. Only the diagonal
+  tile is partial, so ``mask_mod`` is plain causal.
+- ``build_block_mask``: any kept mask, padding included, indices by stream compaction (cumsum +
+  scatter). Its ``mask_mod`` encodes the whole selection, because eager flex_attention ignores the
+  block structure and evaluates only ``mask_mod``: eager, CPU and compiled runs agree.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask
 
 from seerflex.block_masks.layout import BlockLayout
+from seerflex.block_masks.policy import BlockSelection
 
 
 def compact_indices(blocks: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,6 +84,52 @@ def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: boo
         kv_num, kv_idx, full_num, full_idx,
         BLOCK_SIZE=(layout.block_size, layout.block_size),
         mask_mod=selection_mask_mod(kept, layout),
+        seq_lengths=(layout.seq_len, layout.seq_len),
+        compute_q_blocks=compute_q_blocks,
+    )
+
+
+def causal_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    return kv_idx <= q_idx
+
+
+def selection_indices(order: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``from_kv_blocks`` indices from a selection whose order starts with the diagonal block.
+
+    Partial: the diagonal alone. Full: the rest of the kept prefix, in priority order (the kernel
+    accumulates an online softmax, so the visiting order does not change the result). Index rows
+    are padded to n columns so the BlockMask stays a complete one (``to_dense``, transposes).
+    """
+    b, h, n, width = order.shape
+    diagonal = torch.arange(n, dtype=torch.int32, device=order.device)[:, None].expand(b, h, n, 1)
+    kv_idx = torch.nn.functional.pad(diagonal, (0, n - 1))
+    full_idx = torch.nn.functional.pad(order[..., 1:].to(torch.int32), (0, n + 1 - width))
+    ones = torch.ones(b, h, n, dtype=torch.int32, device=order.device)
+    return ones, kv_idx, (count - 1).to(torch.int32), full_idx
+
+
+@cache
+def _compiled_selection_indices() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    return torch.compile(selection_indices)
+
+
+def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
+                              compute_q_blocks: bool = False) -> BlockMask:
+    """BlockMask straight from a policy's selection, for kernels that skip unlisted tiles.
+
+    Only for unpadded layouts and compiled flex_attention: its ``mask_mod`` is causal only, so
+    eager flex (which evaluates ``mask_mod`` everywhere) would attend to every causal key.
+    """
+    n = layout.num_blocks
+    if layout.valid_tokens is not None:
+        raise ValueError("block_mask_from_selection needs an unpadded layout; use build_block_mask(selection.kept)")
+    if selection.order.dim() != 4 or selection.order.shape[-2] != n or selection.num_blocks != n:
+        raise ValueError(f"selection is for {selection.num_blocks} blocks, layout has {n}")
+    indices = _compiled_selection_indices() if selection.order.is_cuda else selection_indices
+    return BlockMask.from_kv_blocks(
+        *indices(selection.order, selection.count),
+        BLOCK_SIZE=(layout.block_size, layout.block_size),
+        mask_mod=causal_mask_mod,
         seq_lengths=(layout.seq_len, layout.seq_len),
         compute_q_blocks=compute_q_blocks,
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence, Union
+from functools import cache, lru_cache
+from typing import Any, Callable, ClassVar, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -64,25 +65,18 @@ class Policy:
             raise ValueError(f"{type(self).__name__}.max_blocks must be >= 1 or None, got {self.max_blocks}")
 
     def select(self, scores: Tensor, layout: BlockLayout) -> BlockSelection:
-        """Choose blocks from gate scores [B, H, nq, nk] (logits; -inf = not selectable)."""
+        """Choose blocks from gate scores [B, H, nq, nk] (logits; -inf = not selectable).
+
+        The returned order starts with the diagonal block in every row, then the other always-on
+        blocks, then blocks by score; on CUDA the selection runs as one compiled graph.
+        """
         n = layout.num_blocks
         if scores.dim() != 4 or scores.shape[-2:] != (n, n):
             raise ValueError(f"scores must be [B, H, {n}, {n}] for this layout, got {tuple(scores.shape)}")
-        # masks stay [B or 1, 1, n, n] and broadcast: per-head copies would dominate the cost
-        selectable = layout.selectable_blocks(scores.device)
-        diagonal = torch.eye(n, dtype=torch.bool, device=scores.device)
-        forced = (self.forced_blocks(layout, scores.device) & selectable) | diagonal
-        scores = scores.float().masked_fill(~selectable, float("-inf"))
-        priority = scores.masked_fill(forced, float("inf"))
-        bound = self.max_row_count(n)  # a partial top-k is much cheaper than sorting whole rows
-        order = priority.topk(bound, dim=-1).indices if bound < n else priority.argsort(dim=-1, descending=True)
-        n_forced = forced.sum(-1)
-        n_available = (selectable | forced).sum(-1)
-        count = self.row_counts(scores, order, forced, selectable).to(n_forced.dtype)
-        count = count.clamp(min=self.min_blocks)
-        if self.max_blocks is not None:
-            count = count.clamp(max=self.max_blocks)
-        count = torch.maximum(count, n_forced).minimum(n_available).clamp(max=bound).expand(scores.shape[:-1])
+        params = policy_tensors(self, n, scores.shape[1], scores.device)
+        core = compiled_select() if scores.is_cuda else select_blocks
+        order, count = core(type(self).row_counts, scores, layout.valid_blocks, layout.first_block, params,
+                            self.max_row_count(n))
         return BlockSelection(order, count, n)
 
     def max_row_count(self, n: int) -> int:
@@ -97,37 +91,80 @@ class Policy:
         """How many blocks the policy's own rule can ask for in a row of ``n`` blocks."""
         return n
 
-    def forced_blocks(self, layout: BlockLayout, device: torch.device) -> Tensor:
-        """[B or 1, 1, n, n] bool: diagonal, ``local`` previous blocks and ``sink`` first real blocks.
-
-        ``select`` keeps only the selectable ones (plus the diagonal, which is always kept)."""
-        n = layout.num_blocks
-        i = torch.arange(n, device=device)[:, None]
-        j = torch.arange(n, device=device)[None, :]
-        forced = (j <= i) & (j >= i - self.local)
-        first = 0 if layout.first_block is None else layout.first_block.view(-1, 1, 1)
-        sink = (j >= first) & (j < first + self.sink) & (j <= i)
-        return (forced | sink).view(-1, 1, n, n)
-
-    def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
+    @staticmethod
+    def row_counts(scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor,
+                   params: dict[str, Tensor]) -> Tensor:
         """How many blocks each row keeps, forced ones included ([B, H, nq] or broadcastable).
 
-        ``forced`` and ``selectable`` are [B or 1, 1, n, n] masks that broadcast against ``scores``."""
+        Pure tensor code (it is compiled): ``forced`` and ``selectable`` are [B or 1, 1, n, n]
+        masks, ``params`` holds ``rule_parameters`` as [1, H, 1] float32 tensors."""
         raise NotImplementedError
 
-    def per_head(self, value: PerHead, like: Tensor) -> Tensor:
-        """A scalar or per-head parameter as a tensor broadcasting against [B, H, nq]."""
-        t = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    def rule_parameters(self, n: int) -> dict[str, PerHead]:
+        """The numbers ``row_counts`` needs for rows of ``n`` blocks: scalars or per-head lists."""
+        raise NotImplementedError
+
+    def per_head(self, value: PerHead, heads: int) -> Tensor:
+        """A scalar or per-head parameter as a [1, H, 1] float32 tensor (on the CPU)."""
+        t = torch.as_tensor(value, dtype=torch.float32)
         if t.dim() == 0:
-            return t
-        if t.shape != (like.shape[1],):
+            return t.expand(heads).reshape(1, heads, 1)
+        if t.shape != (heads,):
             raise ValueError(f"{type(self).__name__}: per-head parameter has {t.numel()} values, "
-                             f"the layer has {like.shape[1]} heads")
-        return t.view(1, -1, 1)
+                             f"the layer has {heads} heads")
+        return t.view(1, heads, 1)
 
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {"type": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+
+@lru_cache(maxsize=512)
+def policy_tensors(policy: Policy, n: int, heads: int, device: torch.device) -> dict[str, Tensor]:
+    """A policy's parameters as device tensors, made once per (policy, n, heads, device).
+
+    Policies are immutable and hashable, so the host-to-device copies (each one a stream sync)
+    happen once, not once per layer, and new values never change a compiled graph.
+    """
+    shared = {"sink": policy.sink, "local": policy.local, "min_blocks": policy.min_blocks,
+              "max_blocks": n if policy.max_blocks is None else policy.max_blocks}
+    tensors = {name: torch.tensor(float(value)) for name, value in shared.items()}
+    tensors |= {name: policy.per_head(value, heads) for name, value in policy.rule_parameters(n).items()}
+    return {name: t.to(device) for name, t in tensors.items()}
+
+
+def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_blocks: Tensor | None,
+                  first_block: Tensor | None, params: dict[str, Tensor], bound: int) -> tuple[Tensor, Tensor]:
+    """(order [B, H, n, bound] int64, count [B, H, n]): the selection as pure tensor code.
+
+    Priorities: the diagonal +inf (so it is always first), other always-on blocks the largest
+    float, selectable blocks their score, the rest -inf; a partial top-k of ``bound`` columns
+    is much cheaper than sorting whole rows.
+    """
+    n = scores.shape[-1]
+    i = torch.arange(n, device=scores.device)[:, None]
+    j = torch.arange(n, device=scores.device)[None, :]
+    causal, diagonal = j <= i, j == i
+    # masks stay [B or 1, 1 or H, n, n] and broadcast: per-head copies would dominate the cost
+    selectable = causal[None, None] if valid_blocks is None else causal & valid_blocks[:, None, None, :]
+    first = 0 if first_block is None else first_block.view(-1, 1, 1, 1)
+    sink = (j >= first) & (j < first + params["sink"])
+    forced = (((j >= i - params["local"]) | sink) & selectable) | diagonal
+    scores = scores.float().masked_fill(~selectable, float("-inf"))
+    priority = scores.masked_fill(forced, torch.finfo(torch.float32).max).masked_fill(diagonal, float("inf"))
+    order = priority.topk(bound, dim=-1).indices if bound < n else priority.argsort(dim=-1, descending=True)
+    n_forced = forced.sum(-1)
+    n_available = (selectable | forced).sum(-1)
+    count = row_counts(scores, order, forced, selectable, params).float()
+    count = count.maximum(params["min_blocks"]).minimum(params["max_blocks"])
+    count = count.maximum(n_forced.float()).minimum(n_available.float()).clamp(max=bound)
+    return order, count.long().expand(scores.shape[:-1])
+
+
+@cache
+def compiled_select() -> Callable[..., tuple[Tensor, Tensor]]:
+    """``select_blocks`` compiled: ~40 small launches become a few fused kernels plus the top-k."""
+    return torch.compile(select_blocks)
 
 
 def softmax_probs(scores: Tensor) -> Tensor:

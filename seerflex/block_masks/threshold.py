@@ -29,7 +29,11 @@ class Threshold(Policy):
         t = float(min(torch.as_tensor(self.threshold, dtype=torch.float64).reshape(-1)))
         return n if t <= 0 else min(n, 1 + self.sink + self.local + int(1 / t))
 
-    def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
-        t = self.per_head(self.threshold, scores[..., 0])[..., None]
-        above = (softmax_probs(scores) > t) & selectable & ~forced
+    def rule_parameters(self, n: int) -> dict[str, PerHead]:
+        return {"threshold": self.threshold}
+
+    @staticmethod
+    def row_counts(scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor,
+                   params: dict[str, Tensor]) -> Tensor:
+        above = (softmax_probs(scores) > params["threshold"][..., None]) & selectable & ~forced
         return (forced.sum(-1) + above.sum(-1)).float()

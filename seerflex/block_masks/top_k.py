@@ -53,17 +53,22 @@ class TopK(Policy):
         d = float(max(torch.as_tensor(self.density, dtype=torch.float64).reshape(-1)))
         return int((1 - math.sqrt(1 - d)) * n) if self.uniform else int(d * n + 0.5)
 
-    def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
-        n_selectable = selectable.sum(-1)
-        n = scores.shape[-1]
+    def rule_parameters(self, n: int) -> dict[str, PerHead]:
+        """count = floor(per_selectable * selectable blocks + constant); rows from dense_from keep all."""
         if self.k is not None:
-            count = self.per_head(self.k, scores[..., 0]).floor().expand(scores.shape[:-1])
+            per_selectable, constant = 0.0, self.k
         elif self.uniform:
-            nz = self.per_head(self.density, scores[..., 0])
-            count = ((1 - (1 - nz).sqrt()) * n).floor().expand(scores.shape[:-1])
+            nz = torch.as_tensor(self.density, dtype=torch.float64)
+            per_selectable, constant = 0.0, ((1 - (1 - nz).sqrt()) * n).tolist()
         else:
-            count = (self.per_head(self.density, scores[..., 0]) * n_selectable + 0.5).floor()
-        if self.dense_last_rows:
-            last = torch.arange(n, device=scores.device) >= n - self.dense_last_rows
-            count = torch.where(last, float(n), count)
-        return count
+            per_selectable, constant = self.density, 0.5
+        dense_from = n - self.dense_last_rows if self.dense_last_rows else n
+        return {"per_selectable": per_selectable, "constant": constant, "dense_from": dense_from}
+
+    @staticmethod
+    def row_counts(scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor,
+                   params: dict[str, Tensor]) -> Tensor:
+        n = scores.shape[-1]
+        count = (params["per_selectable"] * selectable.sum(-1) + params["constant"]).floor()
+        rows = torch.arange(n, device=scores.device)
+        return torch.where(rows >= params["dense_from"], float(n), count)

@@ -24,8 +24,12 @@ class TopP(Policy):
         super().__post_init__()
         check_range(self, "p", self.p, 0.0, 1.0)
 
-    def row_counts(self, scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor) -> Tensor:
+    def rule_parameters(self, n: int) -> dict[str, PerHead]:
+        return {"p": self.p}
+
+    @staticmethod
+    def row_counts(scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor,
+                   params: dict[str, Tensor]) -> Tensor:
         sorted_probs = softmax_probs(scores).gather(-1, order)
         mass_before = sorted_probs.cumsum(-1) - sorted_probs
-        p = self.per_head(self.p, scores[..., 0])[..., None]
-        return (mass_before < p).sum(-1).float()
+        return (mass_before < params["p"][..., None]).sum(-1).float()

@@ -8,6 +8,9 @@ a key block may not be chosen (above the diagonal, or padding only).
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -64,17 +67,11 @@ class AttnGate(nn.Module):
             layout = BlockLayout(q.shape[2], self.block_size)
         elif layout.block_size != self.block_size or layout.seq_len != q.shape[2]:
             raise ValueError("layout does not match the gate's block size or the sequence length")
-        dtype = self.k_weight.dtype
-        qb = block_pool(q, self.gate_type.q_pools, self.block_size, layout.valid_tokens).to(dtype)
-        kb = block_pool(k, self.gate_type.k_pools, self.block_size, layout.valid_tokens).to(dtype)
-        kb = kb.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
-        if self.q_weight is not None:
-            qb = torch.einsum("bhnd,hde->bhne", qb, self.q_weight)
-        kb = torch.einsum("bhnd,hde->bhne", kb, self.k_weight)
-        cos, sin = self._cos_sin(layout.num_blocks, q.device, dtype)
-        qb, kb = apply_rope(qb, cos, sin), apply_rope(kb, cos, sin)
-        logits = (qb @ kb.transpose(-1, -2)).float() * self.hidden_size**-0.5
-        return logits.masked_fill(~layout.selectable_blocks(q.device), float("-inf"))
+        cos, sin = self._cos_sin(layout.num_blocks, q.device, self.k_weight.dtype)
+        inference = q.is_cuda and not (torch.is_grad_enabled() and self.k_weight.requires_grad)
+        scores = compiled_block_logits() if inference else block_logits
+        return scores(q, k, self.q_weight, self.k_weight, cos, sin, layout.valid_tokens, layout.valid_blocks,
+                      self.gate_type.q_pools, self.gate_type.k_pools, self.block_size)
 
     def _cos_sin(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """RoPE tables at block starts, cached: no host-to-device copy per call."""
@@ -99,3 +96,28 @@ class AttnGate(nn.Module):
         return (f"{self.gate_type.name}, heads={self.num_heads}/{self.num_kv_heads}, head_dim={self.head_dim}, "
                 f"block_size={self.block_size}, hidden={self.hidden_size}, rope={self.rope.rope_type}")
 
+
+
+def block_logits(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, cos: Tensor, sin: Tensor,
+                 valid_tokens: Tensor | None, valid_blocks: Tensor | None, q_pools: tuple[str, ...], k_pools: tuple[str, ...],
+                 block_size: int) -> Tensor:
+    """The gate's math as a pure function of its weights, so one compiled graph serves every layer."""
+    heads, hidden = k_weight.shape[0], k_weight.shape[-1]
+    qb = block_pool(q, q_pools, block_size, valid_tokens).to(k_weight.dtype)
+    kb = block_pool(k, k_pools, block_size, valid_tokens).to(k_weight.dtype)
+    kb = kb.repeat_interleave(heads // k.shape[1], dim=1)
+    if q_weight is not None:
+        qb = torch.einsum("bhnd,hde->bhne", qb, q_weight)
+    kb = torch.einsum("bhnd,hde->bhne", kb, k_weight)
+    qb, kb = apply_rope(qb, cos, sin), apply_rope(kb, cos, sin)
+    logits = (qb @ kb.transpose(-1, -2)).float() * hidden**-0.5
+    n = logits.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    selectable = causal if valid_blocks is None else causal & valid_blocks[:, None, None, :]
+    return logits.masked_fill(~selectable, float("-inf"))
+
+
+@cache
+def compiled_block_logits() -> Callable[..., Tensor]:
+    """Inference on GPU: pooling, projections, RoPE and the masked logits fused by torch.compile."""
+    return torch.compile(block_logits)

@@ -2,8 +2,10 @@
 
 For each sequence length: SDPA dense causal, flex dense causal (128-token tiles, flex's best dense
 case), and seerflex at each density, split into gate, policy, BlockMask build and the sparse flex
-kernel, plus the whole layer call. Each seerflex output is checked on GPU against a float32 dense
-reference that uses the same block decisions (on a few slices of query rows, so 128k fits).
+kernel, plus the whole layer call, and on GPU the same layer call replayed from a CUDA graph (what
+is left once kernel launches cost nothing). Each seerflex output is checked on GPU against a
+float32 dense reference that uses the same block decisions (on a few slices of query rows, so 128k
+fits).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import torch
 from torch import Tensor
 
 from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK, build_block_mask
-from seerflex.block_masks import SparsityStats
-from seerflex.flex import COMPILE_MODES, dense_attention, sparse_attention
+from seerflex.block_masks import SparsityStats, block_mask_from_selection
+from seerflex.flex import COMPILE_MODES, dense_attention, skips_unlisted_tiles, sparse_attention
 from seerflex.recipes.common import console, environment, print_table, write_json
 
 
@@ -58,6 +60,23 @@ def max_relative_error(out: Tensor, q: Tensor, k: Tensor, v: Tensor, kept: Tenso
     return max(errs)
 
 
+def graph_replay_ms(fn: Callable[[], Any]) -> float | str:
+    """Median ms of ``fn`` captured once in a CUDA graph and replayed (the error text if capture fails)."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return timed(graph.replay)
+    except Exception as err:  # a capture the runtime refuses is a result to record
+        return f"{type(err).__name__}: {str(err)[:200]}"
+
+
 def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     q, k, v = (torch.randn(1, h, s, args.head_dim, device=dev, dtype=dtype)
@@ -74,29 +93,36 @@ def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> li
     rows.append(base | {"method": "flex dense", "density": 1.0, "total_ms": flex_ms})
     for density in densities:
         cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size, dense_below=0,
-                             compile=args.compile)
+                             compile=args.compile, check_finite=args.check_finite)
         layer = SeerFlexAttention(cfg, args.heads, args.kv_heads, args.head_dim).to(dev, dtype)
         layout = BlockLayout(s, args.block_size)
         scores = layer.gate(q, k, layout)
-        kept = layer.policy.select(scores, layout).kept
-        block_mask = build_block_mask(kept, layout)
+        selection = layer.policy.select(scores, layout)
+        kept = selection.kept
+        fast = skips_unlisted_tiles(args.compile, dev)  # the layer's own route to the BlockMask
+        build = (lambda: block_mask_from_selection(selection, layout)) if fast else (lambda: build_block_mask(kept, layout))
+        block_mask = build()
         torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
         out = layer(q, k, v)
         row = base | {
             "method": "seerflex", "density": density,
             "achieved_density": SparsityStats.of(kept, layout).mean_density,
             "gate_ms": timed(lambda: layer.gate(q, k, layout)),
-            "policy_ms": timed(lambda: layer.policy.select(scores, layout).kept),
-            "build_ms": timed(lambda: build_block_mask(kept, layout)),
+            "policy_ms": timed(lambda: layer.policy.select(scores, layout)),
+            "build_ms": timed(build),
             "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, compile=args.compile)),
             "total_ms": timed(lambda: layer(q, k, v)),
         }
         if dev.type == "cuda":
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            if not args.check_finite:  # the NaN check syncs with the host, which a graph cannot hold
+                row["graph_ms"] = graph_replay_ms(lambda: layer(q, k, v))
         if args.check:
             row["max_rel_err"] = max_relative_error(out, q, k, v, kept, args.block_size)
         row["total_vs_density_x_sdpa"] = row["total_ms"] / (row["achieved_density"] * sdpa_ms)
         row["overhead_vs_kernel"] = (row["gate_ms"] + row["policy_ms"] + row["build_ms"]) / row["kernel_ms"]
+        if isinstance(row.get("graph_ms"), float):
+            row["graph_vs_density_x_sdpa"] = row["graph_ms"] / (row["achieved_density"] * sdpa_ms)
         rows.append(row)
         console.log(f"S={s} density={density}: {row['total_ms']:.3f} ms (sdpa {sdpa_ms:.3f})")
     return rows
@@ -114,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="flex compile mode")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the reference check")
+    p.add_argument("--no-finite-check", dest="check_finite", action="store_false",
+                   help="layers skip their NaN check (a host sync per call); also times a CUDA-graph replay")
     p.add_argument("--out", default="benchmarks/results/bench_kernel.json")
     args = p.parse_args(argv)
     results: list[dict[str, Any]] = []
@@ -126,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
             write_json(args.out, {"environment": environment(), "args": vars(args), "results": results})
     cols = ["seq_len", "method", "density", "achieved_density", "gate_ms", "policy_ms", "build_ms", "kernel_ms",
-            "total_ms", "total_vs_density_x_sdpa", "max_rel_err"]
+            "total_ms", "graph_ms", "total_vs_density_x_sdpa", "max_rel_err"]
     print_table(f"per-layer attention ({environment()['device']})", cols,
                 [[r.get(c, "") for c in cols] for r in results if "error" not in r])
     console.print(f"saved {args.out}")

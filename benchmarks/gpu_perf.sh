@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Performance runs on the lent GPU machine (H100), results under $OUT:
+#   kernel: seerflex bench kernel, static and auto compile, no per-layer NaN sync, CUDA-graph replay
+#           + benchmarks/perf_experiments.py (64 vs 128-token blocks, index order, top-k)
+#   ttft:   seerflex bench ttft, Llama-3.1-8B shape, 32k/64k/128k
+set -euo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD COLUMNS=200
+case "$1" in
+kernel)
+  python -m seerflex.cli bench kernel --lengths 8192 16384 32768 65536 131072 --densities 0.2 0.1 0.05 \
+    --compile static --no-finite-check --out "$OUT"/bench_kernel_v3_static.json
+  python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 \
+    --compile auto --no-finite-check --out "$OUT"/bench_kernel_v3_auto.json
+  python benchmarks/perf_experiments.py --lengths 8192 32768 131072 --out "$OUT"/perf_experiments_v3.json ;;
+ttft)
+  python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
+    --out "$OUT"/bench_ttft_v2.json ;;
+esac
