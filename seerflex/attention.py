@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from seerflex.block_masks import BlockLayout, Policy, SparsityStats, block_mask_from_selection, build_block_mask
+from seerflex.block_masks import BlockLayout, Policy, SparsityStats, block_mask_for
 from seerflex.config import SeerFlexConfig
 from seerflex.flex import dense_attention, skips_unlisted_tiles, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
@@ -59,11 +59,9 @@ class SeerFlexAttention(nn.Module):
             raise ValueError(f"gate of layer {self.layer_idx} produced NaN block scores: "
                              "check the inputs and the gate weights for non-finite values")
         selection = self.policy.select(scores, layout)
-        backward = torch.is_grad_enabled() and q.requires_grad
-        if layout.valid_tokens is None and skips_unlisted_tiles(self.config.compile, q.device):
-            block_mask = block_mask_from_selection(selection, layout, compute_q_blocks=backward)
-        else:
-            block_mask = build_block_mask(selection.kept, layout, compute_q_blocks=backward)
+        block_mask = block_mask_for(selection, layout,
+                                    kernel_skips_unlisted_tiles=skips_unlisted_tiles(self.config.compile, q.device),
+                                    compute_q_blocks=torch.is_grad_enabled() and q.requires_grad)
         out = sparse_attention(q, k, v, block_mask, scale=scale, compile=self.config.compile, score_mod=score_mod)
         return (out, SparsityStats.of(selection.kept, layout)) if return_stats else out
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from seerflex.block_masks.builder import (block_mask_from_selection, build_block_mask, compact_indices,
-                                          selection_mask_mod)
+from seerflex.block_masks.builder import (block_mask_for, block_mask_from_selection, build_block_mask,
+                                          compact_indices, selection_mask_mod)
 from seerflex.block_masks.layout import BlockLayout
 from seerflex.block_masks.policy import BlockSelection, Policy
 from seerflex.block_masks.stats import SparsityStats
@@ -29,4 +29,5 @@ def policy_from_dict(spec: dict[str, Any]) -> Policy:
 
 
 __all__ = ["BlockLayout", "BlockSelection", "POLICIES", "Policy", "SparsityStats", "Threshold", "TopK", "TopP",
-           "block_mask_from_selection", "build_block_mask", "compact_indices", "policy_from_dict", "selection_mask_mod"]
+           "block_mask_for", "block_mask_from_selection", "build_block_mask", "compact_indices", "policy_from_dict",
+           "selection_mask_mod"]

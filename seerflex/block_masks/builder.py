@@ -113,6 +113,15 @@ def _compiled_selection_indices() -> Callable[..., tuple[Tensor, Tensor, Tensor,
     return torch.compile(selection_indices)
 
 
+def block_mask_for(selection: BlockSelection, layout: BlockLayout, *, kernel_skips_unlisted_tiles: bool,
+                   compute_q_blocks: bool = False) -> BlockMask:
+    """The BlockMask a layer runs: from the selection's order where that is exact (unpadded layout,
+    compiled kernel), else from the kept mask with a mask_mod that encodes the whole selection."""
+    if layout.valid_tokens is None and kernel_skips_unlisted_tiles:
+        return block_mask_from_selection(selection, layout, compute_q_blocks=compute_q_blocks)
+    return build_block_mask(selection.kept, layout, compute_q_blocks=compute_q_blocks)
+
+
 def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
                               compute_q_blocks: bool = False) -> BlockMask:
     """BlockMask straight from a policy's selection, for kernels that skip unlisted tiles.

@@ -62,10 +62,14 @@ class BlockLayout:
 
     def selectable_blocks(self, device: torch.device) -> Tensor:
         """[B or 1, 1, n, n] bool: key block j is on or below the diagonal and holds a real token."""
-        n = self.num_blocks
-        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
-        return causal if self.valid_blocks is None else causal & self.valid_blocks[:, None, None, :]
+        return selectable_blocks(self.num_blocks, self.valid_blocks, device)
 
     def _tiles(self, valid: Tensor) -> Tensor:
         pad = self.num_blocks * self.block_size - self.seq_len
         return torch.nn.functional.pad(valid, (0, pad), value=False).view(valid.shape[0], self.num_blocks, -1)
+
+
+def selectable_blocks(n: int, valid_blocks: Tensor | None, device: torch.device) -> Tensor:
+    """[B or 1, 1, n, n] bool from [B, n] real-block flags: a pure function, so compiled code can use it."""
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+    return causal if valid_blocks is None else causal & valid_blocks[:, None, None, :]

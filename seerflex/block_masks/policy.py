@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Sequence, Union
 import torch
 from torch import Tensor
 
-from seerflex.block_masks.layout import BlockLayout
+from seerflex.block_masks.layout import BlockLayout, selectable_blocks
 
 PerHead = Union[float, Sequence[float]]
 
@@ -144,9 +144,9 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     n = scores.shape[-1]
     i = torch.arange(n, device=scores.device)[:, None]
     j = torch.arange(n, device=scores.device)[None, :]
-    causal, diagonal = j <= i, j == i
-    # masks stay [B or 1, 1 or H, n, n] and broadcast: per-head copies would dominate the cost
-    selectable = causal[None, None] if valid_blocks is None else causal & valid_blocks[:, None, None, :]
+    diagonal = j == i
+    # masks stay [B or 1, 1, n, n] and broadcast: per-head copies would dominate the cost
+    selectable = selectable_blocks(n, valid_blocks, scores.device)
     first = 0 if first_block is None else first_block.view(-1, 1, 1, 1)
     sink = (j >= first) & (j < first + params["sink"])
     forced = (((j >= i - params["local"]) | sink) & selectable) | diagonal

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from seerflex.block_masks.layout import BlockLayout
+from seerflex.block_masks.layout import BlockLayout, selectable_blocks
 from seerflex.gates.gate_type import GateType
 from seerflex.gates.pooling import block_pool
 from seerflex.gates.rope import RopeSpec, apply_rope
@@ -97,10 +97,9 @@ class AttnGate(nn.Module):
                 f"block_size={self.block_size}, hidden={self.hidden_size}, rope={self.rope.rope_type}")
 
 
-
 def block_logits(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, cos: Tensor, sin: Tensor,
-                 valid_tokens: Tensor | None, valid_blocks: Tensor | None, q_pools: tuple[str, ...], k_pools: tuple[str, ...],
-                 block_size: int) -> Tensor:
+                 valid_tokens: Tensor | None, valid_blocks: Tensor | None, q_pools: tuple[str, ...],
+                 k_pools: tuple[str, ...], block_size: int) -> Tensor:
     """The gate's math as a pure function of its weights, so one compiled graph serves every layer."""
     heads, hidden = k_weight.shape[0], k_weight.shape[-1]
     qb = block_pool(q, q_pools, block_size, valid_tokens).to(k_weight.dtype)
@@ -111,10 +110,7 @@ def block_logits(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor
     kb = torch.einsum("bhnd,hde->bhne", kb, k_weight)
     qb, kb = apply_rope(qb, cos, sin), apply_rope(kb, cos, sin)
     logits = (qb @ kb.transpose(-1, -2)).float() * hidden**-0.5
-    n = logits.shape[-1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    selectable = causal if valid_blocks is None else causal & valid_blocks[:, None, None, :]
-    return logits.masked_fill(~selectable, float("-inf"))
+    return logits.masked_fill(~selectable_blocks(logits.shape[-1], valid_blocks, q.device), float("-inf"))
 
 
 @cache

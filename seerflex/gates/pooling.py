@@ -42,4 +42,3 @@ def block_pool(x: Tensor, pools: tuple[str, ...], block_size: int, valid: Tensor
             pooled = tiles.masked_fill(~ok, float("inf")).amin(3)
         out.append(pooled.masked_fill(count == 0, 0))
     return torch.cat(out, dim=-1)
-

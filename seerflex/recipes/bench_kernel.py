@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK, build_block_mask
-from seerflex.block_masks import SparsityStats, block_mask_from_selection
+from seerflex.block_masks import SparsityStats, block_mask_for
 from seerflex.flex import COMPILE_MODES, dense_attention, skips_unlisted_tiles, sparse_attention
 from seerflex.recipes.common import console, environment, print_table, write_json
 
@@ -99,8 +99,8 @@ def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> li
         scores = layer.gate(q, k, layout)
         selection = layer.policy.select(scores, layout)
         kept = selection.kept
-        fast = skips_unlisted_tiles(args.compile, dev)  # the layer's own route to the BlockMask
-        build = (lambda: block_mask_from_selection(selection, layout)) if fast else (lambda: build_block_mask(kept, layout))
+        fast = skips_unlisted_tiles(args.compile, dev)
+        build = lambda: block_mask_for(selection, layout, kernel_skips_unlisted_tiles=fast)  # noqa: E731
         block_mask = build()
         torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
         out = layer(q, k, v)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = get_seerflex_model(random_llama(args.layers, "cuda"),
                                SeerFlexConfig(policy=TopK(density=0.1), dense_below=0, compile=args.compile,
-                                                              check_finite=args.check_finite))
+                                              check_finite=args.check_finite))
     model.to(torch.bfloat16)
     results: list[dict[str, Any]] = []
     with torch.inference_mode():
