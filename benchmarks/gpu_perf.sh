@@ -3,6 +3,9 @@
 #   kernel: seerflex bench kernel, static and auto compile, no per-layer NaN sync, CUDA-graph replay
 #           + benchmarks/perf_experiments.py (64 vs 128-token blocks, index order, top-k)
 #   ttft:   seerflex bench ttft, Llama-3.1-8B shape, 32k/64k/128k
+#   kernel4: v4 static kernels at 8k/32k/128k (the 128k static OOM fix), 64- and 128-token blocks
+#   ttft2:   TTFT with the v3+ path and the attention-free ceiling (Amdahl bound)
+# Each stage also stashes carried GGUF parts for gpu_smollm2.sh (see its "stash" stage).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD COLUMNS=200
 case "$1" in
@@ -12,6 +15,14 @@ kernel)
   python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 \
     --compile auto --no-finite-check --out "$OUT"/bench_kernel_v3_auto.json
   python benchmarks/perf_experiments.py --lengths 8192 32768 131072 --out "$OUT"/perf_experiments_v3.json ;;
+kernel4)
+  python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 0.05 \
+    --compile static --no-finite-check --out "$OUT"/bench_kernel_v4_static.json
+  python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 --block-size 128 \
+    --compile static --no-finite-check --out "$OUT"/bench_kernel_v4_static_b128.json ;;
+ttft2)
+  python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
+    --out "$OUT"/bench_ttft_v2.json ;;
 ttft)
   python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
     --out "$OUT"/bench_ttft_v2.json ;;

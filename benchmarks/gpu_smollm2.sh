@@ -6,7 +6,14 @@
 #   stage3: (nothing)                             -> perplexity and passkey evaluation on Emma
 #   stage3b: carry .assets/adapter_v1             -> v2 (mass target) vs v1 (max target) gates, calibrated
 #            top-p / threshold policies next to top-k and the baselines
-# Locally: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 50; wheels via pip download.
+#   v4 (2026-11-25), calls chained with gpu_perf.sh (each carries one GGUF part):
+#   stash:   carry .whl .assets/gguf/pN       -> wheels installed / part N copied to /tmp/parts
+#   distill3: carry .assets/gguf/pN .assets/austen.tgz -> reassembled; gates v3 (mass, 500 steps),
+#            h128 (gate hidden 128: Q projected), b128 (128-token blocks)
+#   eval3:   perplexity sweeps incl. per-layer budgets; b128 vs 64 at equal density
+#   eval3pk: passkey vs density and with budgets
+# Locally: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 33; wheels via pip download;
+#   tar czf .assets/austen.tgz -C ~/.cache/seerflex/austen .
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=/tmp/cache COLUMNS=160
 RUN=/tmp/run
@@ -39,6 +46,35 @@ stage3b)
   done
   python -m seerflex.cli eval passkey --adapter $RUN/distill/adapter --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
     --trials 3 --scorers gate,pooled --policies topk:0.1,topp:density=0.1 --out "$OUT"/passkey ;;
+stash)
+  if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; fi
+  mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ ;;
+distill3)
+  mkdir -p /tmp/cache/smollm2 /tmp/cache/austen /tmp/parts "$OUT"/runs
+  cp .assets/gguf/p*/part.* /tmp/parts/
+  cat /tmp/parts/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
+  tar xzf .assets/austen.tgz -C /tmp/cache/austen
+  D="python -m seerflex.cli distill recipes/distill_smollm2.yaml target=mass"
+  $D steps=500 warmup_steps=20 output_dir=$RUN/v3
+  $D steps=500 warmup_steps=20 seerflex.gate_hidden_size=128 output_dir=$RUN/h128
+  $D steps=300 warmup_steps=20 seerflex.block_size=128 seerflex.policy.local=1 output_dir=$RUN/b128
+  for r in v3 h128 b128; do
+    mkdir -p "$OUT"/runs/$r && cp $RUN/$r/metrics.jsonl $RUN/$r/recipe.json $RUN/$r/adapter/adapter_config.json "$OUT"/runs/$r/
+    cp $RUN/$r/adapter/adapter_model.safetensors "$OUT"/$r.safetensors
+  done
+  tar czf "$OUT"/runs.tgz -C "$OUT" runs && rm -r "$OUT"/runs ;;
+eval3)
+  E="python -m seerflex.cli eval ppl --text austen:Emma --window 8192 --prefix 1024 --windows 3"
+  $E --adapter $RUN/v3/adapter --scorers dense,gate,recency,pooled,oracle \
+    --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5,topp:density=0.1,threshold:density=0.1,budget:0.1 --out "$OUT"/ppl_v3
+  $E --adapter $RUN/h128/adapter --scorers gate --policies topk:0.1,topp:density=0.1,budget:0.1 --out "$OUT"/ppl_h128
+  $E --adapter $RUN/b128/adapter --scorers gate,pooled,oracle \
+    --policies topk:0.05:local=1,topk:0.1:local=1,topk:0.2:local=1 --out "$OUT"/ppl_b128 ;;
+eval3pk)
+  python -m seerflex.cli eval passkey --adapter ${ADAPTER:-$RUN/v3/adapter} --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
+    --trials 3 --scorers dense,gate,recency,pooled,oracle --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5,budget:0.1 \
+    --out "$OUT"/passkey_v3 ;;
 stage4)  # after stage1/part/stage2-style reassembly: sparsity and needle for the bundled gates
   mkdir -p /tmp/cache/smollm2 /tmp/cache/austen
   cp .assets/gguf/p*/part.* /tmp/parts/

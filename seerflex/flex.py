@@ -16,6 +16,10 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
 COMPILE_MODES = ("auto", "dynamic", "static", "eager")
+# Distinct compiled shapes allowed before an error. Dynamo's default (8) is low for static mode, one
+# graph per length, and past it dynamo silently runs flex_attention *eagerly*, which materialises
+# S x S scores: at 128k that was an out-of-memory error asking for 2 TiB (benchmarks/NOTES.md, v4).
+RECOMPILE_LIMIT = 64
 
 
 @cache
@@ -48,14 +52,15 @@ def kernel_options(device: torch.device, head_dim: int, block_size: int) -> dict
 
     On GPU the mask's block size must be a multiple of the kernel tile; the default tiles (128 x 64
     at head 128) reject 64- and 32-token blocks ("Q and KV block size must be divisible by BLOCK_M
-    and BLOCK_N"), so tiles follow the block size up to 64. With 64 x 64 tiles, 4 warps and 2 stages
-    ran the sparse kernel 1.9x faster than the defaults on H100 (32k, head 128, density 0.1:
-    2.62 vs 5.06 ms; benchmarks/results/2026-11-23_h100_flex_compile_modes_v1.json).
+    and BLOCK_N"), so query tiles follow the block size up to 128 and key tiles up to 64. With
+    64 x 64 tiles, 4 warps and 2 stages ran the sparse kernel 1.9x faster than the defaults on H100
+    (32k, head 128, density 0.1: 2.62 vs 5.06 ms; ..._flex_compile_modes_v1.json); for 128-token
+    blocks 128 x 64 tiles with 4 warps / 2 stages beat 64 x 64 by 10-12% at 32k and 128k
+    (2.19 vs 2.43 ms, 34.7 vs 39.5 ms; ..._perf_experiments_v3.json).
     """
     if device.type != "cuda":
         return None
-    tile = min(block_size, 64)
-    return {"BLOCK_M": tile, "BLOCK_N": tile, "num_warps": 4, "num_stages": 2}
+    return {"BLOCK_M": min(block_size, 128), "BLOCK_N": min(block_size, 64), "num_warps": 4, "num_stages": 2}
 
 
 def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale: float | None = None,
@@ -63,11 +68,22 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     """flex_attention over ``block_mask`` (GQA when K/V have fewer heads than Q).
 
     ``score_mod`` (e.g. Gemma-2 logit soft-capping) must be the same function object on every
-    call to reuse the compiled kernel.
+    call to reuse the compiled kernel. A compiled mode never falls back to eager flex (S x S memory):
+    past ``RECOMPILE_LIMIT`` shapes it raises instead.
     """
     fn = flex_function(compile, q.device)
-    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
-              kernel_options=kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0]))
+    options = kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0])
+    if fn is flex_attention:
+        return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                  enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+            return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                      enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+        raise RuntimeError(f"flex_attention was compiled for {RECOMPILE_LIMIT} different shapes in compile mode "
+                           f"{compile!r} (static compiles once per sequence length); use compile='auto' for "
+                           "workloads with many lengths") from err
 
 
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None = None, *,

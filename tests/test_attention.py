@@ -129,3 +129,18 @@ def test_compiled_fast_path_matches_f64_reference(density, policy_cls):
     out = layer(q, k, v)
     kept = kept_blocks(layer, q, k, None)
     assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, s, 32, None))) < 1e-5
+
+
+def test_static_compile_past_the_recompile_limit_raises_instead_of_running_eager(monkeypatch):
+    """Dynamo's default is to run flex_attention eagerly once a function has too many compiled
+    shapes: S x S memory (2 TiB at 128k). seerflex turns that into a clear error."""
+    import seerflex.flex
+
+    monkeypatch.setattr(seerflex.flex, "RECOMPILE_LIMIT", 1)
+    torch._dynamo.reset()
+    cfg = SeerFlexConfig(policy=TopK(density=0.5), dense_below=0, block_size=32, compile="static")
+    layer = SeerFlexAttention(cfg, num_heads=2, num_kv_heads=1, head_dim=16)
+    layer(*make_inputs(1, 2, 1, 96, 16))  # first shape compiles
+    with pytest.raises(RuntimeError, match="compile='auto'"):
+        layer(*make_inputs(1, 2, 1, 160, 16))
+    torch._dynamo.reset()

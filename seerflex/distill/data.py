@@ -20,8 +20,6 @@ FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": 
 
 def load_texts(source: str, text_field: str = "text") -> list[str]:
     """Documents from a source spec (see module docstring)."""
-    import datasets
-
     if source == "austen" or source.startswith("austen:"):
         from seerflex.assets import austen_novels
 
@@ -36,6 +34,8 @@ def load_texts(source: str, text_field: str = "text") -> list[str]:
                 raise ValueError(f"unknown novel(s) {sorted(missing)}; available: {sorted(novels)}")
             return [novels[title] for title in arg.split(",")]
         return [t for _, t in sorted(novels.items())]
+    import datasets  # only file and hub sources need it
+
     path = Path(source)
     if path.exists():
         files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.suffix in FILE_BUILDERS)

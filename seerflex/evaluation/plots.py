@@ -44,16 +44,16 @@ def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: st
 
 
 def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: Path, title: str,
-            xlabel: str, ylabel: str) -> Path:
+            xlabel: str, ylabel: str, vmax: float = 1.0) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(min(16, 1 + 0.6 * len(cols)), min(16, 1 + 0.5 * len(rows))))
-    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    im = ax.imshow(matrix, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
     if len(rows) * len(cols) <= 400:  # numbers only where they stay readable
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=7)
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < vmax / 2 else "black", fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

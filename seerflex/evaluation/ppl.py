@@ -13,40 +13,27 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from seerflex.evaluation.calibration import calibrate
-from seerflex.evaluation.selection import achieved_density, parse_policy, runs, selection
+from seerflex.evaluation.nll import window_nll
+from seerflex.evaluation.policy_specs import resolve_policy
+from seerflex.evaluation.selection import achieved_density, runs, selection
 from seerflex.recipes.common import console
 
 
-def windows(ids: torch.Tensor, length: int, count: int) -> list[torch.Tensor]:
-    """``count`` evenly spaced, non-overlapping windows of ``length`` tokens from a 1-D token stream."""
-    if ids.numel() < length:
-        raise ValueError(f"the text has {ids.numel()} tokens, fewer than one window of {length}")
-    starts = torch.linspace(0, ids.numel() - length, count).long().unique()
-    return [ids[s: s + length] for s in starts.tolist()]
-
-
-@torch.no_grad()
-def window_nll(model: Any, window: torch.Tensor, prefix: int) -> tuple[float, int]:
-    """Summed next-token NLL over positions ``prefix .. end`` and their count."""
-    ids = window[None].to(model.device)
-    logits = model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - prefix + 1).logits[0, :-1].float()
-    targets = ids[0, prefix:]
-    return float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum")), targets.numel()
-
-
 def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, scorers: list[str],
-                 policies: list[str]) -> list[dict[str, Any]]:
-    """One row per (scorer, policy); ``dense`` once, with no policy."""
+                 policies: list[str], budget_windows: list[torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """One row per (scorer, policy); ``dense`` once, with no policy.
+
+    Threshold/top-p specs with a density are calibrated on the first window (density only);
+    ``budget:`` specs measure layer sensitivity on ``budget_windows`` (other text than the windows
+    scored, so the allocation never sees the evaluation text's loss).
+    """
     sweep = runs(scorers, policies)
     rows = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("perplexity", total=len(sweep) * len(token_windows))
         for scorer, spec in sweep:
             nll, count, seconds, records = 0.0, 0, 0.0, []
-            policy, target = (None, None) if spec is None else parse_policy(spec)
-            if target is not None:  # threshold/top-p at a requested density: calibrate on the first window
-                policy, _ = calibrate(model, scorer, policy, target, token_windows[:1])
+            policy, chosen = resolve_policy(model, scorer, spec, token_windows[:1], budget_windows, prefix)
             with selection(model, scorer, policy) as recs:
                 for w in token_windows:
                     tic = time.perf_counter()
@@ -56,7 +43,7 @@ def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, sco
                     progress.advance(task)
                 records = list(recs)
             density = achieved_density(records)
-            rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": None if target is None else policy.to_dict(),
+            rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": chosen,
                          "ppl": math.exp(nll / count),
                          "density": 1.0 if density is None else density, "seconds": seconds, "tokens": count})
     return rows

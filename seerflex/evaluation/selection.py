@@ -51,23 +51,31 @@ def runs(scorers: list[str], policies: list[str]) -> list[tuple[str, str | None]
 
 
 @contextmanager
-def selection(model: Any, scorer: str, policy: Policy | None) -> Iterator[list[tuple[int, SparsityStats]]]:
-    """Run ``model`` (a SeerFlexModel) with ``scorer`` and ``policy``; yields the sparsity records."""
+def selection(model: Any, scorer: str, policy: Policy | dict[int, Policy] | None
+              ) -> Iterator[list[tuple[int, SparsityStats]]]:
+    """Run ``model`` (a SeerFlexModel) with ``scorer`` and ``policy``; yields the sparsity records.
+
+    ``policy``: one for every layer, ``{layer index: policy}`` (layers left out run dense), or None
+    (each layer keeps its own, e.g. an adapter's per-layer budget).
+    """
     if scorer not in SCORER_NAMES:
         raise ValueError(f"unknown scorer {scorer!r}; known: {SCORER_NAMES}")
     layers = sparse_layers(model)
-    saved = [(m.scorer, m.policy) for m in layers]
+    saved = [(m.scorer, m.policy, m.enabled) for m in layers]
     for m in layers:
         m.scorer = None if scorer in ("dense", "gate") else SCORERS[scorer]()
-        if policy is not None:
+        if isinstance(policy, dict):
+            m.enabled = m.enabled and m.layer_idx in policy
+            m.policy = policy.get(m.layer_idx, m.policy)
+        elif policy is not None:
             m.policy = policy
     dense: ContextManager = model.disable_adapter() if scorer == "dense" else nullcontext()
     try:
         with dense, model.track_sparsity() as records:
             yield records
     finally:
-        for m, (sc, po) in zip(layers, saved):
-            m.scorer, m.policy = sc, po
+        for m, (sc, po, en) in zip(layers, saved):
+            m.scorer, m.policy, m.enabled = sc, po, en
 
 
 def achieved_density(records: list[tuple[int, SparsityStats]]) -> float | None:

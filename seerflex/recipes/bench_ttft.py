@@ -3,19 +3,23 @@
 Random bf16 weights (speed does not depend on their values; no download), one prompt, prefill
 with KV cache and only the last position's logits (a 128k x 128k-vocab logit tensor would not
 fit). Dense and every density are measured in the same process, one after another, on the same
-prompt. Peak GPU memory per run is recorded too.
+prompt. Peak GPU memory per run is recorded too. A run with every attention call replaced by zeros
+measures the rest of the model (projections, MLP, norms): dense time / that time is the most any
+attention speed-up can give end to end (Amdahl's ceiling).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
+from unittest import mock
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from seerflex import SeerFlexConfig, TopK, get_seerflex_model
+from seerflex import SeerFlexAttention, SeerFlexConfig, TopK, get_seerflex_model
 from seerflex.flex import COMPILE_MODES
 from seerflex.recipes.common import console, environment, print_table, write_json
 
@@ -56,12 +60,23 @@ def time_prefill(model: Any, ids: torch.Tensor, repeats: int) -> tuple[float, fl
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
 
 
+@contextmanager
+def attention_free() -> Iterator[None]:
+    """Every seerflex layer returns zeros at once: what is left is the non-attention time."""
+    def zeros(self: SeerFlexAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: Any) -> torch.Tensor:
+        return q.new_zeros(*q.shape[:3], v.shape[-1])
+
+    with mock.patch.object(SeerFlexAttention, "forward", zeros):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seerflex bench ttft", description=__doc__)
     p.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
     p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
     p.add_argument("--layers", type=int, default=32, help="fewer layers for a quick look")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--compile", default="auto", choices=COMPILE_MODES)
     p.add_argument("--no-finite-check", dest="check_finite", action="store_false",
                    help="layers skip their NaN check of the gate scores (one host sync per layer)")
@@ -73,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = get_seerflex_model(random_llama(args.layers, "cuda"),
                                SeerFlexConfig(policy=TopK(density=0.1), dense_below=0, compile=args.compile,
-                                              check_finite=args.check_finite))
+                                              check_finite=args.check_finite, block_size=args.block_size))
     model.to(torch.bfloat16)
     results: list[dict[str, Any]] = []
     with torch.inference_mode():
@@ -83,11 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                 with model.disable_adapter():
                     dense_s, dense_mem = time_prefill(model, ids, args.repeats)
                 results.append({"seq_len": s, "method": "sdpa dense", "ttft_s": dense_s, "peak_gb": dense_mem})
+                with attention_free():
+                    rest_s, _ = time_prefill(model, ids, args.repeats)
+                results.append({"seq_len": s, "method": "no attention (ceiling)", "ttft_s": rest_s,
+                                "speedup_vs_dense": dense_s / rest_s})
                 for d in args.densities:
                     model.set_policy(TopK(density=d))
                     t, mem = time_prefill(model, ids, args.repeats)
-                    results.append({"seq_len": s, "method": "seerflex", "density": d, "ttft_s": t, "peak_gb": mem,
-                                    "speedup_vs_dense": dense_s / t})
+                    results.append({"seq_len": s, "method": "seerflex", "block_size": args.block_size, "density": d,
+                                    "ttft_s": t, "peak_gb": mem, "speedup_vs_dense": dense_s / t})
                     console.log(f"S={s} density={d}: {t:.3f} s vs dense {dense_s:.3f} s")
             except torch.OutOfMemoryError:
                 results.append({"seq_len": s, "error": "out of memory"})

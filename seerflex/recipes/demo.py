@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from seerflex.evaluation.ppl import evaluate_ppl, windows
+from seerflex.evaluation.nll import windows
+from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.recipes.common import console, environment, print_table, write_json
 
 BUNDLED_GATES = files("seerflex") / "adapters" / "smollm2-austen"

@@ -6,6 +6,11 @@
     seerflex eval passkey --model smollm2 --adapter ... --lengths 4096 8192 --depths 0.1 0.5 0.9 --trials 4
     seerflex eval needle  (same options as passkey; a planted fact instead of a number)
     seerflex eval sparsity --adapter ... --policy topk:0.1 --layer 10 --head 3
+    seerflex eval budget --adapter ... --density 0.1 --budget-text austen:Persuasion --save-adapter DIR
+
+Policy specs (``--policies``): ``topk:0.1``, ``threshold:2e-3``, ``topp:0.9``, ``topp:density=0.1``
+(calibrated), ``budget:0.1`` (per-layer densities from layer sensitivity on ``--budget-text``),
+``adapter`` (the adapter's own, possibly per-layer, policies).
 
 Each writes ``<out>/<command>.json`` and a PNG, and prints a rich table.
 """
@@ -20,10 +25,13 @@ from typing import Any
 import torch
 
 from seerflex.config import SeerFlexConfig
+from seerflex.distill.data import load_texts
 from seerflex.evaluation import plots
-from seerflex.evaluation.calibration import calibrate
 from seerflex.evaluation.passkey import needle_trial, passkey_prompt, passkey_trial
-from seerflex.evaluation.ppl import evaluate_ppl, windows
+from seerflex.evaluation.nll import windows
+from seerflex.evaluation.ppl import evaluate_ppl
+from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
+from seerflex.evaluation.policy_specs import BUDGET, resolve_policy
 from seerflex.evaluation.selection import achieved_density, parse_policy, runs, selection
 from seerflex.recipes.common import console, environment, print_table, write_json
 
@@ -55,6 +63,25 @@ def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/eval")
 
 
+def budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget-text", default="austen:Persuasion",
+                   help="calibration text for budget: specs (keep it apart from the evaluation text)")
+    p.add_argument("--budget-windows", type=int, default=1)
+    p.add_argument("--budget-window", type=int, default=8192)
+    p.add_argument("--budget-prefix", type=int, default=1024)
+
+
+def token_windows(tokenizer: Any, text: str, length: int, count: int) -> list[torch.Tensor]:
+    return windows(torch.tensor(tokenizer("\n".join(load_texts(text)))["input_ids"]), length, count)
+
+
+def budget_windows(args: argparse.Namespace, tokenizer: Any, specs: list[str]) -> list[torch.Tensor] | None:
+    """Calibration windows, loaded only when a spec asks for a budget."""
+    if not any(s.startswith(BUDGET) for s in specs):
+        return None
+    return token_windows(tokenizer, args.budget_text, args.budget_window, args.budget_windows)
+
+
 def ppl_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="seerflex eval ppl")
     common_args(p)
@@ -64,14 +91,13 @@ def ppl_main(argv: list[str]) -> int:
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--scorers", default="dense,gate,recency,pooled,oracle")
     p.add_argument("--policies", default="topk:0.05,topk:0.1,topk:0.2,topk:0.5")
+    budget_args(p)
     args = p.parse_args(argv)
-    from seerflex.distill.data import load_texts
-
     model, tokenizer = load_seerflex_model(args.model, args.adapter, args.device, getattr(torch, args.dtype),
                                            dense_below=0, compile=args.compile)
-    ids = torch.tensor(tokenizer("\n".join(load_texts(args.text)))["input_ids"])
-    rows = evaluate_ppl(model, windows(ids, args.window, args.windows), args.prefix, args.scorers.split(","),
-                        args.policies.split(","))
+    specs = args.policies.split(",")
+    rows = evaluate_ppl(model, token_windows(tokenizer, args.text, args.window, args.windows), args.prefix,
+                        args.scorers.split(","), specs, budget_windows(args, tokenizer, specs))
     out = Path(args.out)
     write_json(out / "ppl.json", {"environment": environment(), "args": vars(args), "rows": rows})
     plots.density_curve(rows, "ppl", out / "ppl_vs_density.png", f"perplexity, {args.text}, {args.window} tokens")
@@ -89,17 +115,18 @@ def passkey_main(argv: list[str], kind: str = "passkey") -> int:
     p.add_argument("--scorers", default="dense,gate,recency,pooled")
     p.add_argument("--policies", default="topk:0.1")
     p.add_argument("--seed", type=int, default=0)
+    budget_args(p)
     args = p.parse_args(argv)
     model, tokenizer = load_seerflex_model(args.model, args.adapter, args.device, getattr(torch, args.dtype),
                                            dense_below=0, compile=args.compile)
     rows, out = [], Path(args.out)
     trial = passkey_trial if kind == "passkey" else needle_trial
-    for scorer, spec in runs(args.scorers.split(","), args.policies.split(",")):
+    specs = args.policies.split(",")
+    probe = [passkey_prompt(tokenizer, args.lengths[0], 0.5, 12345)]  # density calibration; not a trial's key
+    calibration = budget_windows(args, tokenizer, specs)
+    for scorer, spec in runs(args.scorers.split(","), specs):
         grid = []
-        policy, target = (None, None) if spec is None else parse_policy(spec)
-        if target is not None:  # calibrate on a prompt of the same kind (its key is not one of the trials')
-            probe = passkey_prompt(tokenizer, args.lengths[0], 0.5, 12345)
-            policy, _ = calibrate(model, scorer, policy, target, [probe])
+        policy, chosen = resolve_policy(model, scorer, spec, probe, calibration, args.budget_prefix)
         with selection(model, scorer, policy) as records:
             for length in args.lengths:
                 rng = random.Random(args.seed + length)  # the same keys for every scorer
@@ -108,8 +135,7 @@ def passkey_main(argv: list[str], kind: str = "passkey") -> int:
             density = achieved_density(list(records))
         name = scorer if spec is None else f"{scorer} {spec}"
         flat = [x for row in grid for x in row]
-        rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": None if target is None else policy.to_dict(),
-                     "accuracy": sum(flat) / len(flat),
+        rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": chosen, "accuracy": sum(flat) / len(flat),
                      "density": 1.0 if density is None else density, "grid": grid})
         plots.heatmap(grid, [str(n) for n in args.lengths], [f"{d:.1f}" for d in args.depths],
                       out / f"{kind}_{name.replace(' ', '_').replace(':', '-').replace('=', '')}.png", f"{kind} accuracy: {name}",
@@ -132,7 +158,6 @@ def sparsity_main(argv: list[str]) -> int:
     p.add_argument("--head", type=int, default=0)
     args = p.parse_args(argv)
     from seerflex.distill.collector import Collector, collecting
-    from seerflex.distill.data import load_texts
     from seerflex.hf.families import hf_model_of
 
     model, tokenizer = load_seerflex_model(args.model, args.adapter, args.device, getattr(torch, args.dtype),
@@ -141,7 +166,7 @@ def sparsity_main(argv: list[str]) -> int:
     if target is not None:
         raise ValueError("eval sparsity takes an explicit policy (calibrate with eval ppl)")
     model.set_policy(policy)
-    ids = windows(torch.tensor(tokenizer("\n".join(load_texts(args.text)))["input_ids"]), args.window, 1)[0]
+    ids = token_windows(tokenizer, args.text, args.window, 1)[0]
     collector = Collector(target=args.target, skip_first_rows=0.0, per_head=True)
     with torch.no_grad(), collecting(hf_model_of(model.base_model), collector):
         model(input_ids=ids[None].to(model.device), use_cache=False, logits_to_keep=1)
@@ -165,7 +190,46 @@ def sparsity_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"ppl": ppl_main, "passkey": passkey_main, "needle": lambda argv: passkey_main(argv, "needle"),
+def budget_main(argv: list[str]) -> int:
+    """Per-layer densities for an average density, from each layer's measured loss rise."""
+    p = argparse.ArgumentParser(prog="seerflex eval budget")
+    common_args(p)
+    budget_args(p)
+    p.add_argument("--scorer", default="gate", help="what ranks the blocks: gate, pooled, oracle, recency")
+    p.add_argument("--density", type=float, default=0.1, help="average density over the layers")
+    p.add_argument("--policy", default="topk:0.1", help="top-k spec whose sink/local/bounds every layer keeps")
+    p.add_argument("--save-adapter", help="write the adapter with these per-layer policies (scorer gate only)")
+    args = p.parse_args(argv)
+    if args.save_adapter and args.scorer != "gate":
+        raise ValueError("--save-adapter stores gates with their budget: use --scorer gate")
+    model, tokenizer = load_seerflex_model(args.model, args.adapter, args.device, getattr(torch, args.dtype),
+                                           dense_below=0, compile=args.compile)
+    base, _ = parse_policy(args.policy)
+    calibration = token_windows(tokenizer, args.budget_text, args.budget_window, args.budget_windows)
+    sens = layer_sensitivity(model, args.scorer, calibration, args.budget_prefix, base=base)
+    picks = allocate(sens, args.density)
+    out = Path(args.out)
+    rows = [{"layer": layer, "density": sens.candidates[ci], "achieved": float(sens.density[li, ci]),
+             "loss_rise": float(sens.loss_rise[li, ci]), "loss_rise_per_candidate": sens.loss_rise[li].tolist()}
+            for li, (layer, ci) in enumerate(zip(sens.layers, picks))]
+    write_json(out / "budget.json", {"environment": environment(), "args": vars(args), "candidates": sens.candidates,
+                                     "rows": rows})
+    rise = sens.loss_rise.clamp(min=0)
+    plots.heatmap(rise.tolist(), [str(i) for i in sens.layers], [str(d) for d in sens.candidates],
+                  out / "layer_sensitivity.png", f"loss rise (nats/token), one layer sparse, scorer {args.scorer}",
+                  "top-k density", "layer", vmax=max(float(rise.max()), 1e-6))
+    print_table(f"per-layer budget, average density {args.density} ({args.scorer})",
+                ["layer", "density", "achieved", "loss_rise"], [[r[c] for c in ("layer", "density", "achieved", "loss_rise")]
+                                                               for r in rows])
+    if args.save_adapter:
+        for r in rows:
+            model.set_policy(topk_like(base, r["density"]), layers=[r["layer"]])
+        model.save_pretrained(args.save_adapter)
+        console.print(f"saved {args.save_adapter} (run it with --policies adapter)")
+    return 0
+
+
+COMMANDS = {"budget": budget_main, "ppl": ppl_main, "passkey": passkey_main, "needle": lambda argv: passkey_main(argv, "needle"),
             "sparsity": sparsity_main}
 
 

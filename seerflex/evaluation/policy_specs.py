@@ -1,0 +1,49 @@
+"""A sweep entry's policy spec -> the policy it runs, calibrating where the spec asks for it.
+
+* ``None`` / ``adapter``: every layer keeps its own policy (e.g. an adapter saved with a budget);
+* ``topk:0.1``, ``threshold:2e-3``, ``topp:0.9`` (``seerflex.evaluation.selection.parse_policy``);
+* ``threshold:density=0.1`` / ``topp:density=0.1``: parameter bisected to that average density;
+* ``budget:0.1[:sink=N:local=N]``: per-layer top-k densities averaging 0.1, allocated by measured
+  layer sensitivity (``seerflex.evaluation.layer_budget``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from seerflex.block_masks import Policy, TopK
+from seerflex.evaluation.calibration import calibrate
+from seerflex.evaluation.layer_budget import budget_policies, layer_sensitivity
+from seerflex.evaluation.selection import parse_policy
+
+BUDGET = "budget:"
+
+
+def resolve_policy(model: Any, scorer: str, spec: str | None, density_windows: list[torch.Tensor],
+                   budget_windows: list[torch.Tensor] | None, prefix: int
+                   ) -> tuple[Policy | dict[int, Policy] | None, dict[str, Any] | None]:
+    """(policy for ``selection``, what calibration chose or None).
+
+    ``density_windows`` calibrate threshold/top-p densities; ``budget_windows`` (other text than the
+    evaluation's) feed the layer sensitivity of ``budget:`` specs.
+    """
+    if spec is None or spec == "adapter":
+        return None, None
+    if spec.startswith(BUDGET):
+        base, _ = parse_policy("topk:" + spec[len(BUDGET):])
+        if not isinstance(base, TopK) or base.density is None or not isinstance(base.density, float):
+            raise ValueError(f"{spec!r}: a budget is one average density, e.g. budget:0.1 or budget:0.1:local=1")
+        if not budget_windows:
+            raise ValueError(f"{spec!r} needs calibration text for the layer sensitivity (--budget-text)")
+        sens = layer_sensitivity(model, scorer, budget_windows, prefix, base=base)
+        policies = budget_policies(sens, base.density, base)
+        return policies, {"layer_density": {i: p.density for i, p in policies.items()},
+                          "candidates": sens.candidates, "loss_rise": sens.loss_rise.tolist(),
+                          "achieved": sens.density.tolist()}
+    policy, target = parse_policy(spec)
+    if target is None:
+        return policy, None
+    policy, _ = calibrate(model, scorer, policy, target, density_windows)
+    return policy, policy.to_dict()
