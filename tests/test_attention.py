@@ -47,13 +47,17 @@ def test_sparse_output_matches_f64_reference(density, s, d, pad):
         plain = dense_attention_f64(q, k, v, token_mask(None, s, cfg.block_size, mask))
         assert relative_error(out, plain, rows) < 1e-5
         assert stats.mean_density == 1.0
-    if density == 0.0:  # only forced blocks: diagonal, one sink, two local -> at most 4 per row
-        assert int(kept.sum(-1).max()) <= 4
+    if density == 0.0:  # only forced blocks: diagonal, one sink, two local -> at most 4 per row ...
+        assert int(kept[..., :-1, :].sum(-1).max()) <= 4
+        selectable = BlockLayout.from_attention_mask(mask, s, cfg.block_size).selectable_blocks(kept.device)
+        last = selectable.expand_as(kept)[..., -1, :].clone()
+        last[..., -1] = True  # the diagonal is kept even when padding fills it
+        assert torch.equal(kept[..., -1, :], last)  # ... but the last row keeps every block
     assert torch.isfinite(out).all()
 
 
 def test_density_tracks_request_on_long_rows():
-    cfg = SeerFlexConfig(policy=TopK(density=0.25, sink=0, local=0), dense_below=0, block_size=32)
+    cfg = SeerFlexConfig(policy=TopK(density=0.25, sink=0, local=0, dense_last_rows=0), dense_below=0, block_size=32)
     layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=4, head_dim=64)
     q, k, v = make_inputs(1, 4, 4, 32 * 64, 64)
     _, stats = layer(q, k, v, return_stats=True)

@@ -14,7 +14,7 @@ def test_recency_with_density_zero_extra_is_sink_plus_local_window():
     layout = BlockLayout(10 * 32, 32)
     q = torch.randn(1, 2, 320, 16)
     scores = RecencyScores()(q, q, q, q, layout)
-    kept = TopK(k=4, sink=1, local=0).select(scores, layout).kept
+    kept = TopK(k=4, sink=1, local=0, dense_last_rows=0).select(scores, layout).kept
     i = 9  # last row: sink block 0, then the three most recent blocks 7, 8, 9
     assert kept[0, 0, i].nonzero().flatten().tolist() == [0, 7, 8, 9]
 

@@ -79,7 +79,7 @@ def test_density_one_matches_dense_and_sparse_changes_logits(family):
     assert [i for i, _ in stats] == gated and all(s.mean_density == 1.0 for _, s in stats)
     torch.testing.assert_close(full[real], dense[real], rtol=1e-5, atol=2e-5)
 
-    sm.set_policy(TopK(density=0.1, local=0))  # 7 blocks: only the diagonal and sink are forced
+    sm.set_policy(TopK(density=0.1, local=0, dense_last_rows=0))  # 7 blocks: only the diagonal and sink are forced
     with sm.track_sparsity() as stats:
         sparse = logits(sm, ids, mask)
     assert all(s.mean_density < 0.6 for _, s in stats)

@@ -128,7 +128,7 @@ def test_policies_map_and_convert_round_trips(tmp_path, capsys):
     write_original(tmp_path / "orig", base_config, "Qavg_Kmaxminavg", 32, q_projected=False, dtype=torch.bfloat16)
     assert load_checkpoint(tmp_path / "orig").config.policy == TopK.original(0.3)
     write_original(tmp_path / "thr", base_config, "Qavg_Kmaxminavg", 32, q_projected=False, method="threshold")
-    assert load_checkpoint(tmp_path / "thr").config.policy == Threshold(threshold=5e-3, sink=0, local=0)
+    assert load_checkpoint(tmp_path / "thr").config.policy == Threshold(threshold=5e-3, sink=0, local=0, dense_last_rows=0)
 
     assert cli_main(["convert", str(tmp_path / "orig"), str(tmp_path / "conv")]) == 0
     assert "2 layers" in capsys.readouterr().out

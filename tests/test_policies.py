@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -23,7 +25,7 @@ def forced_of(policy, layout, shape):
 
 def test_exact_k_keeps_forced_then_best_scores():
     scores, layout = random_scores()
-    policy = TopK(k=5, sink=1, local=1)
+    policy = TopK(k=5, sink=1, local=1, dense_last_rows=0)
     kept = policy.select(scores, layout).kept
     n_avail = torch.arange(1, 13)
     assert torch.equal(kept.sum(-1), torch.minimum(n_avail, torch.tensor(5)).expand(2, 3, 12))
@@ -38,7 +40,7 @@ def test_exact_k_keeps_forced_then_best_scores():
 
 def test_density_zero_keeps_only_forced_blocks():
     scores, layout = random_scores()
-    policy = TopK(density=0.0, sink=2, local=3)
+    policy = TopK(density=0.0, sink=2, local=3, dense_last_rows=0)
     kept = policy.select(scores, layout).kept
     assert torch.equal(kept, forced_of(policy, layout, kept.shape))
 
@@ -56,7 +58,7 @@ def test_uniform_nz_ratio_form_matches_original_rule():
 def test_threshold_keeps_exactly_the_blocks_above_it():
     scores, layout = random_scores()
     t = 0.08
-    kept = Threshold(t, sink=0, local=0, min_blocks=0).select(scores, layout).kept
+    kept = Threshold(t, sink=0, local=0, min_blocks=0, dense_last_rows=0).select(scores, layout).kept
     probs = scores.softmax(-1)
     diag = torch.eye(12, dtype=torch.bool)
     assert torch.equal(kept, (probs > t) | diag)
@@ -65,7 +67,7 @@ def test_threshold_keeps_exactly_the_blocks_above_it():
 def test_top_p_is_the_smallest_prefix_reaching_p():
     scores, layout = random_scores()
     p = 0.7
-    kept = TopP(p, sink=0, local=0, min_blocks=0).select(scores, layout).kept
+    kept = TopP(p, sink=0, local=0, min_blocks=0, dense_last_rows=0).select(scores, layout).kept
     probs = scores.softmax(-1)
     diag = torch.eye(12, dtype=torch.bool).expand_as(kept)
     mass = (probs * kept).sum(-1)
@@ -85,10 +87,21 @@ def test_no_row_is_ever_empty_and_min_max_bounds_hold(policy):
 
 def test_min_and_max_blocks_bound_every_row():
     scores, layout = random_scores()
-    rows = TopK(k=9, sink=0, local=0, max_blocks=4).select(scores, layout).kept.sum(-1)
+    rows = TopK(k=9, sink=0, local=0, max_blocks=4, dense_last_rows=0).select(scores, layout).kept.sum(-1)
     assert int(rows.max()) == 4
-    rows = Threshold(1.0, sink=0, local=0, min_blocks=5).select(scores, layout).kept.sum(-1)
+    rows = Threshold(1.0, sink=0, local=0, min_blocks=5, dense_last_rows=0).select(scores, layout).kept.sum(-1)
     assert torch.equal(rows[0, 0], torch.clamp(torch.arange(1, 13), max=5))
+
+
+@pytest.mark.parametrize("policy", [TopK(density=0.0), Threshold(1.0), TopP(0.0)])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_last_rows_keep_every_block_and_the_rest_follow_the_rule(policy, rows):
+    """The prompt's last block gives the first generated token: it attends densely."""
+    scores, layout = random_scores()
+    kept = dataclasses.replace(policy, dense_last_rows=rows).select(scores, layout).kept
+    causal = layout.selectable_blocks(scores.device).expand_as(kept)
+    assert torch.equal(kept[..., -rows:, :], causal[..., -rows:, :])
+    assert torch.equal(kept[..., :-rows, :], forced_of(policy, layout, kept.shape)[..., :-rows, :])
 
 
 def test_left_padding_moves_the_sink_to_the_first_real_block():
@@ -105,7 +118,7 @@ def test_left_padding_moves_the_sink_to_the_first_real_block():
 def test_per_head_parameters():
     scores, layout = random_scores(h=3)
     kept = TopK(k=[1, 4, 8], sink=0, local=0).select(scores, layout).kept
-    assert kept[:, :, -1].sum(-1).tolist() == [[1, 4, 8]] * 2
+    assert kept[:, :, -2].sum(-1).tolist() == [[1, 4, 8]] * 2
     with pytest.raises(ValueError, match="3 heads"):
         TopK(k=[1, 2], sink=0, local=0).select(scores, layout)
 

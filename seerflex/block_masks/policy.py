@@ -4,7 +4,9 @@ Every policy works the same way, which is why they can be swapped in one line: a
 (diagonal, ``sink`` first blocks, ``local`` previous blocks) get top priority, the remaining
 selectable blocks are ranked by gate score, and the policy only decides *how many* blocks each row
 keeps. Counts are clamped to ``[min_blocks, max_blocks]`` (never below the always-on blocks), so no
-row is ever empty. Parameters may be a scalar or one value per head (per-head overrides); they
+row is ever empty. The last ``dense_last_rows`` query-block rows keep every block: the prompt's last
+position produces the first generated token, and sparsifying it broke retrieval (passkey at 8k,
+density ~0.1: 3-8/15 without, 15/15 with one dense row; RESULTS.md). Parameters may be a scalar or one value per head (per-head overrides); they
 enter the computation as tensors, so swapping or editing a policy never recompiles anything.
 """
 
@@ -51,6 +53,7 @@ class Policy:
     local: int = 2
     min_blocks: int = 1
     max_blocks: int | None = None
+    dense_last_rows: int = 1
 
     name: ClassVar[str] = ""
 
@@ -58,7 +61,7 @@ class Policy:
         for f in dataclasses.fields(self):  # per-head lists become tuples: policies stay immutable
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        for field in ("sink", "local", "min_blocks"):
+        for field in ("sink", "local", "min_blocks", "dense_last_rows"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{type(self).__name__}.{field} must be >= 0, got {getattr(self, field)}")
         if self.max_blocks is not None and self.max_blocks < 1:
@@ -81,6 +84,8 @@ class Policy:
 
     def max_row_count(self, n: int) -> int:
         """An upper bound on any row's count, from the parameters alone (no look at the data)."""
+        if self.dense_last_rows:
+            return n
         forced = 1 + self.local + self.sink
         bound = max(self.count_bound(n), forced, self.min_blocks)
         if self.max_blocks is not None:
@@ -114,6 +119,10 @@ class Policy:
                              f"the layer has {heads} heads")
         return t.view(1, heads, 1)
 
+    def base_fields(self) -> dict[str, Any]:
+        """The always-on blocks and row bounds every policy shares (to build another policy alike)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Policy)}
+
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {"type": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
@@ -127,7 +136,8 @@ def policy_tensors(policy: Policy, n: int, heads: int, device: torch.device) -> 
     happen once, not once per layer, and new values never change a compiled graph.
     """
     shared = {"sink": policy.sink, "local": policy.local, "min_blocks": policy.min_blocks,
-              "max_blocks": n if policy.max_blocks is None else policy.max_blocks}
+              "max_blocks": n if policy.max_blocks is None else policy.max_blocks,
+              "dense_from": n - policy.dense_last_rows}
     tensors = {name: torch.tensor(float(value)) for name, value in shared.items()}
     tensors |= {name: policy.per_head(value, heads) for name, value in policy.rule_parameters(n).items()}
     return {name: t.to(device) for name, t in tensors.items()}
@@ -157,7 +167,8 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     n_available = (selectable | forced).sum(-1)
     count = row_counts(scores, order, forced, selectable, params).float()
     count = count.maximum(params["min_blocks"]).minimum(params["max_blocks"])
-    count = count.maximum(n_forced.float()).minimum(n_available.float()).clamp(max=bound)
+    count = count.maximum(n_forced.float()).minimum(n_available.float())
+    count = torch.where(i[:, 0] >= params["dense_from"], n_available.float(), count).clamp(max=bound)
     return order, count.long().expand(scores.shape[:-1])
 
 

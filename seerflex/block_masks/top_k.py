@@ -23,7 +23,6 @@ class TopK(Policy):
     k: PerHead | None = None
     density: PerHead | None = None
     uniform: bool = False
-    dense_last_rows: int = 0
 
     name = "topk"
 
@@ -37,8 +36,6 @@ class TopK(Policy):
             check_range(self, "density", self.density, 0.0, 1.0)
         if self.uniform and self.density is None:
             raise ValueError("TopK(uniform=True) is the nz_ratio form: give density, not k")
-        if self.dense_last_rows < 0:
-            raise ValueError(f"TopK.dense_last_rows must be >= 0, got {self.dense_last_rows}")
 
     @classmethod
     def original(cls, nz_ratio: float) -> "TopK":
@@ -46,15 +43,13 @@ class TopK(Policy):
         return cls(density=nz_ratio, uniform=True, dense_last_rows=2, sink=0, local=0)
 
     def count_bound(self, n: int) -> int:
-        if self.dense_last_rows:
-            return n
         if self.k is not None:
             return int(max(torch.as_tensor(self.k, dtype=torch.float64).reshape(-1)))
         d = float(max(torch.as_tensor(self.density, dtype=torch.float64).reshape(-1)))
         return int((1 - math.sqrt(1 - d)) * n) if self.uniform else int(d * n + 0.5)
 
     def rule_parameters(self, n: int) -> dict[str, PerHead]:
-        """count = floor(per_selectable * selectable blocks + constant); rows from dense_from keep all."""
+        """count = floor(per_selectable * selectable blocks + constant)."""
         if self.k is not None:
             per_selectable, constant = 0.0, self.k
         elif self.uniform:
@@ -62,13 +57,9 @@ class TopK(Policy):
             per_selectable, constant = 0.0, ((1 - (1 - nz).sqrt()) * n).tolist()
         else:
             per_selectable, constant = self.density, 0.5
-        dense_from = n - self.dense_last_rows if self.dense_last_rows else n
-        return {"per_selectable": per_selectable, "constant": constant, "dense_from": dense_from}
+        return {"per_selectable": per_selectable, "constant": constant}
 
     @staticmethod
     def row_counts(scores: Tensor, order: Tensor, forced: Tensor, selectable: Tensor,
                    params: dict[str, Tensor]) -> Tensor:
-        n = scores.shape[-1]
-        count = (params["per_selectable"] * selectable.sum(-1) + params["constant"]).floor()
-        rows = torch.arange(n, device=scores.device)
-        return torch.where(rows >= params["dense_from"], float(n), count)
+        return (params["per_selectable"] * selectable.sum(-1) + params["constant"]).floor()

@@ -108,8 +108,5 @@ def budget_policies(sens: Sensitivity, target: float, base: Policy | None = None
 
 
 def topk_like(base: Policy | None, density: float) -> TopK:
-    """``TopK(density)`` with ``base``'s always-on blocks and row bounds."""
-    if base is None:
-        return TopK(density=density)
-    return TopK(density=density, sink=base.sink, local=base.local, min_blocks=base.min_blocks,
-                max_blocks=base.max_blocks)
+    """``TopK(density)`` with ``base``'s always-on blocks, dense last rows and row bounds."""
+    return TopK(density=density, **({} if base is None else base.base_fields()))

@@ -41,7 +41,7 @@ def original_policy(cfg: dict) -> Policy:
         policy = TopK.original(float(cfg.get("seerattn_nz_ratio", 1.0)))
         return policy if cfg.get("seerattn_last_block_dense", True) else dataclasses.replace(policy, dense_last_rows=0)
     if method == "threshold":
-        return Threshold(threshold=float(cfg.get("seerattn_threshold", 0.0)), sink=0, local=0)
+        return Threshold(threshold=float(cfg.get("seerattn_threshold", 0.0)), sink=0, local=0, dense_last_rows=0)
     raise ValueError(f"unknown seerattn_sparsity_method {method!r}; expected 'threshold' or 'nz_ratio'")
 
 
