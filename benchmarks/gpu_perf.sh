@@ -5,6 +5,8 @@
 #   ttft:   seerflex bench ttft, Llama-3.1-8B shape, 32k/64k/128k
 #   kernel4: v4 static kernels at 8k/32k/128k (the 128k static OOM fix), 64- and 128-token blocks
 #   ttft2:   TTFT with the v3+ path and the attention-free ceiling (Amdahl bound)
+#   kernel5: the default policy with a dense last row at 32k/128k; profile of gate + policy at 128k
+#   ttft3:   TTFT with 128-token blocks
 # Each stage also stashes carried GGUF parts for gpu_smollm2.sh (see its "stash" stage).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD COLUMNS=200
@@ -20,9 +22,16 @@ kernel4)
     --compile static --no-finite-check --out "$OUT"/bench_kernel_v4_static.json
   python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 --block-size 128 \
     --compile static --no-finite-check --out "$OUT"/bench_kernel_v4_static_b128.json ;;
+kernel5)  # v5: policies keep the last row dense by default; where the 128k overhead goes
+  python -m seerflex.cli bench kernel --lengths 32768 131072 --densities 0.1 \
+    --compile static --no-finite-check --out "$OUT"/bench_kernel_v5_static.json
+  python benchmarks/profile_overhead.py --seq-len 131072 | tee "$OUT"/profile_overhead_128k.txt ;;
 ttft2)
   python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
     --out "$OUT"/bench_ttft_v2.json ;;
+ttft3)
+  python -m seerflex.cli bench ttft --lengths 65536 131072 --densities 0.1 0.05 --block-size 128 --no-finite-check \
+    --out "$OUT"/bench_ttft_v3_b128.json ;;
 ttft)
   python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
     --out "$OUT"/bench_ttft_v2.json ;;

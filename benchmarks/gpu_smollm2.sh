@@ -12,6 +12,8 @@
 #            h128 (gate hidden 128: Q projected), b128 (128-token blocks)
 #   eval3:   perplexity sweeps incl. per-layer budgets; b128 vs 64 at equal density
 #   eval3pk: passkey vs density and with budgets
+#   final / finalpk: the bundled adapter (v3) under the current defaults, after stash x2 + a distill3-style
+#            reassembly (call "reassemble")
 # Locally: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 33; wheels via pip download;
 #   tar czf .assets/austen.tgz -C ~/.cache/seerflex/austen .
 set -euo pipefail
@@ -49,6 +51,12 @@ stage3b)
 stash)
   if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; fi
   mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ ;;
+reassemble)
+  mkdir -p /tmp/cache/smollm2 /tmp/cache/austen /tmp/parts
+  cp .assets/gguf/p*/part.* /tmp/parts/
+  cat /tmp/parts/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
+  tar xzf .assets/austen.tgz -C /tmp/cache/austen ;;
 distill3)
   mkdir -p /tmp/cache/smollm2 /tmp/cache/austen /tmp/parts "$OUT"/runs
   cp .assets/gguf/p*/part.* /tmp/parts/
@@ -75,6 +83,16 @@ eval3pk)
   python -m seerflex.cli eval passkey --adapter ${ADAPTER:-$RUN/v3/adapter} --lengths 8192 --depths 0.1 0.3 0.5 0.7 0.9 \
     --trials 3 --scorers dense,gate,recency,pooled,oracle --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5,budget:0.1 \
     --out "$OUT"/passkey_v3 ;;
+final)  # the bundled adapter (= v3) under the current defaults (dense last row): perplexity and passkey
+  B=seerflex/adapters/smollm2-austen
+  python -m seerflex.cli eval ppl --adapter $B --text austen:Emma --window 8192 --prefix 1024 --windows 3 \
+    --scorers dense,gate,recency,pooled,oracle \
+    --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5,topp:density=0.1,threshold:density=0.1,budget:0.1 --out "$OUT"/ppl ;;
+finalpk)
+  python -m seerflex.cli eval passkey --adapter seerflex/adapters/smollm2-austen --lengths 8192 \
+    --depths 0.1 0.3 0.5 0.7 0.9 --trials 3 --scorers dense,gate,recency,pooled,oracle \
+    --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5,topp:density=0.1,budget:0.1 --out /tmp/pk
+  cp /tmp/pk/passkey.json /tmp/pk/passkey_vs_density.png /tmp/pk/passkey_gate_topk-0.1.png "$OUT"/ ;;
 stage4)  # after stage1/part/stage2-style reassembly: sparsity and needle for the bundled gates
   mkdir -p /tmp/cache/smollm2 /tmp/cache/austen
   cp .assets/gguf/p*/part.* /tmp/parts/

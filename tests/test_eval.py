@@ -58,7 +58,7 @@ def test_eval_passkey_writes_heatmaps(tiny, tmp_path):
     rows = json.loads((out / "passkey.json").read_text())["rows"]
     assert [r["scorer"] for r in rows] == ["dense", "pooled"]
     assert all(0 <= r["accuracy"] <= 1 and len(r["grid"][0]) == 2 for r in rows)
-    assert len(list(out.glob("*.png"))) == 2
+    assert len(list(out.glob("passkey_*.png"))) == 3 and (out / "passkey_vs_density.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(("spec", "message"), [("bottomk:0.1", "unknown policy"), ("topk:0.1:sinks=2", "bad policy")])

@@ -27,19 +27,26 @@ def _save(fig: Any, path: Path, *, tight: bool) -> Path:
 
 
 def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> Path:
-    """One line per scorer: ``metric`` against achieved density; dense as a horizontal line."""
+    """``metric`` against achieved density: a line per scorer through its top-k points, other policy
+    kinds (calibrated top-p/threshold, budgets) as separate markers; dense as a horizontal line."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for scorer in sorted({r["scorer"] for r in rows} - {"dense"}):
-        pts = sorted((r["density"], r[metric]) for r in rows if r["scorer"] == scorer)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=scorer)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"topp": "s", "threshold": "^", "budget": "D", "adapter": "*"}
+    for ci, scorer in enumerate(sorted({r["scorer"] for r in rows} - {"dense"})):
+        color = f"C{ci}"
+        for kind in sorted({r["policy"].split(":")[0] for r in rows if r["scorer"] == scorer}):
+            pts = sorted((r["density"], r[metric]) for r in rows
+                         if r["scorer"] == scorer and r["policy"].split(":")[0] == kind)
+            label = scorer if kind == "topk" else f"{scorer} {kind}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=label,
+                    marker=markers.get(kind, "o"), linestyle="-" if kind == "topk" else "none")
     for r in rows:
         if r["scorer"] == "dense":
             ax.axhline(r[metric], color="black", linestyle="--", label="dense")
     ax.set_xlabel("achieved block density")
     ax.set_ylabel(metric)
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path, tight=True)
 
 

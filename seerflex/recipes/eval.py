@@ -141,6 +141,8 @@ def passkey_main(argv: list[str], kind: str = "passkey") -> int:
                       out / f"{kind}_{name.replace(' ', '_').replace(':', '-').replace('=', '')}.png", f"{kind} accuracy: {name}",
                       "depth", "length")
     write_json(out / f"{kind}.json", {"environment": environment(), "args": vars(args), "rows": rows})
+    plots.density_curve(rows, "accuracy", out / f"{kind}_vs_density.png",
+                        f"{kind} accuracy, lengths {' '.join(map(str, args.lengths))}")
     print_table(f"{kind} retrieval", ["scorer", "policy", "accuracy", "density"],
                 [[r[c] for c in ("scorer", "policy", "accuracy", "density")] for r in rows])
     return 0
