@@ -35,3 +35,28 @@ def test_demo_with_bundled_style_adapter(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert [r["scorer"] for r in rows] == ["dense", "learned gates", "pooled Q.K (no training)"]
     assert all(r["ppl"] > 0 for r in rows) and rows[1]["density"] < 1
+
+
+def test_ttft_attention_free_run_skips_every_attention_layer_and_restores_it():
+    """The Amdahl ceiling of bench ttft: with every seerflex layer returning zeros, the logits equal
+    those of a model whose attention output projections are zero; afterwards attention is back."""
+    from seerflex.recipes.bench_ttft import attention_free
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024)
+    base = LlamaForCausalLM(cfg).eval()
+    no_attn = LlamaForCausalLM(cfg).eval()
+    no_attn.load_state_dict(base.state_dict())
+    for layer in no_attn.model.layers:
+        layer.self_attn.o_proj.weight.data.zero_()
+    model = get_seerflex_model(base, SeerFlexConfig(dense_below=0, block_size=32))
+    ids = torch.randint(0, 100, (1, 130))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        with attention_free():
+            skipped = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+        reference = no_attn(input_ids=ids).logits
+    torch.testing.assert_close(skipped, reference)
+    assert torch.equal(before, after) and not torch.allclose(before, skipped)
