@@ -104,6 +104,15 @@ def test_last_rows_keep_every_block_and_the_rest_follow_the_rule(policy, rows):
     assert torch.equal(kept[..., :-rows, :], forced_of(policy, layout, kept.shape)[..., :-rows, :])
 
 
+def test_dense_last_rows_do_not_widen_the_priority_order():
+    """Dense rows keep everything without an order: the order stays as narrow as the sparse rows need."""
+    scores, layout = random_scores(n=40)
+    selection = TopK(k=5, dense_last_rows=2).select(scores, layout)
+    assert selection.order.shape[-1] == 5 and selection.dense_rows == 2
+    assert selection.kept[..., -2:, :].sum(-1).tolist() == [[[39, 40]] * 3] * 2
+    assert int(selection.kept[..., :-2, :].sum(-1).max()) == 5
+
+
 def test_left_padding_moves_the_sink_to_the_first_real_block():
     mask = torch.ones(2, 8 * 64, dtype=torch.long)
     mask[1, : 3 * 64 + 10] = 0  # sequence 1 starts inside block 3
@@ -154,10 +163,11 @@ def test_selection_compiles_as_one_graph_with_the_same_result(policy):
 
     scores, layout = random_scores(n=20)
     compiled = torch.compile(select_blocks, fullgraph=True, backend="aot_eager")
-    order, count = compiled(type(policy).row_counts, scores, None, None, policy_tensors(policy, 20, 3, scores.device),
-                            policy.max_row_count(20))
+    order, count, tail = compiled(type(policy).row_counts, scores, None, None,
+                                  policy_tensors(policy, 20, 3, scores.device), policy.max_row_count(20),
+                                  policy.dense_last_rows)
     eager = policy.select(scores, layout)
     assert torch.equal(count, eager.count)
     assert (order[..., 0] == torch.arange(20)).all()  # the diagonal leads every row
-    kept = type(eager)(order, count, 20).kept
+    kept = type(eager)(order, count, 20, tail).kept
     assert torch.equal(kept, eager.kept)

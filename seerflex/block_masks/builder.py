@@ -93,19 +93,25 @@ def causal_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tens
     return kv_idx <= q_idx
 
 
-def selection_indices(order: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def selection_indices(order: Tensor, count: Tensor, dense_rows: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``from_kv_blocks`` indices from a selection whose order starts with the diagonal block.
 
     Partial: the diagonal alone. Full: the rest of the kept prefix, in priority order (the kernel
-    accumulates an online softmax, so the visiting order does not change the result). Index rows
-    are padded to n columns so the BlockMask stays a complete one (``to_dense``, transposes).
+    accumulates an online softmax, so the visiting order does not change the result); in the last
+    ``dense_rows`` rows every block below the diagonal. Index rows are padded to n columns so the
+    BlockMask stays a complete one (``to_dense``, transposes).
     """
     b, h, n, width = order.shape
-    diagonal = torch.arange(n, dtype=torch.int32, device=order.device)[:, None].expand(b, h, n, 1)
-    kv_idx = torch.nn.functional.pad(diagonal, (0, n - 1))
+    rows = torch.arange(n, dtype=torch.int32, device=order.device)
+    kv_idx = torch.nn.functional.pad(rows[:, None].expand(b, h, n, 1), (0, n - 1))
     full_idx = torch.nn.functional.pad(order[..., 1:].to(torch.int32), (0, n + 1 - width))
+    full_num = (count - 1).to(torch.int32)
+    if dense_rows:
+        dense = rows >= n - dense_rows
+        full_idx = torch.where(dense[:, None], rows, full_idx)
+        full_num = torch.where(dense, rows, full_num)
     ones = torch.ones(b, h, n, dtype=torch.int32, device=order.device)
-    return ones, kv_idx, (count - 1).to(torch.int32), full_idx
+    return ones, kv_idx, full_num, full_idx
 
 
 @cache
@@ -136,7 +142,7 @@ def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
         raise ValueError(f"selection is for {selection.num_blocks} blocks, layout has {n}")
     indices = _compiled_selection_indices() if selection.order.is_cuda else selection_indices
     return BlockMask.from_kv_blocks(
-        *indices(selection.order, selection.count),
+        *indices(selection.order, selection.count, selection.dense_rows),
         BLOCK_SIZE=(layout.block_size, layout.block_size),
         mask_mod=causal_mask_mod,
         seq_lengths=(layout.seq_len, layout.seq_len),

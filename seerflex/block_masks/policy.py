@@ -28,14 +28,22 @@ PerHead = Union[float, Sequence[float]]
 
 @dataclass(frozen=True)
 class BlockSelection:
-    """Kept blocks: the first ``count`` [B,H,nq] entries of each row of ``order`` [B,H,nq,m].
+    """Kept blocks: the first ``count`` [B,H,nq] entries of each row of ``order`` [B,H,nq,m], and in the
+    last L rows every block marked in ``dense_tail`` [B or 1, 1, L, nk].
 
-    ``order`` lists key blocks by priority; it may be cut to the m <= nk blocks a row can ever keep.
+    ``order`` lists key blocks by priority, cut to the m <= nk blocks a sparse row can keep; the dense
+    last rows keep everything and need no order, so they never widen it to nk (an int64 order of
+    [32, 2048, 2048] is 1 GB at 128k).
     """
 
     order: Tensor
     count: Tensor
     num_blocks: int
+    dense_tail: Tensor | None = None
+
+    @property
+    def dense_rows(self) -> int:
+        return 0 if self.dense_tail is None else self.dense_tail.shape[-2]
 
     @property
     def kept(self) -> Tensor:
@@ -43,7 +51,10 @@ class BlockSelection:
         rank = torch.arange(self.order.shape[-1], device=self.order.device)
         in_prefix = rank < self.count[..., None]
         out = torch.zeros(*self.order.shape[:-1], self.num_blocks, dtype=torch.bool, device=self.order.device)
-        return out.scatter_(-1, self.order, in_prefix)
+        out.scatter_(-1, self.order, in_prefix)
+        if self.dense_rows:
+            out[..., self.num_blocks - self.dense_rows:, :] |= self.dense_tail
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,14 +90,12 @@ class Policy:
             raise ValueError(f"scores must be [B, H, {n}, {n}] for this layout, got {tuple(scores.shape)}")
         params = policy_tensors(self, n, scores.shape[1], scores.device)
         core = compiled_select() if scores.is_cuda else select_blocks
-        order, count = core(type(self).row_counts, scores, layout.valid_blocks, layout.first_block, params,
-                            self.max_row_count(n))
-        return BlockSelection(order, count, n)
+        order, count, tail = core(type(self).row_counts, scores, layout.valid_blocks, layout.first_block, params,
+                                  self.max_row_count(n), min(self.dense_last_rows, n))
+        return BlockSelection(order, count, n, tail)
 
     def max_row_count(self, n: int) -> int:
-        """An upper bound on any row's count, from the parameters alone (no look at the data)."""
-        if self.dense_last_rows:
-            return n
+        """An upper bound on any sparse row's count, from the parameters alone (no look at the data)."""
         forced = 1 + self.local + self.sink
         bound = max(self.count_bound(n), forced, self.min_blocks)
         if self.max_blocks is not None:
@@ -137,20 +146,21 @@ def policy_tensors(policy: Policy, n: int, heads: int, device: torch.device) -> 
     happen once, not once per layer, and new values never change a compiled graph.
     """
     shared = {"sink": policy.sink, "local": policy.local, "min_blocks": policy.min_blocks,
-              "max_blocks": n if policy.max_blocks is None else policy.max_blocks,
-              "dense_from": n - policy.dense_last_rows}
+              "max_blocks": n if policy.max_blocks is None else policy.max_blocks}
     tensors = {name: torch.tensor(float(value)) for name, value in shared.items()}
     tensors |= {name: policy.per_head(value, heads) for name, value in policy.rule_parameters(n).items()}
     return {name: t.to(device) for name, t in tensors.items()}
 
 
 def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_blocks: Tensor | None,
-                  first_block: Tensor | None, params: dict[str, Tensor], bound: int) -> tuple[Tensor, Tensor]:
-    """(order [B, H, n, bound] int64, count [B, H, n]): the selection as pure tensor code.
+                  first_block: Tensor | None, params: dict[str, Tensor], bound: int,
+                  dense_rows: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(order [B, H, n, bound] int64, count [B, H, n], dense tail [B or 1, 1, dense_rows, n] bool):
+    the selection as pure tensor code.
 
     Priorities: the diagonal +inf (so it is always first), other always-on blocks the largest
     float, selectable blocks their score, the rest -inf; a partial top-k of ``bound`` columns
-    is much cheaper than sorting whole rows.
+    is much cheaper than sorting whole rows. The last ``dense_rows`` rows keep every available block.
     """
     n = scores.shape[-1]
     i = torch.arange(n, device=scores.device)[:, None]
@@ -168,9 +178,9 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     n_available = (selectable | forced).sum(-1)
     count = row_counts(scores, order, forced, selectable, params).float()
     count = count.maximum(params["min_blocks"]).minimum(params["max_blocks"])
-    count = count.maximum(n_forced.float()).minimum(n_available.float())
-    count = torch.where(i[:, 0] >= params["dense_from"], n_available.float(), count).clamp(max=bound)
-    return order, count.long().expand(scores.shape[:-1])
+    count = count.maximum(n_forced.float()).minimum(n_available.float()).clamp(max=bound)
+    count = torch.where(i[:, 0] >= n - dense_rows, n_available.float(), count)
+    return order, count.long().expand(scores.shape[:-1]), (selectable | diagonal)[..., n - dense_rows:, :]
 
 
 @cache
