@@ -51,7 +51,7 @@ def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: st
 
 
 def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: Path, title: str,
-            xlabel: str, ylabel: str, vmax: float = 1.0) -> Path:
+            xlabel: str, ylabel: str, vmax: float = 1.0, fmt: str = ".2f") -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(min(16, 1 + 0.6 * len(cols)), min(16, 1 + 0.5 * len(rows))))
     im = ax.imshow(matrix, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
@@ -60,7 +60,7 @@ def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: P
     if len(rows) * len(cols) <= 400:  # numbers only where they stay readable
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < vmax / 2 else "black", fontsize=7)
+                ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v < vmax / 2 else "black", fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

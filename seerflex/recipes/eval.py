@@ -218,8 +218,8 @@ def budget_main(argv: list[str]) -> int:
                                      "rows": rows})
     rise = sens.loss_rise.clamp(min=0)
     plots.heatmap(rise.tolist(), [str(i) for i in sens.layers], [str(d) for d in sens.candidates],
-                  out / "layer_sensitivity.png", f"loss rise (nats/token), one layer sparse, scorer {args.scorer}",
-                  "top-k density", "layer", vmax=max(float(rise.max()), 1e-6))
+                  out / "layer_sensitivity.png", f"loss rise, one layer sparse ({args.scorer})",
+                  "top-k density", "layer", vmax=max(float(rise.max()), 1e-6), fmt=".3f")
     print_table(f"per-layer budget, average density {args.density} ({args.scorer})",
                 ["layer", "density", "achieved", "loss_rise"], [[r[c] for c in ("layer", "density", "achieved", "loss_rise")]
                                                                for r in rows])
