@@ -91,8 +91,9 @@ final)  # the bundled adapter (= v3) under the current defaults (dense last row)
 finalpk)
   python -m seerflex.cli eval passkey --adapter seerflex/adapters/smollm2-austen --lengths 8192 \
     --depths 0.1 0.3 0.5 0.7 0.9 --trials 3 --scorers dense,gate,recency,pooled,oracle \
-    --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5,topp:density=0.1,budget:0.1 --out /tmp/pk
-  cp /tmp/pk/passkey.json /tmp/pk/passkey_vs_density.png /tmp/pk/passkey_gate_topk-0.1.png "$OUT"/ ;;
+    --policies topk:0.05,topk:0.1,topk:0.2,topk:0.5,topp:density=0.1,budget:0.1 --out "$OUT"/pk ;;
+  # (2026-11-25: this grid outran a 360 s call; what was recorded is the smaller run
+  #  --scorers dense,gate,recency,pooled,oracle --policies topk:0.1, in smollm2_v3/final_passkey/)
 stage4)  # after stage1/part/stage2-style reassembly: sparsity and needle for the bundled gates
   mkdir -p /tmp/cache/smollm2 /tmp/cache/austen
   cp .assets/gguf/p*/part.* /tmp/parts/
