@@ -27,11 +27,11 @@ import torch
 from seerflex.config import SeerFlexConfig
 from seerflex.distill.data import load_texts
 from seerflex.evaluation import plots
-from seerflex.evaluation.passkey import needle_trial, passkey_prompt, passkey_trial
-from seerflex.evaluation.nll import windows
-from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
+from seerflex.evaluation.nll import windows
+from seerflex.evaluation.passkey import needle_trial, passkey_prompt, passkey_trial
 from seerflex.evaluation.policy_specs import BUDGET, resolve_policy
+from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.evaluation.selection import achieved_density, parse_policy, runs, selection
 from seerflex.recipes.common import console, environment, print_table, write_json
 
