@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 import torch
 
 from seerflex.evaluation.layer_budget import STEP, Sensitivity, allocate
@@ -56,7 +57,9 @@ def test_budget_spec_in_eval_ppl_and_saved_adapter(tiny, tmp_path):  # noqa: F81
     assert eval_recipe.main(["budget", "--model", "tiny", "--density", "0.4", "--budget-text", str(tiny),
                              "--budget-window", "512", "--budget-prefix", "128", "--save-adapter", str(saved),
                              "--out", str(tmp_path / "b")]) == 0
-    rows = json.loads((tmp_path / "b" / "budget.json").read_text())["rows"]
+    budget_file = json.loads((tmp_path / "b" / "budget.json").read_text())
+    rows = budget_file["rows"]
+    assert budget_file["predicted_loss_rise"] == pytest.approx(sum(r["loss_rise"] for r in rows))
     config = json.loads((saved / "adapter_config.json").read_text())
     assert {int(i): p["density"] for i, p in config["layer_policies"].items()} == {r["layer"]: r["density"] for r in rows}
     assert (tmp_path / "b" / "layer_sensitivity.png").stat().st_size > 0

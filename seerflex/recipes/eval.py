@@ -214,13 +214,15 @@ def budget_main(argv: list[str]) -> int:
     rows = [{"layer": layer, "density": sens.candidates[ci], "achieved": float(sens.density[li, ci]),
              "loss_rise": float(sens.loss_rise[li, ci]), "loss_rise_per_candidate": sens.loss_rise[li].tolist()}
             for li, (layer, ci) in enumerate(zip(sens.layers, picks))]
+    predicted = sum(r["loss_rise"] for r in rows)  # additive: measured joint losses were higher (RESULTS.md)
     write_json(out / "budget.json", {"environment": environment(), "args": vars(args), "candidates": sens.candidates,
-                                     "rows": rows})
+                                     "predicted_loss_rise": predicted, "rows": rows})
     rise = sens.loss_rise.clamp(min=0)
     plots.heatmap(rise.tolist(), [str(i) for i in sens.layers], [str(d) for d in sens.candidates],
                   out / "layer_sensitivity.png", f"loss rise, one layer sparse ({args.scorer})",
                   "top-k density", "layer", vmax=max(float(rise.max()), 1e-6), fmt=".3f")
-    print_table(f"per-layer budget, average density {args.density} ({args.scorer})",
+    print_table(f"per-layer budget, average density {args.density} ({args.scorer}); summed single-layer loss "
+                f"rise {predicted:.4f} nats/token (joint runs measured higher: layers compound)",
                 ["layer", "density", "achieved", "loss_rise"], [[r[c] for c in ("layer", "density", "achieved", "loss_rise")]
                                                                for r in rows])
     if args.save_adapter:
