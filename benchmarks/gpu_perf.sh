@@ -6,8 +6,8 @@
 #   kernel4: v4 static kernels at 8k/32k/128k (the 128k static OOM fix), 64- and 128-token blocks
 #   ttft2:   TTFT with the v3+ path and the attention-free ceiling (Amdahl bound)
 #   kernel5: the default policy with a dense last row at 32k/128k; profile of gate + policy at 128k
-#   ttft3:   TTFT with 128-token blocks
-# Each stage also stashes carried GGUF parts for gpu_smollm2.sh (see its "stash" stage).
+#   ttft3:   TTFT with 128-token blocks (not run yet)
+# On 2026-11-25 each of these calls was chained with gpu_smollm2.sh stash (one GGUF part per call).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD COLUMNS=200
 case "$1" in

@@ -58,11 +58,8 @@ reassemble)
   echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
   tar xzf .assets/austen.tgz -C /tmp/cache/austen ;;
 distill3)
-  mkdir -p /tmp/cache/smollm2 /tmp/cache/austen /tmp/parts "$OUT"/runs
-  cp .assets/gguf/p*/part.* /tmp/parts/
-  cat /tmp/parts/part.* > /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  echo "$(cat .assets/gguf/sha256)  /tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
-  tar xzf .assets/austen.tgz -C /tmp/cache/austen
+  bash "$0" reassemble
+  mkdir -p "$OUT"/runs
   D="python -m seerflex.cli distill recipes/distill_smollm2.yaml target=mass"
   $D steps=500 warmup_steps=20 output_dir=$RUN/v3
   $D steps=500 warmup_steps=20 seerflex.gate_hidden_size=128 output_dir=$RUN/h128

@@ -72,14 +72,17 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     past ``RECOMPILE_LIMIT`` shapes it raises instead.
     """
     fn = flex_function(compile, q.device)
-    options = kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0])
-    if fn is flex_attention:
+
+    def call() -> Tensor:
         return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                  enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
+                  enable_gqa=q.shape[1] != k.shape[1],
+                  kernel_options=kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0]))
+
+    if fn is flex_attention:
+        return call()
     try:
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
-            return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                      enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
+            return call()
     except torch._dynamo.exc.FailOnRecompileLimitHit as err:
         raise RuntimeError(f"flex_attention was compiled for {RECOMPILE_LIMIT} different shapes in compile mode "
                            f"{compile!r} (static compiles once per sequence length); use compile='auto' for "
