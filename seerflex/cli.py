@@ -1,28 +1,45 @@
-"""``seerflex`` command line: one sub-command per recipe, each implemented in its own module."""
+"""``seerflex`` command line: the one dispatcher; every command is a recipe in ``seerflex.recipes``.
+
+Bad input ends with one line naming the problem and exit code 2; ``--debug`` (or
+``SEERFLEX_DEBUG=1``) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-# command -> "module:function"; the function takes the remaining argv and returns an exit code.
+# command -> recipe module; its ``main`` takes the remaining argv and returns an exit code.
 COMMANDS: dict[str, str] = {
-    "bench": "seerflex.recipes.bench:main",
-    "convert": "seerflex.hf.original:convert_main",
-    "distill": "seerflex.distill.recipe:main",
-    "eval": "seerflex.recipes.eval:main",
-    "demo": "seerflex.recipes.demo:main",
+    "bench": "seerflex.recipes.bench",
+    "convert": "seerflex.recipes.convert",
+    "demo": "seerflex.recipes.demo",
+    "distill": "seerflex.recipes.distill",
+    "eval": "seerflex.recipes.eval",
 }
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        names = ", ".join(sorted(COMMANDS)) or "(none yet)"
-        print(f"usage: seerflex COMMAND [args]\ncommands: {names}")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    module, func = COMMANDS[argv[0]].split(":")
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SEERFLEX_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: seerflex COMMAND [CONFIG.yaml] [key=value ...] [--debug]\ncommands: {', '.join(sorted(COMMANDS))}"
+              "\n'seerflex COMMAND --help' lists a command's keys")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"seerflex: unknown command {argv[0]!r}; commands: {', '.join(sorted(COMMANDS))}", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = str(err).strip() or type(err).__name__
+        print(f"seerflex {argv[0]}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

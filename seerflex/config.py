@@ -1,27 +1,28 @@
-"""SeerFlexConfig: everything needed to rebuild seerflex layers, serialisable to JSON."""
+"""SeerFlexConfig: what an adapter saves to rebuild its gates and their default block policies.
+
+How layers *run* (compile mode, kernel backend, ``dense_below``, NaN checks) is not here: that
+is ``seerflex.runtime.RuntimeOptions``, chosen at load time and never saved.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from seerflex.block_masks import Policy, TopK, policy_from_dict
-from seerflex.flex import COMPILE_MODES
 from seerflex.gates.gate_type import GateType
+from seerflex.policies import Policy, PolicyLike, TopK, as_policy
 
 BLOCK_SIZES = (32, 64, 128)
 
 
 @dataclass
 class SeerFlexConfig:
-    """Gate architecture plus the default block policy (and per-layer overrides).
+    """Gate architecture plus the default block policy and per-layer overrides.
 
-    ``dense_below``: prompts shorter than this many tokens run dense attention (the sparse path
-    only pays off on long prefills). ``compile``: how flex_attention runs, one of
-    ``seerflex.flex.COMPILE_MODES`` ("auto" = compiled for all lengths on CUDA, eager on CPU).
-    ``check_finite``: raise on NaN gate scores (costs one host sync per layer).
+    Policies may be given as objects, ``to_dict`` dicts or spec strings (``"topk:0.1"``). Layers
+    built from one config read its policies at every call: ``SeerFlexModel.set_policy`` edits them.
     """
 
     gate_type: str = "Qavg_Kmaxminavg"
@@ -29,40 +30,32 @@ class SeerFlexConfig:
     gate_hidden_size: int = 128
     policy: Policy = field(default_factory=lambda: TopK(density=0.1))
     layer_policies: dict[int, Policy] = field(default_factory=dict)
-    dense_below: int = 1024
-    compile: str = "auto"
-    check_finite: bool = True
 
     def __post_init__(self) -> None:
         GateType.parse(self.gate_type)
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"unknown compile mode {self.compile!r}; choose one of {COMPILE_MODES}")
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {self.block_size}")
-        if self.gate_hidden_size < 2 or self.gate_hidden_size % 2:
+        if isinstance(self.gate_hidden_size, bool) or not isinstance(self.gate_hidden_size, int) \
+                or self.gate_hidden_size < 2 or self.gate_hidden_size % 2:
             raise ValueError(f"gate_hidden_size must be a positive even number, got {self.gate_hidden_size}")
-        if isinstance(self.policy, dict):
-            self.policy = policy_from_dict(self.policy)
-        self.layer_policies = {int(i): policy_from_dict(p) if isinstance(p, dict) else p
-                               for i, p in self.layer_policies.items()}
-        for p in (self.policy, *self.layer_policies.values()):
-            if not isinstance(p, Policy):
-                raise TypeError(f"policy must be a seerflex Policy (TopK, Threshold, TopP), got {type(p).__name__}")
+        self.policy = as_policy(self.policy)
+        self.layer_policies = {int(i): as_policy(p) for i, p in self.layer_policies.items()}
 
     def policy_for(self, layer_idx: int | None) -> Policy:
         return self.layer_policies.get(layer_idx, self.policy) if layer_idx is not None else self.policy
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self) | {"policy": self.policy.to_dict()}
-        out["layer_policies"] = {str(i): p.to_dict() for i, p in self.layer_policies.items()}
-        return out
+        return {"gate_type": self.gate_type, "block_size": self.block_size, "gate_hidden_size": self.gate_hidden_size,
+                "policy": self.policy.to_dict(),
+                "layer_policies": {str(i): p.to_dict() for i, p in sorted(self.layer_policies.items())}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SeerFlexConfig":
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown SeerFlexConfig fields {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"unknown SeerFlexConfig fields {sorted(unknown)}; known: {sorted(known)} "
+                             "(compile, dense_below and check_finite are runtime options: seerflex.RuntimeOptions)")
         return cls(**data)
 
     def to_json(self) -> str:

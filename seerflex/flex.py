@@ -1,4 +1,4 @@
-"""Calling flex_attention: one compiled function per compile mode, kernel options per device.
+"""Calling flex_attention: the compiled function for the runtime's mode, kernel options per device.
 
 Compiling once and reusing it is what makes sparse prefill fast; the BlockMask and its captured
 tensors are inputs, so new masks and policies (and, in dynamic mode, new lengths) reuse the same
@@ -7,48 +7,36 @@ kernels.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from seerflex.compile import compiled
 
-COMPILE_MODES = ("auto", "dynamic", "static", "eager")
+
 # Distinct compiled shapes allowed before an error. Dynamo's default (8) is low for static mode, one
 # graph per length, and past it dynamo silently runs flex_attention *eagerly*, which materialises
 # S x S scores: at 128k that was an out-of-memory error asking for 2 TiB (benchmarks/NOTES.md, v4).
 RECOMPILE_LIMIT = 64
-
-
-@cache
-def compiled_flex_attention(dynamic: bool = True) -> Callable[..., Tensor]:
-    return torch.compile(flex_attention, dynamic=dynamic)
+BACKENDS = ("auto", "triton")
 
 
 def flex_function(mode: str, device: torch.device) -> Callable[..., Tensor]:
-    """The flex_attention to call for a compile mode.
+    """The flex_attention to call for a compile mode (``seerflex.compile``).
 
     ``dynamic`` compiles once for all sequence lengths; ``static`` compiles once per length and
     ran the sparse kernel ~20% faster on H100 (32k: 2.64 vs 3.20 ms), for fixed-length workloads;
     ``eager`` is exact but materialises S x S; ``auto`` = dynamic on CUDA, eager elsewhere.
     """
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
-    if mode == "eager" or (mode == "auto" and device.type != "cuda"):
-        return flex_attention
-    return compiled_flex_attention(dynamic=mode != "static")
+    return compiled(flex_attention, mode, device, dynamic=mode != "static")
 
 
-def skips_unlisted_tiles(mode: str, device: torch.device) -> bool:
-    """True when the kernel for this mode runs only the BlockMask's listed tiles (compiled flex);
-    eager flex evaluates ``mask_mod`` over all of S x S instead."""
-    return flex_function(mode, device) is not flex_attention
-
-
-def kernel_options(device: torch.device, head_dim: int, block_size: int) -> dict[str, Any] | None:
-    """Forward tile sizes and pipelining for this block size.
+def kernel_options(device: torch.device, head_dim: int, block_size: int, backend: str = "auto"
+                   ) -> dict[str, Any] | None:
+    """Forward tile sizes and pipelining of the ``backend`` kernel (``RuntimeOptions.backend``) for
+    this block size; "auto" is the Triton kernel.
 
     On GPU the mask's block size must be a multiple of the kernel tile; the default tiles (128 x 64
     at head 128) reject 64- and 32-token blocks ("Q and KV block size must be divisible by BLOCK_M
@@ -58,13 +46,16 @@ def kernel_options(device: torch.device, head_dim: int, block_size: int) -> dict
     blocks 128 x 64 tiles with 4 warps / 2 stages beat 64 x 64 by 10-12% at 32k and 128k
     (2.19 vs 2.43 ms, 34.7 vs 39.5 ms; ..._perf_experiments_v3.json).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS}")
     if device.type != "cuda":
         return None
     return {"BLOCK_M": min(block_size, 128), "BLOCK_N": min(block_size, 64), "num_warps": 4, "num_stages": 2}
 
 
 def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale: float | None = None,
-                     compile: str = "auto", score_mod: Callable[..., Tensor] | None = None) -> Tensor:
+                     compile: str = "auto", backend: str = "auto",
+                     score_mod: Callable[..., Tensor] | None = None) -> Tensor:
     """flex_attention over ``block_mask`` (GQA when K/V have fewer heads than Q).
 
     ``score_mod`` (e.g. Gemma-2 logit soft-capping) must be the same function object on every
@@ -76,7 +67,7 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     def call() -> Tensor:
         return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                   enable_gqa=q.shape[1] != k.shape[1],
-                  kernel_options=kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0]))
+                  kernel_options=kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0], backend))
 
     if fn is flex_attention:
         return call()

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from reference import dense_attention_f64, relative_error, token_mask
-from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, Threshold, TopK, TopP
+from seerflex import BlockLayout, RuntimeOptions, SeerFlexAttention, SeerFlexConfig, Threshold, TopK, TopP
+from seerflex.runtime import Runtime
+
+
+def sparse_layer(cfg: SeerFlexConfig, num_heads: int, num_kv_heads: int, head_dim: int, **options) -> SeerFlexAttention:
+    """A layer that runs every prefill sparse (``dense_below=0``) unless ``options`` say otherwise."""
+    runtime = Runtime(RuntimeOptions(**({"dense_below": 0} | options)))
+    return SeerFlexAttention(cfg, num_heads, num_kv_heads, head_dim, runtime=runtime)
 
 
 def make_inputs(b: int, hq: int, hkv: int, s: int, d: int, dtype=torch.float32):
@@ -34,8 +41,8 @@ def kept_blocks(layer: SeerFlexAttention, q, k, mask) -> torch.Tensor:
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize(("s", "d", "pad"), [(257, 64, "none"), (200, 128, "left"), (321, 64, "right")])
 def test_sparse_output_matches_f64_reference(density, s, d, pad):
-    cfg = SeerFlexConfig(policy=TopK(density=density), dense_below=0, block_size=32 if d == 64 else 64)
-    layer = SeerFlexAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=d)
+    cfg = SeerFlexConfig(policy=TopK(density=density), block_size=32 if d == 64 else 64)
+    layer = sparse_layer(cfg, 8, 2, d)
     q, k, v = make_inputs(2, 8, 2, s, d)
     mask = padding_mask(2, s, pad)
     out, stats = layer(q, k, v, attention_mask=mask, return_stats=True)
@@ -57,8 +64,8 @@ def test_sparse_output_matches_f64_reference(density, s, d, pad):
 
 
 def test_density_tracks_request_on_long_rows():
-    cfg = SeerFlexConfig(policy=TopK(density=0.25, sink=0, local=0, dense_last_rows=0), dense_below=0, block_size=32)
-    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=4, head_dim=64)
+    cfg = SeerFlexConfig(policy=TopK(density=0.25, sink=0, local=0, dense_last_rows=0), block_size=32)
+    layer = sparse_layer(cfg, 4, 4, 64)
     q, k, v = make_inputs(1, 4, 4, 32 * 64, 64)
     _, stats = layer(q, k, v, return_stats=True)
     assert abs(stats.mean_density - 0.25) < 0.02
@@ -66,8 +73,8 @@ def test_density_tracks_request_on_long_rows():
 
 @pytest.mark.parametrize("policy", [Threshold(0.02), TopP(0.8), TopK(k=3)])
 def test_every_policy_runs_sparse_and_exact(policy):
-    cfg = SeerFlexConfig(policy=policy, dense_below=0, block_size=32)
-    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=1, head_dim=64)
+    cfg = SeerFlexConfig(policy=policy, block_size=32)
+    layer = sparse_layer(cfg, 4, 1, 64)
     q, k, v = make_inputs(1, 4, 1, 300, 64)
     out = layer(q, k, v)
     kept = kept_blocks(layer, q, k, None)
@@ -75,8 +82,8 @@ def test_every_policy_runs_sparse_and_exact(policy):
 
 
 def test_gate_sees_pre_rope_inputs_when_given():
-    cfg = SeerFlexConfig(policy=TopK(k=2, sink=0, local=0), dense_below=0, block_size=32)
-    layer = SeerFlexAttention(cfg, num_heads=2, num_kv_heads=2, head_dim=64)
+    cfg = SeerFlexConfig(policy=TopK(k=2, sink=0, local=0), block_size=32)
+    layer = sparse_layer(cfg, 2, 2, 64)
     q, k, v = make_inputs(1, 2, 2, 256, 64)
     gq, gk = make_inputs(1, 2, 2, 256, 64)[:2]
     out = layer(q, k, v, gate_q=gq, gate_k=gk)
@@ -86,8 +93,7 @@ def test_gate_sees_pre_rope_inputs_when_given():
 
 @pytest.mark.parametrize("pad", ["none", "left"])
 def test_dense_paths_decode_short_prompt_and_disabled(pad):
-    cfg = SeerFlexConfig(dense_below=512)
-    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=64)
+    layer = sparse_layer(SeerFlexConfig(), 4, 2, 64, dense_below=512)
     q, k, v = make_inputs(2, 4, 2, 100, 64)
     mask = padding_mask(2, 100, pad)
     rows = None if mask is None else mask.double()
@@ -95,12 +101,12 @@ def test_dense_paths_decode_short_prompt_and_disabled(pad):
     assert relative_error(layer(q, k, v, attention_mask=mask), full, rows) < 1e-5  # short prompt
     decode = layer(q[:, :, -1:], k, v, attention_mask=mask)  # one query over the cache
     assert relative_error(decode, full[:, :, -1:]) < 1e-5
-    layer.config.dense_below, layer.enabled = 0, False
+    layer.runtime.options, layer.runtime.sparse_layers = RuntimeOptions(dense_below=0), frozenset()  # layer off
     assert relative_error(layer(q, k, v, attention_mask=mask), full, rows) < 1e-5
 
 
 def test_left_padded_rows_are_finite_everywhere():
-    layer = SeerFlexAttention(SeerFlexConfig(dense_below=0, block_size=32), 4, 2, 64)
+    layer = sparse_layer(SeerFlexConfig(block_size=32), 4, 2, 64)
     q, k, v = make_inputs(2, 4, 2, 160, 64)
     mask = torch.ones(2, 160, dtype=torch.long)
     mask[0, :100] = 0  # several whole blocks of padding
@@ -108,7 +114,7 @@ def test_left_padded_rows_are_finite_everywhere():
 
 
 def test_bad_inputs_raise_clear_errors():
-    layer = SeerFlexAttention(SeerFlexConfig(dense_below=0), 4, 2, 64)
+    layer = sparse_layer(SeerFlexConfig(), 4, 2, 64)
     q, k, v = make_inputs(1, 4, 2, 128, 64)
     with pytest.raises(ValueError, match="query / 2 KV heads"):
         layer(q[:, :3], k, v)
@@ -126,8 +132,7 @@ def test_compiled_fast_path_matches_f64_reference(density, policy_cls):
     """Compiled flex (CPU inductor here, Triton on GPU) with the BlockMask built straight from the
     policy's order: odd length, GQA, batch 2, no padding."""
     policy = TopK(density=density) if policy_cls is TopK else TopP(density)
-    cfg = SeerFlexConfig(policy=policy, dense_below=0, block_size=32, compile="dynamic")
-    layer = SeerFlexAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=32)
+    layer = sparse_layer(SeerFlexConfig(policy=policy, block_size=32), 4, 2, 32, compile="dynamic")
     s = 32 * 9 + 7
     q, k, v = make_inputs(2, 4, 2, s, 32)
     out = layer(q, k, v)
@@ -142,8 +147,7 @@ def test_static_compile_past_the_recompile_limit_raises_instead_of_running_eager
 
     monkeypatch.setattr(seerflex.flex, "RECOMPILE_LIMIT", 1)
     torch._dynamo.reset()
-    cfg = SeerFlexConfig(policy=TopK(density=0.5), dense_below=0, block_size=32, compile="static")
-    layer = SeerFlexAttention(cfg, num_heads=2, num_kv_heads=1, head_dim=16)
+    layer = sparse_layer(SeerFlexConfig(policy=TopK(density=0.5), block_size=32), 2, 1, 16, compile="static")
     layer(*make_inputs(1, 2, 1, 96, 16))  # first shape compiles
     with pytest.raises(RuntimeError, match="compile='auto'"):
         layer(*make_inputs(1, 2, 1, 160, 16))

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from reference import dense_attention_f64, relative_error, token_mask
-from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK
-from seerflex.gates.baselines import SCORERS, PooledQKScores, RecencyScores
+from seerflex import BlockLayout, ScorerInputs, SeerFlexConfig, TopK
+from seerflex.scorers import SCORERS, PooledQKScores, RecencyScores
+from test_attention import sparse_layer
 
 
 def test_recency_with_density_zero_extra_is_sink_plus_local_window():
     layout = BlockLayout(10 * 32, 32)
     q = torch.randn(1, 2, 320, 16)
-    scores = RecencyScores()(q, q, q, q, layout)
+    scores = RecencyScores().score_blocks(ScorerInputs(q, q, q, q, layout))
     kept = TopK(k=4, sink=1, local=0, dense_last_rows=0).select(scores, layout).kept
     i = 9  # last row: sink block 0, then the three most recent blocks 7, 8, 9
     assert kept[0, 0, i].nonzero().flatten().tolist() == [0, 7, 8, 9]
@@ -22,7 +23,7 @@ def test_recency_with_density_zero_extra_is_sink_plus_local_window():
 def test_pooled_qk_scores_are_block_mean_dot_products():
     layout = BlockLayout(128, 64)
     q, k = torch.randn(1, 4, 128, 16), torch.randn(1, 2, 128, 16)
-    scores = PooledQKScores()(q, k, q, k, layout)
+    scores = PooledQKScores().score_blocks(ScorerInputs(q, k, q, k, layout))
     qb, kb = q.view(1, 4, 2, 64, 16).mean(3), k.view(1, 2, 2, 64, 16).mean(3).repeat_interleave(2, 1)
     expected = (qb @ kb.transpose(-1, -2) / 4).masked_fill(~torch.ones(2, 2, dtype=torch.bool).tril(), float("-inf"))
     torch.testing.assert_close(scores, expected)
@@ -30,15 +31,14 @@ def test_pooled_qk_scores_are_block_mean_dot_products():
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_every_scorer_drives_exact_sparse_attention(name):
-    cfg = SeerFlexConfig(policy=TopK(density=0.3), dense_below=0, block_size=32)
-    layer = SeerFlexAttention(cfg, 4, 2, 32)
-    layer.scorer = SCORERS[name]()
+    layer = sparse_layer(SeerFlexConfig(policy=TopK(density=0.3), block_size=32), 4, 2, 32)
+    layer.runtime.scorer = SCORERS[name]()
     q, k, v = (torch.randn(2, h, 200, 32) for h in (4, 2, 2))
     mask = torch.ones(2, 200, dtype=torch.long)
     mask[1, :50] = 0
     out = layer(q, k, v, attention_mask=mask)
     layout = BlockLayout.from_attention_mask(mask, 200, 32)
-    kept = layer.policy.select(layer.scorer(q, k, q, k, layout), layout).kept
+    kept = layer.policy.select(layer.runtime.scorer.score_blocks(ScorerInputs(q, k, q, k, layout)), layout).kept
     ref = dense_attention_f64(q, k, v, token_mask(kept, 200, 32, mask))
     assert relative_error(out, ref, mask.double()) < 1e-5
     layer.policy = TopK(density=1.0)  # any scorer at density 1 is plain causal attention

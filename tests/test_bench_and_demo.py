@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from seerflex import SeerFlexConfig, get_seerflex_model
+from models import small_llama
+from seerflex import RuntimeOptions, SeerFlexConfig, get_seerflex_model
 from seerflex.recipes import bench_kernel, demo
-from test_eval import CharTokenizer
 
 
 def test_bench_kernel_on_cpu_checks_and_times(tmp_path):
@@ -21,14 +21,10 @@ def test_bench_kernel_on_cpu_checks_and_times(tmp_path):
     assert all(r["max_rel_err"] < 1e-4 and r["total_ms"] > 0 for r in rows[2:])
 
 
-def test_demo_with_bundled_style_adapter(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048)
-    get_seerflex_model(LlamaForCausalLM(cfg), SeerFlexConfig(block_size=32, gate_hidden_size=16)).save_pretrained(
+def test_demo_with_bundled_style_adapter(tmp_path, monkeypatch, recipe_model):
+    get_seerflex_model(small_llama(), SeerFlexConfig(block_size=32, gate_hidden_size=16)).save_pretrained(
         tmp_path / "gates")
     monkeypatch.setattr(demo, "BUNDLED_GATES", tmp_path / "gates")
-    monkeypatch.setattr("seerflex.assets.load_smollm2", lambda: (LlamaForCausalLM(cfg).eval(), CharTokenizer()))
     monkeypatch.setattr("seerflex.assets.austen_novels", lambda: {"Emma": "Emma Woodhouse, handsome. " * 200})
     out = tmp_path / "demo.json"
     assert demo.main(["--window", "512", "--prefix", "128", "--policies", "topk:0.3", "--out", str(out)]) == 0
@@ -42,15 +38,12 @@ def test_ttft_attention_free_run_skips_every_attention_layer_and_restores_it():
     those of a model whose attention output projections are zero; afterwards attention is back."""
     from seerflex.recipes.bench_ttft import attention_free
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024)
-    base = LlamaForCausalLM(cfg).eval()
-    no_attn = LlamaForCausalLM(cfg).eval()
+    base = small_llama()
+    no_attn = LlamaForCausalLM(base.config).eval()
     no_attn.load_state_dict(base.state_dict())
     for layer in no_attn.model.layers:
         layer.self_attn.o_proj.weight.data.zero_()
-    model = get_seerflex_model(base, SeerFlexConfig(dense_below=0, block_size=32))
+    model = get_seerflex_model(base, SeerFlexConfig(block_size=32), runtime=RuntimeOptions(dense_below=0))
     ids = torch.randint(0, 100, (1, 130))
     with torch.no_grad():
         before = model(input_ids=ids).logits

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from models import CharTokenizer, small_llama
 from seerflex.distill import data as distill_data
 from seerflex.distill.loss import gate_kl, gate_recall
-from seerflex.distill.recipe import DistillRecipe, train
+from seerflex.recipes.config import parse_recipe
+from seerflex.recipes.distill import DistillRecipe, train
 
-SEERFLEX = {"block_size": 32, "gate_hidden_size": 16, "dense_below": 0,
-            "policy": {"type": "topk", "density": 0.3, "sink": 1, "local": 1}}
-
-
-class CharTokenizer:
-    eos_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [1 + ord(c) % 90 for c in text]}
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
-    return LlamaForCausalLM(cfg).eval()
+SEERFLEX = {"block_size": 32, "gate_hidden_size": 16, "policy": "topk:density=0.3:sink=1:local=1"}
 
 
 def recipe(tmp_path, text_file, **kw) -> DistillRecipe:
@@ -57,7 +43,7 @@ def test_kl_matches_float64_by_hand():
 
 
 def test_training_lowers_kl_and_leaves_the_base_model_alone(tmp_path, text_file):
-    model = tiny_llama()
+    model = small_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train(recipe(tmp_path, text_file, steps=12, checkpoint_every=100), model, CharTokenizer())
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -75,7 +61,7 @@ def test_kill_and_resume_gives_identical_gates(tmp_path, text_file, monkeypatch)
 
     from seerflex.distill import checkpoint
 
-    train(recipe(tmp_path / "a", text_file), tiny_llama(), CharTokenizer())
+    train(recipe(tmp_path / "a", text_file), small_llama(), CharTokenizer())
     save = checkpoint.save
 
     def save_then_die(directory, gates, state):
@@ -84,10 +70,10 @@ def test_kill_and_resume_gives_identical_gates(tmp_path, text_file, monkeypatch)
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(recipe(tmp_path / "b", text_file), tiny_llama(), CharTokenizer())
+        train(recipe(tmp_path / "b", text_file), small_llama(), CharTokenizer())
     monkeypatch.setattr(checkpoint, "save", save)
     torch.manual_seed(1234)  # the resumed run must not depend on the process's RNG state
-    train(recipe(tmp_path / "b", text_file, resume=True), tiny_llama(), CharTokenizer())
+    train(recipe(tmp_path / "b", text_file, resume=True), small_llama(), CharTokenizer())
     import json
 
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -103,5 +89,5 @@ def test_packing_and_batch_order_are_deterministic():
     first = [distill_data.batch_indices(s, 4, 9, seed=1).tolist() for s in range(5)]
     assert first == [distill_data.batch_indices(s, 4, 9, seed=1).tolist() for s in range(5)]
     assert sorted(sum(first[:2], []) + first[2][:1]) == list(range(9))  # one epoch visits every piece once
-    with pytest.raises(ValueError, match="unknown recipe keys"):
-        DistillRecipe.load(None, ["stepz=3"])
+    with pytest.raises(ValueError, match="unknown key"):
+        parse_recipe(DistillRecipe, ["stepz=3"], prog="seerflex distill")

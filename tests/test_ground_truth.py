@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import seerflex.ground_truth as gt
+import seerflex.ground_truth.reference as gt_reference
 from seerflex.ground_truth import block_attention_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ CASES = [  # (S, block, Hq, Hkv, padding)
 @pytest.mark.parametrize("mode", ["max", "mass"])
 @pytest.mark.parametrize(("s", "bs", "hq", "hkv", "pad"), CASES)
 def test_torch_route_equals_dense_f64(s, bs, hq, hkv, pad, mode, given_lse, monkeypatch):
-    monkeypatch.setattr(gt, "CHUNK_ELEMENTS", 4096)  # force several chunks
+    monkeypatch.setattr(gt_reference, "CHUNK_ELEMENTS", 4096)  # force several chunks
     monkeypatch.setenv(gt.BACKEND_ENV, "torch")
     q, k = torch.randn(2, hq, s, 16) * 2, torch.randn(2, hkv, s, 16) * 2
     valid = padding(2, s, pad)
@@ -134,11 +135,11 @@ def test_lse_junk_on_padded_rows_is_ignored(monkeypatch):
 
 def test_chunks_stay_bounded_and_no_grad(monkeypatch):
     """Each torch chunk sees block_size query rows (never S x S) when the budget is small."""
-    monkeypatch.setattr(gt, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(gt_reference, "CHUNK_ELEMENTS", 1)
     monkeypatch.setenv(gt.BACKEND_ENV, "torch")
     rows = []
-    real = gt.chunk_map
-    monkeypatch.setattr(gt, "chunk_map", lambda q, *a: rows.append(q.shape[3]) or real(q, *a))
+    real = gt_reference.chunk_map
+    monkeypatch.setattr(gt_reference, "chunk_map", lambda q, *a: rows.append(q.shape[3]) or real(q, *a))
     q = torch.randn(1, 2, 200, 16, requires_grad=True)
     k = torch.randn(1, 2, 200, 16, requires_grad=True)
     out = block_attention_map(q, k, block_size=32)
@@ -255,8 +256,10 @@ def test_triton_kernels_compile_for_h100():
 
     ptrs = {"Q": "bf16", "K": "bf16", "Mask": "i8", "Lse2": "fp32", "Out": "fp32"}
     common = {"HEAD_D": 128, "BLOCK_D": 128, "FP32": False, "HAS_MASK": True, "sqd": 1, "skd": 1, "sms": 1}
-    for fn, extra, cfg in [(gt._lse_kernel, {}, gt._default_lse_config(128, torch.bfloat16)),
-                           (gt._map_kernel, {"MODE_MAX": True, "BS": 64}, gt._default_map_config(128, 64, torch.bfloat16))]:
+    kernels = gt.triton_kernels
+    for fn, extra, cfg in [(kernels._lse_kernel, {}, kernels._default_lse_config(128, torch.bfloat16)),
+                           (kernels._map_kernel, {"MODE_MAX": True, "BS": 64},
+                            kernels._default_map_config(128, 64, torch.bfloat16))]:
         consts = common | extra | {key: cfg[key] for key in ("BLOCK_M", "BLOCK_N") if key in cfg}
         signature = {name: "constexpr" if name in consts else "*" + ptrs[name] if name in ptrs
                      else "fp32" if name == "qk_scale" else "i32" for name in fn.arg_names}

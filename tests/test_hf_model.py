@@ -8,49 +8,27 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import (Gemma2Config, Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config,
-                          Qwen3Config)
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config
 
-from seerflex import SeerFlexConfig, Threshold, TopK, get_seerflex_model
-from seerflex.block_masks import BlockLayout
+from seerflex import RuntimeOptions, SeerFlexConfig, Threshold, TopK, get_seerflex_model
+from seerflex.layout import BlockLayout
 from seerflex.hf import SeerFlexModel
 from seerflex.hf.attention_interface import STATE_ATTR
 from seerflex.hf.capture import QKCapture
+from models import FAMILIES, tiny_model
 
 S = 200  # 7 blocks of 32
-COMMON = dict(vocab_size=128, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=32, max_position_embeddings=1024)
-LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
-GEMMA = dict(layer_types=["sliding_attention", "full_attention"], sliding_window=64, query_pre_attn_scalar=32)
-CONFIGS = {
-    "llama": lambda: LlamaConfig(**COMMON, rope_parameters=LLAMA3),
-    "qwen2": lambda: Qwen2Config(**COMMON),
-    "qwen3": lambda: Qwen3Config(**COMMON),
-    "mistral": lambda: MistralConfig(**COMMON, sliding_window=4096),
-    "gemma2": lambda: Gemma2Config(**COMMON, **GEMMA, attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
-    "gemma3": lambda: Gemma3TextConfig(**COMMON, **GEMMA),
-}
-FAMILIES = list(CONFIGS)
 
 
 def make_model(family: str, **overrides) -> torch.nn.Module:
-    config = CONFIGS[family]()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    impl = "eager" if family == "gemma2" else "sdpa"  # Gemma-2 soft-caps logits: SDPA refuses it
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=impl).eval()
-    with torch.no_grad():  # stronger attention patterns than the default init, so sparsity shows
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.normal_(0, 0.2)
-    return model
+    return tiny_model(family, seed=int(torch.randint(0, 2**31, ())), **overrides)
 
 
 def seer_config(policy=None, **kw) -> SeerFlexConfig:
-    return SeerFlexConfig(**{"block_size": 32, "gate_hidden_size": 32, "dense_below": 0,
-                             "policy": policy or TopK(density=1.0), **kw})
+    return SeerFlexConfig(**{"block_size": 32, "gate_hidden_size": 32, "policy": policy or TopK(density=1.0), **kw})
+
+
+SPARSE_ALWAYS = RuntimeOptions(dense_below=0)
 
 
 def batch(left_pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +50,7 @@ def test_density_one_matches_dense_and_sparse_changes_logits(family):
     ids, mask = batch(left_pad=37)
     real = mask.bool()
     dense = logits(model, ids, mask)
-    sm = get_seerflex_model(model, seer_config())
+    sm = get_seerflex_model(model, seer_config(), runtime=SPARSE_ALWAYS)
     with sm.track_sparsity() as stats:
         full = logits(sm, ids, mask)
     gated = [1] if family.startswith("gemma") else [0, 1]  # Gemma: gates on global layers only
@@ -95,7 +73,7 @@ def test_generate_left_padded_batch(family):
     ids, mask = batch(left_pad=50)
     kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     dense = model.generate(**kw)
-    sm = get_seerflex_model(model, seer_config())
+    sm = get_seerflex_model(model, seer_config(), runtime=SPARSE_ALWAYS)
     with sm.track_sparsity() as stats:
         out = sm.generate(**kw)
     assert len(stats) == (1 if family.startswith("gemma") else 2)  # one sparse prefill per gated layer, dense decode
@@ -109,7 +87,7 @@ def test_mistral_beyond_sliding_window_runs_dense_window():
     model = make_model("mistral", sliding_window=128)
     ids, mask = batch()
     dense = logits(model, ids, mask)
-    sm = get_seerflex_model(model, seer_config(TopK(density=0.1)))
+    sm = get_seerflex_model(model, seer_config(TopK(density=0.1)), runtime=SPARSE_ALWAYS)
     with sm.track_sparsity() as stats:
         out = logits(sm, ids, mask)
     assert stats == []  # 200 tokens > window 128: exact dense sliding window
@@ -122,7 +100,7 @@ def test_mistral_beyond_sliding_window_runs_dense_window():
 @pytest.mark.parametrize("family", ["qwen3", "gemma3", "llama"])
 def test_gate_sees_pre_rope_qk_after_norm(family, monkeypatch):
     model = make_model(family)
-    sm = get_seerflex_model(model, seer_config())
+    sm = get_seerflex_model(model, seer_config(), runtime=SPARSE_ALWAYS)
     attn = sm.spec.layers[1].module
     seen, taken = {}, {}
     attn.register_forward_pre_hook(lambda m, a, kw: seen.update(h=kw["hidden_states"]), with_kwargs=True)
@@ -156,7 +134,8 @@ def test_save_load_round_trip_is_bit_exact(family, tmp_path):
     base = make_model(family)
     twin = copy.deepcopy(base)
     policy = Threshold(threshold=0.02)
-    sm = get_seerflex_model(base, seer_config(policy, gate_type="Qavgmax_Kmaxminavg"), revision="abc123")
+    sm = get_seerflex_model(base, seer_config(policy, gate_type="Qavgmax_Kmaxminavg"), revision="abc123",
+                            runtime=SPARSE_ALWAYS)
     sm.set_policy(TopK(k=2), layers=[1])
     sm.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -169,7 +148,7 @@ def test_save_load_round_trip_is_bit_exact(family, tmp_path):
         assert sorted(f.keys()) == sorted(f"model.layers.{i}.self_attn.seerflex_gate.{w}"
                                           for i in gated for w in ("q_weight", "k_weight"))
 
-    loaded = SeerFlexModel.from_pretrained(twin, tmp_path)
+    loaded = SeerFlexModel.from_pretrained(twin, tmp_path, runtime=SPARSE_ALWAYS)
     assert not any(p.requires_grad for p in loaded.parameters())  # inference by default, like PEFT
     q, k = torch.randn(2, 4, S, 32), torch.randn(2, 2, S, 32)
     a, b = kept_blocks(sm, q, k), kept_blocks(loaded, q, k)
@@ -184,7 +163,7 @@ def test_named_adapters_policies_and_unload(tmp_path, capsys):
     ids, mask = batch()
     dense = logits(model, ids, mask)
     policy = TopK(k=3, sink=0, local=0)  # diagonal + the gate's two best blocks
-    sm = get_seerflex_model(model, seer_config(policy))
+    sm = get_seerflex_model(model, seer_config(policy), runtime=SPARSE_ALWAYS)
     sm.print_trainable_parameters()
     trainable = 2 * 4 * 3 * 32 * 32  # 2 layers x k_weight [4 heads, 3*32, 32]
     assert capsys.readouterr().out.startswith(f"trainable params: {trainable:,d} ||")
@@ -216,7 +195,7 @@ def test_named_adapters_policies_and_unload(tmp_path, capsys):
 
 
 def test_mismatched_checkpoint_rejected_before_touching_the_model(tmp_path):
-    get_seerflex_model(make_model("llama"), seer_config()).save_pretrained(tmp_path)
+    get_seerflex_model(make_model("llama"), seer_config(), runtime=SPARSE_ALWAYS).save_pretrained(tmp_path)
     for overrides, message in [
         (dict(num_hidden_layers=3), r"num_hidden_layers: gates 2, model 3"),
         (dict(num_key_value_heads=4), r"num_key_value_heads: gates 2, model 4"),
@@ -229,7 +208,7 @@ def test_mismatched_checkpoint_rejected_before_touching_the_model(tmp_path):
         assert not any(hasattr(m, STATE_ATTR) or m._forward_hooks for m in model.modules())
     with pytest.raises(ValueError, match=r"gates for layers \[0\].*sliding-window"):
         SeerFlexModel.from_pretrained(make_model("gemma2"), tmp_path)
-    bad = get_seerflex_model(make_model("llama"), seer_config(gate_hidden_size=64))
+    bad = get_seerflex_model(make_model("llama"), seer_config(gate_hidden_size=64), runtime=SPARSE_ALWAYS)
     bad.save_pretrained(tmp_path / "wide")
     cfg_path = tmp_path / "wide" / "adapter_config.json"
     cfg_path.write_text(cfg_path.read_text().replace('"gate_hidden_size": 64', '"gate_hidden_size": 32'))
@@ -243,10 +222,10 @@ def test_mismatched_checkpoint_rejected_before_touching_the_model(tmp_path):
 def test_unsupported_architectures_are_named():
     gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(ValueError, match=r"model_type 'gpt2'.*q_proj/k_proj.*rotary.*Supported model types"):
-        get_seerflex_model(gpt2, seer_config())
+        get_seerflex_model(gpt2, seer_config(), runtime=SPARSE_ALWAYS)
     dynamic = make_model("llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
     with pytest.raises(ValueError, match="unsupported rope type 'dynamic'"):
-        get_seerflex_model(dynamic, seer_config())
+        get_seerflex_model(dynamic, seer_config(), runtime=SPARSE_ALWAYS)
 
 
 def test_wraps_a_peft_lora_model_and_peft_cannot_host_the_gates(tmp_path):
@@ -256,7 +235,7 @@ def test_wraps_a_peft_lora_model_and_peft_cannot_host_the_gates(tmp_path):
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     ids, mask = batch(left_pad=20)
     dense = logits(lora, ids, mask)
-    sm = get_seerflex_model(lora, seer_config())
+    sm = get_seerflex_model(lora, seer_config(), runtime=SPARSE_ALWAYS)
     torch.testing.assert_close(logits(sm, ids, mask)[mask.bool()], dense[mask.bool()], rtol=1e-5, atol=2e-5)
     sm.save_pretrained(tmp_path)
     with pytest.raises(Exception, match="SEERFLEX"):  # PeftType is a closed enum

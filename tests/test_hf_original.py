@@ -13,10 +13,9 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from seerflex import SeerFlexModel, Threshold, TopK
 from seerflex.cli import main as cli_main
-from seerflex.hf.adapter_io import load_checkpoint
+from seerflex.hf.loading import load_checkpoint
+from models import LLAMA3
 
-LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 BASE = dict(vocab_size=128, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024)  # head_dim 32
 

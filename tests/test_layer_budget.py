@@ -10,7 +10,6 @@ import torch
 
 from seerflex.evaluation.layer_budget import STEP, Sensitivity, allocate
 from seerflex.recipes import eval as eval_recipe
-from test_eval import tiny  # noqa: F401  (fixture: tiny random Llama + text)
 
 
 def brute_force(sens: Sensitivity, target: float) -> float:
@@ -44,17 +43,17 @@ def test_allocate_gives_sensitive_layers_more():
     assert allocate(Sensitivity([0, 1], cands, rise, density), 0.01) == [0, 0]  # unreachable: cheapest
 
 
-def test_budget_spec_in_eval_ppl_and_saved_adapter(tiny, tmp_path):  # noqa: F811
+def test_budget_spec_in_eval_ppl_and_saved_adapter(recipe_model, tiny_text, tmp_path):
     out = tmp_path / "ppl"
-    assert eval_recipe.main(["ppl", "--model", "tiny", "--text", str(tiny), "--window", "1024", "--prefix", "256",
+    assert eval_recipe.main(["ppl", "--model", "tiny", "--text", str(tiny_text), "--window", "1024", "--prefix", "256",
                              "--windows", "1", "--scorers", "pooled", "--policies", "budget:0.6,topk:0.6",
-                             "--budget-text", str(tiny), "--budget-window", "1024", "--budget-prefix", "256",
+                             "--budget-text", str(tiny_text), "--budget-window", "1024", "--budget-prefix", "256",
                              "--out", str(out)]) == 0
     budget, uniform = json.loads((out / "ppl.json").read_text())["rows"]
     assert set(budget["calibrated"]["layer_density"]) == {"0", "1"}
     assert budget["density"] <= 0.6 + 1e-6 and torch.isfinite(torch.tensor(budget["ppl"]))
     saved = tmp_path / "adapter"
-    assert eval_recipe.main(["budget", "--model", "tiny", "--density", "0.4", "--budget-text", str(tiny),
+    assert eval_recipe.main(["budget", "--model", "tiny", "--density", "0.4", "--budget-text", str(tiny_text),
                              "--budget-window", "512", "--budget-prefix", "128", "--save-adapter", str(saved),
                              "--out", str(tmp_path / "b")]) == 0
     budget_file = json.loads((tmp_path / "b" / "budget.json").read_text())
@@ -63,7 +62,7 @@ def test_budget_spec_in_eval_ppl_and_saved_adapter(tiny, tmp_path):  # noqa: F81
     config = json.loads((saved / "adapter_config.json").read_text())
     assert {int(i): p["density"] for i, p in config["layer_policies"].items()} == {r["layer"]: r["density"] for r in rows}
     assert (tmp_path / "b" / "layer_sensitivity.png").stat().st_size > 0
-    assert eval_recipe.main(["ppl", "--model", "tiny", "--adapter", str(saved), "--text", str(tiny), "--window", "1024",
+    assert eval_recipe.main(["ppl", "--model", "tiny", "--adapter", str(saved), "--text", str(tiny_text), "--window", "1024",
                              "--prefix", "256", "--windows", "1", "--scorers", "gate", "--policies", "adapter",
                              "--out", str(tmp_path / "p2")]) == 0
     row = json.loads((tmp_path / "p2" / "ppl.json").read_text())["rows"][0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seerflex import BlockLayout, SeerFlexConfig, Threshold, TopK, TopP
-from seerflex.block_masks import policy_from_dict
+from seerflex.policies import as_policy, policy_from_dict
 
 
 def random_scores(b=2, h=3, n=12):
@@ -79,10 +79,16 @@ def test_top_p_is_the_smallest_prefix_reaching_p():
 
 
 @pytest.mark.parametrize("policy", [TopK(density=0.0), Threshold(1.0), TopP(0.0)])
-def test_no_row_is_ever_empty_and_min_max_bounds_hold(policy):
+def test_rows_that_ask_for_nothing_keep_the_diagonal_then_min_blocks(policy):
+    """No row is ever empty: with nothing forced but the diagonal, a rule asking for no block keeps
+    exactly the diagonal; ``min_blocks`` then tops every row up to its bound."""
     scores, layout = random_scores()
-    kept = policy.select(scores, layout).kept
-    assert (kept.sum(-1) >= 1).all()
+    bare = dataclasses.replace(policy, sink=0, local=0, dense_last_rows=0)
+    kept = bare.select(scores, layout).kept
+    assert torch.equal(kept, torch.eye(12, dtype=torch.bool).expand_as(kept))
+    kept = dataclasses.replace(bare, min_blocks=3).select(scores, layout).kept
+    assert torch.equal(kept.sum(-1), torch.clamp(torch.arange(1, 13), max=3).expand(2, 3, 12))
+    assert kept.diagonal(dim1=-2, dim2=-1).all()
 
 
 def test_min_and_max_blocks_bound_every_row():
@@ -149,6 +155,11 @@ def test_per_layer_policy_and_json_round_trip():
     (lambda: SeerFlexConfig(block_size=48), "block_size"),
     (lambda: SeerFlexConfig(gate_type="Qavg_Kmedian"), "unknown gate type"),
     (lambda: SeerFlexConfig.from_dict({"gate": 1}), "unknown SeerFlexConfig"),
+    (lambda: SeerFlexConfig.from_dict({"compile": "auto"}), "runtime options"),
+    (lambda: TopK(0.1), "whole number.*TopK.density=0.1"),
+    (lambda: as_policy("topk:abc"), "'topk:abc'.*not a number"),
+    (lambda: as_policy("bottomk:0.1"), "unknown policy 'bottomk'"),
+    (lambda: as_policy("topk:0.1:sink=-1"), "sink"),
 ])
 def test_bad_policies_and_configs_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
@@ -159,8 +170,9 @@ def test_bad_policies_and_configs_are_rejected(make, message):
                                     TopK(density=[0.1, 0.2, 0.5]), Threshold(0.03, min_blocks=4), TopP(0.8)])
 def test_selection_compiles_as_one_graph_with_the_same_result(policy):
     """The CUDA route compiles the selection; it must trace without graph breaks and agree with eager."""
-    from seerflex.block_masks.policy import policy_tensors, select_blocks
+    from seerflex.policies.base import policy_tensors, select_blocks
 
+    torch._dynamo.reset()  # earlier tests compiled the same function: start below the recompile limit
     scores, layout = random_scores(n=20)
     compiled = torch.compile(select_blocks, fullgraph=True, backend="aot_eager")
     order, count, tail = compiled(type(policy).row_counts, scores, None, None,
@@ -171,3 +183,16 @@ def test_selection_compiles_as_one_graph_with_the_same_result(policy):
     assert (order[..., 0] == torch.arange(20)).all()  # the diagonal leads every row
     kept = type(eager)(order, count, 20, tail).kept
     assert torch.equal(kept, eager.kept)
+
+
+@pytest.mark.parametrize(("spec", "policy"), [
+    ("topk:0.1", TopK(density=0.1)),
+    ("topk:k=8:local=1", TopK(k=8, local=1)),
+    ("topk:density=0.07:dense_last_rows=0:uniform=true", TopK(density=0.07, dense_last_rows=0, uniform=True)),
+    ("threshold:2e-3", Threshold(2e-3)),
+    ("topp:0.9:max_blocks=64", TopP(0.9, max_blocks=64)),
+    ({"type": "topp", "p": 0.8, "sink": 0}, TopP(0.8, sink=0)),
+])
+def test_one_policy_syntax_for_objects_dicts_and_spec_strings(spec, policy):
+    assert as_policy(spec) == policy
+    assert as_policy(policy.to_dict()) == policy and as_policy(policy) is policy

@@ -19,10 +19,11 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from seerflex.block_masks import BlockLayout, SparsityStats
 from seerflex.distill.loss import gate_kl, gate_recall
 from seerflex.ground_truth import block_attention_map
 from seerflex.hf.attention_interface import STATE_ATTR
+from seerflex.layout import BlockLayout
+from seerflex.policies import SparsityStats
 
 NAME = "seerflex_distill"
 
@@ -91,19 +92,20 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     state = getattr(module, STATE_ATTR, None)
     layer = state.active() if state is not None else None
-    if _active is None or layer is None or query.shape[2] != key.shape[2]:
+    if _active is None or layer is None or not layer.runs_sparse(query.shape[2], key.shape[2]):
         if state is not None:
             state.capture.clear()
         return out
-    usable, padding = state.runtime.key_padding(attention_mask, query.shape[2])
+    usable, padding = state.routing.key_padding(attention_mask, query.shape[2])
     if not usable:
         raise ValueError("distillation needs causal attention with key padding only (no packed/custom masks)")
     gate_q, gate_k = state.capture.take(query, key)
     layout = BlockLayout.from_attention_mask(padding, query.shape[2], layer.config.block_size)
-    logits = layer.gate(gate_q, gate_k, layout)
+    mode = layer.runtime.options.compile
+    logits = layer.gate(gate_q, gate_k, layout, compile=mode)
     with torch.no_grad():
         target = block_attention_map(query, key, block_size=layout.block_size, mode=_active.target,
                                      scale=kwargs.get("scaling"), attention_mask=padding)
-        kept = layer.policy.select(logits.detach(), layout).kept
+        kept = layer.policy.select(logits.detach(), layout, compile=mode).kept
     _active.add(state.layer_idx, logits, target, kept, layout)
     return out

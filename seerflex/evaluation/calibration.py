@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from seerflex.block_masks import Policy, Threshold, TopP
+from seerflex.policies import Policy, Threshold, TopP
 from seerflex.evaluation.selection import achieved_density, selection
 
 

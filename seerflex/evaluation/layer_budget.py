@@ -15,12 +15,11 @@ import dataclasses
 from typing import Any
 
 import torch
-from rich.progress import Progress
 
-from seerflex.block_masks import Policy, TopK
+from seerflex.console import progress
 from seerflex.evaluation.nll import window_nll
-from seerflex.evaluation.selection import achieved_density, selection, sparse_layers
-from seerflex.recipes.common import console
+from seerflex.evaluation.selection import achieved_density, selection
+from seerflex.policies import Policy, TopK
 
 CANDIDATES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 STEP = 0.002  # density resolution of the knapsack
@@ -43,7 +42,7 @@ def layer_sensitivity(model: Any, scorer: str, windows: list[torch.Tensor], pref
     ``base`` supplies the always-on blocks and bounds (default ``TopK(density=...)``'s): each
     candidate is ``TopK`` at that density with ``base``'s sink/local/min/max settings.
     """
-    layers = sorted(m.layer_idx for m in sparse_layers(model))
+    layers = list(model.gated_layers)
 
     def mean_nll(name: str, policies: dict[int, Policy]) -> tuple[float, float]:
         nll, count = 0.0, 0
@@ -56,14 +55,14 @@ def layer_sensitivity(model: Any, scorer: str, windows: list[torch.Tensor], pref
     dense, _ = mean_nll("dense", {})
     rise = torch.zeros(len(layers), len(candidates), dtype=torch.float64)
     density = torch.ones_like(rise)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"layer sensitivity ({scorer})", total=len(layers) * len(candidates))
+    with progress() as bar:
+        task = bar.add_task(f"layer sensitivity ({scorer})", total=len(layers) * len(candidates), info="")
         for li, layer in enumerate(layers):
             for ci, d in enumerate(candidates):
                 if d < 1.0:  # only this layer sparse, every other one dense
                     nll, density[li, ci] = mean_nll(scorer, {layer: topk_like(base, d)})
                     rise[li, ci] = nll - dense
-                progress.advance(task)
+                bar.advance(task)
     return Sensitivity(layers, list(candidates), rise, density)
 
 

@@ -1,7 +1,7 @@
 """A sweep entry's policy spec -> the policy it runs, calibrating where the spec asks for it.
 
 * ``None`` / ``adapter``: every layer keeps its own policy (e.g. an adapter saved with a budget);
-* ``topk:0.1``, ``threshold:2e-3``, ``topp:0.9`` (``seerflex.evaluation.selection.parse_policy``);
+* ``topk:0.1``, ``threshold:2e-3``, ``topp:0.9`` (the spec strings of ``seerflex.policies``);
 * ``threshold:density=0.1`` / ``topp:density=0.1``: parameter bisected to that average density;
 * ``budget:0.1[:sink=N:local=N]``: per-layer top-k densities averaging 0.1, allocated by measured
   layer sensitivity (``seerflex.evaluation.layer_budget``).
@@ -13,12 +13,22 @@ from typing import Any
 
 import torch
 
-from seerflex.block_masks import Policy, TopK
+from seerflex.policies import Policy, TopK, policy_from_dict, spec_fields
 from seerflex.evaluation.calibration import calibrate
 from seerflex.evaluation.layer_budget import budget_policies, layer_sensitivity
-from seerflex.evaluation.selection import parse_policy
 
 BUDGET = "budget:"
+
+
+def parse_policy(spec: str) -> tuple[Policy, float | None]:
+    """(policy, density to calibrate its parameter to, or None): ``threshold:density=0.1`` and
+    ``topp:density=0.1`` ask for calibration; everything else is a plain policy spec."""
+    kind, fields = spec_fields(spec)
+    target = fields.pop("density") if kind != "topk" and "density" in fields else None
+    try:
+        return policy_from_dict({"type": kind, **fields}), target
+    except ValueError as err:
+        raise ValueError(f"bad policy spec {spec!r}: {err}") from None
 
 
 def resolve_policy(model: Any, scorer: str, spec: str | None, density_windows: list[torch.Tensor],

@@ -11,12 +11,11 @@ import time
 from typing import Any
 
 import torch
-from rich.progress import Progress
 
+from seerflex.console import progress
 from seerflex.evaluation.nll import window_nll
 from seerflex.evaluation.policy_specs import resolve_policy
 from seerflex.evaluation.selection import achieved_density, runs, selection
-from seerflex.recipes.common import console
 
 
 def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, scorers: list[str],
@@ -29,8 +28,8 @@ def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, sco
     """
     sweep = runs(scorers, policies)
     rows = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("perplexity", total=len(sweep) * len(token_windows))
+    with progress() as bar:
+        task = bar.add_task("perplexity", total=len(sweep) * len(token_windows), info="")
         for scorer, spec in sweep:
             nll, count, seconds, records = 0.0, 0, 0.0, []
             policy, chosen = resolve_policy(model, scorer, spec, token_windows[:1], budget_windows, prefix)
@@ -40,7 +39,7 @@ def evaluate_ppl(model: Any, token_windows: list[torch.Tensor], prefix: int, sco
                     part, n = window_nll(model, w, prefix)
                     seconds += time.perf_counter() - tic
                     nll, count = nll + part, count + n
-                    progress.advance(task)
+                    bar.update(task, advance=1, info=f"{scorer} {spec or ''}")
                 records = list(recs)
             density = achieved_density(records)
             rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": chosen,

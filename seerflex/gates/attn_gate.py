@@ -8,16 +8,15 @@ a key block may not be chosen (above the diagonal, or padding only).
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 
-from seerflex.block_masks.layout import BlockLayout, selectable_blocks
+from seerflex.compile import compiled
 from seerflex.gates.gate_type import GateType
 from seerflex.gates.pooling import block_pool
 from seerflex.gates.rope import RopeSpec, apply_rope
+from seerflex.layout import BlockLayout, selectable_blocks
+from seerflex.scorer import ScorerInputs
 
 
 class AttnGate(nn.Module):
@@ -60,16 +59,24 @@ class AttnGate(nn.Module):
             if w is not None:
                 nn.init.normal_(w, std=0.02)
 
-    def forward(self, q: Tensor, k: Tensor, layout: BlockLayout | None = None) -> Tensor:
-        """Block logits [B, Hq, nq, nk] (float32) for pre-RoPE ``q`` [B,Hq,S,D] and ``k`` [B,Hkv,S,D]."""
+    def score_blocks(self, inputs: ScorerInputs) -> Tensor:
+        """The scorer protocol (``seerflex.scorers``): the gate scores the pre-RoPE Q/K."""
+        return self(inputs.gate_q, inputs.gate_k, inputs.layout, compile=inputs.compile)
+
+    def forward(self, q: Tensor, k: Tensor, layout: BlockLayout | None = None, *, compile: str = "auto") -> Tensor:
+        """Block logits [B, Hq, nq, nk] (float32) for pre-RoPE ``q`` [B,Hq,S,D] and ``k`` [B,Hkv,S,D].
+
+        Inference runs the math as one compiled graph under ``compile`` (``seerflex.compile``);
+        training runs it eagerly.
+        """
         self._check(q, k)
         if layout is None:
             layout = BlockLayout(q.shape[2], self.block_size)
         elif layout.block_size != self.block_size or layout.seq_len != q.shape[2]:
             raise ValueError("layout does not match the gate's block size or the sequence length")
         cos, sin = self._cos_sin(layout.num_blocks, q.device, self.k_weight.dtype)
-        inference = q.is_cuda and not (torch.is_grad_enabled() and self.k_weight.requires_grad)
-        scores = compiled_block_logits() if inference else block_logits
+        training = torch.is_grad_enabled() and self.k_weight.requires_grad
+        scores = block_logits if training else compiled(block_logits, compile, q.device)
         return scores(q, k, self.q_weight, self.k_weight, cos, sin, layout.valid_tokens, layout.valid_blocks,
                       self.gate_type.q_pools, self.gate_type.k_pools, self.block_size)
 
@@ -111,9 +118,3 @@ def block_logits(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor
     qb, kb = apply_rope(qb, cos, sin), apply_rope(kb, cos, sin)
     logits = (qb @ kb.transpose(-1, -2)).float() * hidden**-0.5
     return logits.masked_fill(~selectable_blocks(logits.shape[-1], valid_blocks, q.device), float("-inf"))
-
-
-@cache
-def compiled_block_logits() -> Callable[..., Tensor]:
-    """Inference on GPU: pooling, projections, RoPE and the masked logits fused by torch.compile."""
-    return torch.compile(block_logits)

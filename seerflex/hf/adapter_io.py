@@ -1,11 +1,13 @@
 """Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors``, PEFT's names and layout.
 
-The config holds ``SeerFlexConfig.to_dict()`` plus the fields that tie the gates to a base model
+The config holds ``SeerFlexConfig.to_dict()`` (never runtime options; older adapters that stored
+``compile``/``dense_below``/``check_finite`` load with them as runtime defaults) plus the fields that tie the gates to a base model
 (``peft_type: "SEERFLEX"``, base model name and revision, layer count, head geometry, gated layers,
 whether Q is projected). The weights are the gate matrices only, under model-class independent keys
 ``model.layers.{i}.self_attn.seerflex_gate.{q_weight,k_weight}``. Every check against the model
 runs on the config and the safetensors header before a tensor is read or a weight is touched.
-Loading never unpickles: safetensors here, ``torch.load(weights_only=True)`` for original gates.
+Loading never unpickles: safetensors here, ``torch.load(weights_only=True)`` for original gates
+(``original.py``); ``loading.py`` finds either kind in a folder or hub repo.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,11 +27,11 @@ from torch import Tensor
 from seerflex.config import SeerFlexConfig
 from seerflex.gates.gate_type import GateType
 from seerflex.hf.families import ModelSpec
+from seerflex.runtime import LEGACY_ADAPTER_FIELDS
+from seerflex.version import __version__
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ORIGINAL_CONFIG = "config.json"
-ORIGINAL_WEIGHTS = "attn_gate_weights.pth"
 PEFT_TYPE = "SEERFLEX"
 FORMAT_VERSION = 1
 GEOMETRY = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
@@ -67,6 +69,7 @@ class GateCheckpoint:
     meta: dict[str, Any]
     shapes: dict[str, tuple[int, ...]]
     load: Callable[[], dict[str, Tensor]]
+    runtime: dict[str, Any] = field(default_factory=dict)  # runtime options older adapters saved
 
     def check_fits(self, spec: ModelSpec) -> None:
         """Raise one ValueError listing every way these gates do not fit the model (nothing is loaded)."""
@@ -107,8 +110,6 @@ class GateCheckpoint:
 def write_adapter(directory: str | os.PathLike, config: SeerFlexConfig, meta: dict[str, Any],
                   tensors: dict[str, Tensor]) -> None:
     """Write both files atomically (temp file + ``os.replace``): readers never see half a file."""
-    from seerflex import __version__
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     body = {k: meta.get(k) for k in (*REQUIRED_META, "model_type", "base_model_name_or_path", "revision")}
@@ -130,18 +131,7 @@ def _atomic(path: Path, write: Callable[[str], Any]) -> None:
         raise
 
 
-def load_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = None,
-                    token: str | bool | None = None) -> GateCheckpoint:
-    """Read seerflex adapter files, or original SeerAttention gates, from a folder or a hub repo."""
-    files = _resolve(str(path_or_id), revision, token)
-    if ADAPTER_CONFIG in files:
-        return _read_adapter(str(path_or_id), files[ADAPTER_CONFIG], files[ADAPTER_WEIGHTS])
-    from seerflex.hf.original import read_original
-
-    return read_original(str(path_or_id), files[ORIGINAL_CONFIG], files[ORIGINAL_WEIGHTS])
-
-
-def _read_adapter(source: str, config_path: Path, weights_path: Path) -> GateCheckpoint:
+def read_adapter(source: str, config_path: Path, weights_path: Path) -> GateCheckpoint:
     raw = json.loads(config_path.read_text())
     if raw.get("peft_type") != PEFT_TYPE:
         raise ValueError(f"{source}: {ADAPTER_CONFIG} has peft_type {raw.get('peft_type')!r}, not {PEFT_TYPE!r}; "
@@ -153,36 +143,8 @@ def _read_adapter(source: str, config_path: Path, weights_path: Path) -> GateChe
     if missing:
         raise ValueError(f"{source}: {ADAPTER_CONFIG} lacks {missing}")
     meta = {k: raw.pop(k) for k in (*REQUIRED_META, *OPTIONAL_META) if k in raw}
+    legacy_runtime = {k: raw.pop(k) for k in LEGACY_ADAPTER_FIELDS if k in raw}  # runtime options, pre-split
     config = SeerFlexConfig.from_dict(raw)
     with safe_open(str(weights_path), framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    return GateCheckpoint(source, config, meta, shapes, lambda: load_file(str(weights_path)))
-
-
-def _resolve(path_or_id: str, revision: str | None, token: str | bool | None) -> dict[str, Path]:
-    """Name -> local path of whichever complete file pair the folder or hub repo holds."""
-    pairs = ((ADAPTER_CONFIG, ADAPTER_WEIGHTS), (ORIGINAL_CONFIG, ORIGINAL_WEIGHTS))
-    local = Path(path_or_id)
-    if local.is_dir():
-        for pair in pairs:
-            if all((local / name).is_file() for name in pair):
-                return {name: local / name for name in pair}
-        raise ValueError(f"{local} holds neither a seerflex adapter ({' + '.join(pairs[0])}) nor original "
-                         f"SeerAttention gates ({' + '.join(pairs[1])})")
-    if local.exists():
-        raise ValueError(f"{local} is a file; pass the folder that holds {ADAPTER_CONFIG}")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        for pair in pairs:
-            try:
-                first = Path(hf_hub_download(path_or_id, pair[0], revision=revision, token=token))
-            except EntryNotFoundError:
-                continue
-            return {pair[0]: first, pair[1]: Path(hf_hub_download(path_or_id, pair[1], revision=revision, token=token))}
-    except (OSError, ValueError, EntryNotFoundError) as err:  # offline, unknown repo or revision, missing file
-        raise OSError(f"'{path_or_id}' is not a local folder and could not be fetched from the Hugging Face Hub: "
-                      f"{err}") from None
-    raise ValueError(f"hub repo '{path_or_id}' holds neither {ADAPTER_CONFIG} nor "
-                     f"{ORIGINAL_CONFIG} + {ORIGINAL_WEIGHTS}")
+    return GateCheckpoint(source, config, meta, shapes, lambda: load_file(str(weights_path)), legacy_runtime)

@@ -4,9 +4,10 @@
 builder (bool masks, ``None`` for plain causal), so the model classes are used as they are: the
 wrapper only switches ``attn_implementation`` to ``"seerflex"``. Per call, the function decides:
 
-* sparse: the layer has an active gate, the call is a whole prefill (query length == key length, no
-  cache prefix), it is at least ``dense_below`` tokens long, a sliding window (if any) covers it,
-  and the mask is plain causal plus key padding. Gate -> policy -> BlockMask -> flex_attention.
+* sparse: the layer has an active gate and ``SeerFlexAttention.runs_sparse`` says so (a whole
+  prefill of at least ``dense_below`` tokens, on a layer the runtime lets run sparse, inside any
+  sliding window, with a mask that is plain causal plus key padding). Gate -> policy -> BlockMask
+  -> flex_attention.
 * dense otherwise (decode steps, chunked prefill, sliding-window layers, packed or custom masks,
   disabled adapters, modules without gates): SDPA with transformers' own mask, or eager math for
   soft-capped layers (SDPA cannot soft-cap). Gemma-2's logit soft-capping on the sparse path is a
@@ -27,7 +28,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from seerflex.attention import SeerFlexAttention
-from seerflex.block_masks import SparsityStats
 from seerflex.hf.capture import QKCapture
 
 NAME = "seerflex"
@@ -41,11 +41,10 @@ def register() -> None:
 
 
 @dataclass(eq=False)
-class Runtime:
-    """State shared by all layers of one wrapped model: active adapter, stats sink, mask cache."""
+class AdapterRouting:
+    """Shared by the gated modules of one wrapped model: which adapter runs, and the mask check's cache."""
 
     adapter: str | None = None  # None: every layer dense
-    stats: list[tuple[int, SparsityStats]] | None = None
     _mask_ref: weakref.ref | None = None
     _mask_result: tuple[bool, Tensor | None] = (True, None)
 
@@ -80,10 +79,10 @@ class LayerState:
     layer_idx: int
     adapters: nn.ModuleDict  # adapter name -> SeerFlexAttention, registered on the attention module
     capture: QKCapture
-    runtime: Runtime
+    routing: AdapterRouting
 
     def active(self) -> SeerFlexAttention | None:
-        name = self.runtime.adapter
+        name = self.routing.adapter
         return self.adapters[name] if name is not None and name in self.adapters else None
 
 
@@ -94,24 +93,17 @@ def seerflex_attention(module: nn.Module, query: Tensor, key: Tensor, value: Ten
     state: LayerState | None = getattr(module, STATE_ATTR, None)
     layer = state.active() if state is not None else None
     q_len, kv_len = query.shape[2], key.shape[2]
-    sparse = (layer is not None and q_len == kv_len and q_len >= max(layer.config.dense_below, 2)
-              and (sliding_window is None or kv_len <= sliding_window))
-    padding = None
-    if sparse:
-        sparse, padding = state.runtime.key_padding(attention_mask, q_len)
-    if not sparse:
+    usable, padding = (state.routing.key_padding(attention_mask, q_len) if layer is not None and q_len == kv_len
+                       else (False, None))
+    if layer is None or not layer.runs_sparse(q_len, kv_len, sliding_window=sliding_window, mask_supported=usable):
         if state is not None:
             state.capture.clear()
         return dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                sliding_window=sliding_window, softcap=softcap, **kwargs)
     gate_q, gate_k = state.capture.take(query, key)
-    want_stats = state.runtime.stats is not None
     score_mod = None if softcap is None else softcap_score_mod(float(softcap), query.device)
-    result = layer(query, key, value, gate_q=gate_q, gate_k=gate_k, attention_mask=padding, scale=scaling,
-                   score_mod=score_mod, return_stats=want_stats)
-    out, stats = result if want_stats else (result, None)
-    if want_stats:
-        state.runtime.stats.append((state.layer_idx, stats))
+    out = layer(query, key, value, gate_q=gate_q, gate_k=gate_k, attention_mask=padding, scale=scaling,
+                score_mod=score_mod)
     return out.transpose(1, 2).contiguous(), None
 
 

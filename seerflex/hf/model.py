@@ -22,13 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from seerflex.attention import SeerFlexAttention
-from seerflex.block_masks import Policy, SparsityStats
 from seerflex.config import SeerFlexConfig
-from seerflex.gates import AttnGate
-from seerflex.hf.adapter_io import GateCheckpoint, gate_key, load_checkpoint, write_adapter
-from seerflex.hf.attention_interface import NAME, STATE_ATTR, LayerState, Runtime, register
+from seerflex.hf.adapter_io import GateCheckpoint, gate_key, write_adapter
+from seerflex.hf.attention_interface import NAME, STATE_ATTR, AdapterRouting, LayerState, register
 from seerflex.hf.capture import QKCapture
 from seerflex.hf.families import hf_model_of, inspect_model
+from seerflex.hf.loading import load_checkpoint
+from seerflex.policies import PolicyLike, SparsityStats, as_policy
+from seerflex.runtime import Runtime, RuntimeOptions
+from seerflex.scorer import BlockScorer
+from seerflex.scorers import make_scorer
 
 GATES_ATTR = "seerflex"  # name of the ModuleDict (adapter name -> SeerFlexAttention) on each attention module
 
@@ -38,10 +41,15 @@ class SeerFlexModel(nn.Module):
 
     Build with :func:`get_seerflex_model` (fresh, trainable gates) or :meth:`from_pretrained`. The
     base model's weights are frozen and never changed; :meth:`unload` gives it back as it was.
+
+    It is the one owner of what its layers read at every call: each adapter's policies
+    (``set_policy``), and one ``seerflex.runtime.Runtime`` for all of them: runtime options
+    (``set_runtime``), the scorer (``set_scorer``) and the layers that run sparse
+    (``set_sparse_layers``); ``overrides`` changes any of them for the length of a ``with`` block.
     """
 
     def __init__(self, model: nn.Module, config: SeerFlexConfig | None = None, adapter_name: str = "default", *,
-                 revision: str | None = None) -> None:
+                 revision: str | None = None, runtime: RuntimeOptions | None = None) -> None:
         super().__init__()
         spec = inspect_model(model)
         hf_model = hf_model_of(model)
@@ -54,7 +62,8 @@ class SeerFlexModel(nn.Module):
         self._adapter_meta: dict[str, dict[str, Any]] = {}
         self._base_info = {"base_model_name_or_path": hf_model.config._name_or_path or None,
                            "revision": revision or getattr(hf_model.config, "_commit_hash", None)}
-        self._runtime = Runtime()
+        self._runtime = Runtime(RuntimeOptions() if runtime is None else runtime)
+        self._routing = AdapterRouting()
         self._active: str | None = None
         self._disabled = False
         hf_config = hf_model.config  # restored on disable_adapter/unload, sub-configs included
@@ -69,7 +78,7 @@ class SeerFlexModel(nn.Module):
             if layer.gated:
                 gates = nn.ModuleDict()
                 layer.module.add_module(GATES_ATTR, gates)
-                state = LayerState(layer.layer_idx, gates, QKCapture(layer.module, spec.family), self._runtime)
+                state = LayerState(layer.layer_idx, gates, QKCapture(layer.module, spec.family), self._routing)
                 setattr(layer.module, STATE_ATTR, state)
                 self._states.append(state)
         hf_model.set_attn_implementation(NAME)
@@ -79,15 +88,17 @@ class SeerFlexModel(nn.Module):
     # ------------------------------------------------------------------ PEFT-style construction and IO
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default", *,
-                        is_trainable: bool = False, revision: str | None = None,
-                        token: str | bool | None = None) -> "SeerFlexModel":
+                        is_trainable: bool = False, revision: str | None = None, token: str | bool | None = None,
+                        runtime: RuntimeOptions | None = None) -> "SeerFlexModel":
         """Wrap ``model`` with gates from a folder or hub repo (seerflex adapter or original SeerAttention).
 
-        Every shape and layer count is checked before the model is changed in any way.
+        Every shape and layer count is checked before the model is changed in any way. ``runtime``:
+        how the layers run (default: ``RuntimeOptions()``, or the options an older adapter stored).
         """
         checkpoint = load_checkpoint(model_id, revision=revision, token=token)
         checkpoint.check_fits(inspect_model(model))
-        wrapped = cls(model, revision=checkpoint.meta.get("revision"))
+        options = RuntimeOptions(**checkpoint.runtime) if runtime is None else runtime
+        wrapped = cls(model, revision=checkpoint.meta.get("revision"), runtime=options)
         wrapped._add_checkpoint(adapter_name, checkpoint, is_trainable)
         return wrapped
 
@@ -148,30 +159,104 @@ class SeerFlexModel(nn.Module):
         if self._active == adapter_name:
             self._activate(next(iter(self.peft_config), None))
 
-    def set_policy(self, policy: Policy, *, layers: Iterable[int] | None = None,
+    def set_policy(self, policy: PolicyLike, *, layers: Iterable[int] | None = None,
                    adapter_name: str | None = None) -> None:
         """Swap the block policy (all gated layers, or ``layers``) of an adapter, active one by default.
 
-        Policies are plain data read at every prefill: nothing reloads or recompiles. Saving afterwards
-        stores the new policy as the adapter's default (or as per-layer overrides).
+        ``policy``: a Policy, its dict or a spec string (``"topk:0.1"``). Layers read their adapter's
+        config at every prefill: nothing reloads or recompiles. Saving afterwards stores the new
+        policy as the adapter's default (or as per-layer overrides).
         """
-        if not isinstance(policy, Policy):
-            raise TypeError(f"policy must be a seerflex Policy (TopK, Threshold, TopP), got {type(policy).__name__}")
+        policy = as_policy(policy)
         name = self._active if adapter_name is None else adapter_name
         self._require(name)
         gated = self._adapter_meta[name]["gated_layers"]
-        targets = gated if layers is None else sorted(set(layers))
-        unknown = sorted(set(targets) - set(gated))
+        unknown = sorted(set(layers or ()) - set(gated))
         if unknown:
             raise ValueError(f"adapter '{name}' has no gates on layers {unknown} (gated layers: {gated})")
-        for state in self._states:
-            if state.layer_idx in targets:
-                state.adapters[name].policy = policy
         config = self.peft_config[name]
         if layers is None:
             config.policy, config.layer_policies = policy, {}
         else:
-            config.layer_policies.update({i: policy for i in targets})
+            config.layer_policies.update({i: policy for i in layers})
+
+    def set_scorer(self, scorer: str | BlockScorer | None) -> None:
+        """What ranks the blocks: ``None`` / ``"gate"`` = the active adapter's learned gates, a name
+        from ``seerflex.scorers.SCORERS`` (``recency``, ``pooled``, ``oracle``) or any BlockScorer."""
+        if scorer is None or scorer == "gate":
+            self._runtime.scorer = None
+        elif isinstance(scorer, str):
+            self._runtime.scorer = make_scorer(scorer)
+        elif isinstance(scorer, BlockScorer):
+            self._runtime.scorer = scorer
+        else:
+            raise TypeError(f"a scorer is a name, a BlockScorer or None, got {type(scorer).__name__}")
+
+    def set_sparse_layers(self, layers: Iterable[int] | None) -> None:
+        """Run only these layer indices sparse (the other ones dense); ``None`` = every gated layer."""
+        if layers is None:
+            self._runtime.sparse_layers = None
+            return
+        chosen = frozenset(int(i) for i in layers)
+        unknown = sorted(chosen - set(self.spec.gated_layers))
+        if unknown:
+            raise ValueError(f"layers {unknown} have no gates (gated layers: {self.spec.gated_layers})")
+        self._runtime.sparse_layers = chosen
+
+    def set_runtime(self, **options: Any) -> None:
+        """Change runtime options (``compile``, ``backend``, ``dense_below``, ``check_finite``) for
+        every layer; they are never saved with the adapter."""
+        self._runtime.options = self._runtime.options.replace(**options)
+
+    @property
+    def gated_layers(self) -> list[int]:
+        """Layer indices the active adapter has gates for (none when no adapter is loaded)."""
+        return list(self._adapter_meta[self._active]["gated_layers"]) if self._active is not None else []
+
+    @property
+    def runtime_options(self) -> RuntimeOptions:
+        return self._runtime.options
+
+    @property
+    def scorer(self) -> BlockScorer | None:
+        return self._runtime.scorer
+
+    @property
+    def sparse_layers(self) -> frozenset[int] | None:
+        return self._runtime.sparse_layers
+
+    @contextmanager
+    def overrides(self, *, policy: PolicyLike | dict[int, PolicyLike] | None = None,
+                  scorer: str | BlockScorer | None = None, sparse_layers: Iterable[int] | None = None,
+                  **runtime: Any) -> Iterator[None]:
+        """Change policy, scorer, sparse layers and runtime options inside the block, then restore them.
+
+        ``policy``: one for every layer, or ``{layer index: policy}`` (then only those layers run
+        sparse, unless ``sparse_layers`` says otherwise); None keeps each layer's own.
+        ``scorer``: as ``set_scorer`` (None keeps the current one).
+        """
+        config = self.peft_config[self._active] if self._active is not None else None
+        saved = (None if config is None else (config.policy, dict(config.layer_policies)),
+                 self._runtime.scorer, self._runtime.sparse_layers, self._runtime.options)
+        try:
+            if isinstance(policy, dict) and "type" not in policy:
+                for layer, p in policy.items():
+                    self.set_policy(p, layers=[layer])
+                if sparse_layers is None:
+                    sparse_layers = policy
+            elif policy is not None:
+                self.set_policy(policy)
+            if scorer is not None:
+                self.set_scorer(scorer)
+            if sparse_layers is not None:
+                self.set_sparse_layers(sparse_layers)
+            if runtime:
+                self.set_runtime(**runtime)
+            yield
+        finally:
+            if config is not None:
+                config.policy, config.layer_policies = saved[0]
+            self._runtime.scorer, self._runtime.sparse_layers, self._runtime.options = saved[1:]
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -258,18 +343,15 @@ class SeerFlexModel(nn.Module):
     def _add(self, name: str, config: SeerFlexConfig, gated_layers: list[int], *, project_q: bool | None,
              trainable: bool, meta: dict[str, Any]) -> None:
         self._check_new_name(name)
-        config = dataclasses.replace(config)  # the adapter's own copy: set_policy edits it
+        config = dataclasses.replace(config)  # the adapter's own config: its layers read it, set_policy edits it
         spec = self.spec
         built_project_q = None
         for state in self._states:
             if state.layer_idx not in gated_layers:
                 continue
             layer = SeerFlexAttention(config, spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim,
-                                      rope=spec.rope, layer_idx=state.layer_idx)
-            if project_q is not None and (layer.gate.q_weight is not None) != project_q:
-                layer.gate = AttnGate(config.gate_type, spec.num_attention_heads, spec.num_key_value_heads,
-                                      spec.head_dim, block_size=config.block_size, hidden_size=config.gate_hidden_size,
-                                      rope=spec.rope, project_q=project_q)
+                                      rope=spec.rope, layer_idx=state.layer_idx, runtime=self._runtime,
+                                      project_q=project_q)
             device = next(spec.layers[state.layer_idx].module.parameters()).device
             layer.to(device=device, dtype=torch.float32).requires_grad_(trainable)
             state.adapters[name] = layer
@@ -282,7 +364,7 @@ class SeerFlexModel(nn.Module):
 
     def _activate(self, name: str | None) -> None:
         self._active = name
-        self._runtime.adapter = None if self._disabled else name
+        self._routing.adapter = None if self._disabled else name
 
     def _set_disabled(self, disabled: bool) -> None:
         self._disabled = disabled
@@ -305,9 +387,10 @@ class SeerFlexModel(nn.Module):
 
 
 def get_seerflex_model(model: nn.Module, config: SeerFlexConfig, adapter_name: str = "default", *,
-                       revision: str | None = None) -> SeerFlexModel:
+                       revision: str | None = None, runtime: RuntimeOptions | None = None) -> SeerFlexModel:
     """Wrap a transformers causal LM (or a PeftModel) with fresh, trainable gates: PEFT's get_peft_model.
 
-    ``revision``: the base model's hub revision, recorded in saved adapter configs.
+    ``revision``: the base model's hub revision, recorded in saved adapter configs. ``runtime``:
+    how the layers run (``RuntimeOptions``), changeable later with ``set_runtime``.
     """
-    return SeerFlexModel(model, config, adapter_name, revision=revision)
+    return SeerFlexModel(model, config, adapter_name, revision=revision, runtime=runtime)

@@ -15,7 +15,6 @@ seerflex always keeps the diagonal block, the original does not force it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pickle
@@ -25,10 +24,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seerflex.block_masks import Policy, Threshold, TopK
+from seerflex.policies import Policy, Threshold, TopK
 from seerflex.config import SeerFlexConfig
-from seerflex.hf.adapter_io import ADAPTER_CONFIG, ORIGINAL_WEIGHTS, GateCheckpoint, gate_key, load_checkpoint
+from seerflex.hf.adapter_io import GateCheckpoint, gate_key
 
+ORIGINAL_CONFIG = "config.json"
+ORIGINAL_WEIGHTS = "attn_gate_weights.pth"
 ORIGINAL_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn_gate\.mask_linear_([qk])\.weight$")
 REQUIRED = ("seerattn_gate_type", "seerattn_gate_block_size", "seerattn_gate_hidden_size", "num_hidden_layers",
             "num_attention_heads", "hidden_size")
@@ -96,20 +97,3 @@ def read_original(source: str, config_path: Path, weights_path: Path) -> GateChe
     if problems:
         raise ValueError(f"{source}: gate weights do not match their config.json:\n  - " + "\n  - ".join(problems))
     return checkpoint
-
-
-def convert_main(argv: list[str]) -> int:
-    """``seerflex convert SRC OUT``: original SeerAttention gates -> seerflex adapter folder."""
-    parser = argparse.ArgumentParser(prog="seerflex convert", description=(
-        "Convert published SeerAttention AttnGates (config.json + attn_gate_weights.pth, folder or hub id) "
-        f"into a seerflex adapter ({ADAPTER_CONFIG} + adapter_model.safetensors)."))
-    parser.add_argument("source", help="folder or Hugging Face Hub id of the original gates")
-    parser.add_argument("output", help="folder to write the seerflex adapter to")
-    parser.add_argument("--revision", help="hub revision of the source")
-    args = parser.parse_args(argv)
-    checkpoint = load_checkpoint(args.source, revision=args.revision)
-    checkpoint.save(args.output)
-    meta, cfg = checkpoint.meta, checkpoint.config
-    print(f"wrote {args.output}: {len(meta['gated_layers'])} layers, gate {cfg.gate_type}, block {cfg.block_size}, "
-          f"hidden {cfg.gate_hidden_size}, policy {cfg.policy.to_dict()}, base model {meta['base_model_name_or_path']}")
-    return 0

@@ -10,16 +10,41 @@ fits).
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK, build_block_mask
-from seerflex.block_masks import SparsityStats, block_mask_for
-from seerflex.flex import COMPILE_MODES, dense_attention, skips_unlisted_tiles, sparse_attention
-from seerflex.recipes.common import console, environment, print_table, write_json
+from seerflex.block_mask import block_mask_for
+from seerflex.console import console
+from seerflex.flex import dense_attention, sparse_attention
+from seerflex.policies import SparsityStats
+from seerflex.recipes.common import environment, print_table, write_json
+from seerflex.recipes.config import knob, parse_recipe
+from seerflex.runtime import Runtime, RuntimeOptions
+
+GPU = torch.cuda.is_available()
+
+
+@dataclass
+class BenchKernelArgs:
+    """Per-layer attention time: SDPA and flex dense vs seerflex at each density (gate, policy, build, kernel)."""
+
+    lengths: list[int] = knob([8192, 32768, 65536, 131072], "sequence lengths")
+    densities: list[float] = knob([1.0, 0.5, 0.2, 0.1, 0.05], "top-k densities")
+    heads: int = knob(32, "query heads")
+    kv_heads: int = knob(8, "KV heads")
+    head_dim: int = knob(128, "head size")
+    block_size: int = knob(64, "gate block size")
+    dtype: str = knob("bfloat16", "tensor dtype")
+    compile: str = knob("auto", "runtime compile mode: auto, dynamic, static, eager")
+    device: str = knob("cuda" if GPU else "cpu", "torch device")
+    check: bool = knob(True, "check outputs against a float64 masked reference (--no-check to skip)")
+    check_finite: bool = knob(True, "layers check scores for NaN (a host sync); --no-check-finite also times a "
+                                    "CUDA-graph replay")
+    out: str = knob("benchmarks/results/bench_kernel.json", "result file")
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -77,7 +102,7 @@ def graph_replay_ms(fn: Callable[[], Any]) -> float | str:
         return f"{type(err).__name__}: {str(err)[:200]}"
 
 
-def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[dict[str, Any]]:
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     q, k, v = (torch.randn(1, h, s, args.head_dim, device=dev, dtype=dtype)
                for h in (args.heads, args.kv_heads, args.kv_heads))
@@ -92,23 +117,22 @@ def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> li
     flex_ms = timed(lambda: sparse_attention(q, k, v, dense_mask, compile=args.compile))
     rows.append(base | {"method": "flex dense", "density": 1.0, "total_ms": flex_ms})
     for density in densities:
-        cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size, dense_below=0,
-                             compile=args.compile, check_finite=args.check_finite)
-        layer = SeerFlexAttention(cfg, args.heads, args.kv_heads, args.head_dim).to(dev, dtype)
-        layout = BlockLayout(s, args.block_size)
-        scores = layer.gate(q, k, layout)
-        selection = layer.policy.select(scores, layout)
+        cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size)
+        runtime = Runtime(RuntimeOptions(compile=args.compile, dense_below=0, check_finite=args.check_finite))
+        layer = SeerFlexAttention(cfg, args.heads, args.kv_heads, args.head_dim, runtime=runtime).to(dev, dtype)
+        layout, mode = BlockLayout(s, args.block_size), args.compile
+        scores = layer.gate(q, k, layout, compile=mode)
+        selection = layer.policy.select(scores, layout, compile=mode)
         kept = selection.kept
-        fast = skips_unlisted_tiles(args.compile, dev)
-        build = lambda: block_mask_for(selection, layout, kernel_skips_unlisted_tiles=fast)  # noqa: E731
+        build = lambda: block_mask_for(selection, layout, compile=mode)  # noqa: E731
         block_mask = build()
         torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
         out = layer(q, k, v)
         row = base | {
             "method": "seerflex", "density": density,
             "achieved_density": SparsityStats.of(kept, layout).mean_density,
-            "gate_ms": timed(lambda: layer.gate(q, k, layout)),
-            "policy_ms": timed(lambda: layer.policy.select(scores, layout)),
+            "gate_ms": timed(lambda: layer.gate(q, k, layout, compile=mode)),
+            "policy_ms": timed(lambda: layer.policy.select(scores, layout, compile=mode)),
             "build_ms": timed(build),
             "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, compile=args.compile)),
             "total_ms": timed(lambda: layer(q, k, v)),
@@ -129,21 +153,10 @@ def bench_length(s: int, densities: list[float], args: argparse.Namespace) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="seerflex bench kernel", description=__doc__)
-    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
-    p.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1, 0.05])
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="flex compile mode")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-check", dest="check", action="store_false", help="skip the reference check")
-    p.add_argument("--no-finite-check", dest="check_finite", action="store_false",
-                   help="layers skip their NaN check (a host sync per call); also times a CUDA-graph replay")
-    p.add_argument("--out", default="benchmarks/results/bench_kernel.json")
-    args = p.parse_args(argv)
+    args = parse_recipe(BenchKernelArgs, argv or [], prog="seerflex bench kernel")
+    if args is None:
+        return 0
+    RuntimeOptions(compile=args.compile)  # a bad mode fails here, not after the first length
     results: list[dict[str, Any]] = []
     with torch.no_grad():
         for s in args.lengths:
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             except torch.OutOfMemoryError as err:
                 results.append({"seq_len": s, "error": f"out of memory: {err}"})
                 torch.cuda.empty_cache()
-            write_json(args.out, {"environment": environment(), "args": vars(args), "results": results})
+            write_json(args.out, {"environment": environment(), "args": asdict(args), "results": results})
     cols = ["seq_len", "method", "density", "achieved_density", "gate_ms", "policy_ms", "build_ms", "kernel_ms",
             "total_ms", "graph_ms", "total_vs_density_x_sdpa", "max_rel_err"]
     print_table(f"per-layer attention ({environment()['device']})", cols,

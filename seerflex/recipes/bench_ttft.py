@@ -10,18 +10,19 @@ attention speed-up can give end to end (Amdahl's ceiling).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 from unittest import mock
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from seerflex import SeerFlexAttention, SeerFlexConfig, TopK, get_seerflex_model
-from seerflex.flex import COMPILE_MODES
-from seerflex.recipes.common import console, environment, print_table, write_json
+from seerflex import RuntimeOptions, SeerFlexAttention, SeerFlexConfig, TopK, get_seerflex_model
+from seerflex.console import console
+from seerflex.recipes.common import environment, print_table, write_json
+from seerflex.recipes.config import knob, parse_recipe
 
 LLAMA_3_1_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
@@ -70,25 +71,31 @@ def attention_free() -> Iterator[None]:
         yield
 
 
+@dataclass
+class BenchTtftArgs:
+    """Time to first token of a Llama-3.1-8B-shaped model: dense SDPA, attention-free ceiling, seerflex."""
+
+    lengths: list[int] = knob([32768, 65536, 131072], "prompt lengths")
+    densities: list[float] = knob([0.2, 0.1, 0.05], "top-k densities")
+    layers: int = knob(32, "decoder layers (fewer for a quick look)")
+    repeats: int = knob(2, "timed prefills per point (after one warm-up)")
+    block_size: int = knob(64, "gate block size")
+    compile: str = knob("auto", "runtime compile mode: auto, dynamic, static, eager")
+    check_finite: bool = knob(True, "layers check scores for NaN (one host sync per layer)")
+    out: str = knob("benchmarks/results/bench_ttft.json", "result file")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="seerflex bench ttft", description=__doc__)
-    p.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
-    p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
-    p.add_argument("--layers", type=int, default=32, help="fewer layers for a quick look")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--compile", default="auto", choices=COMPILE_MODES)
-    p.add_argument("--no-finite-check", dest="check_finite", action="store_false",
-                   help="layers skip their NaN check of the gate scores (one host sync per layer)")
-    p.add_argument("--out", default="benchmarks/results/bench_ttft.json")
-    args = p.parse_args(argv)
+    args = parse_recipe(BenchTtftArgs, argv or [], prog="seerflex bench ttft")
+    if args is None:
+        return 0
     if not torch.cuda.is_available():
-        console.print("[red]bench ttft needs a CUDA GPU[/red]")
-        return 2
+        raise ValueError("bench ttft needs a CUDA GPU")
     torch.manual_seed(0)
     model = get_seerflex_model(random_llama(args.layers, "cuda"),
-                               SeerFlexConfig(policy=TopK(density=0.1), dense_below=0, compile=args.compile,
-                                              check_finite=args.check_finite, block_size=args.block_size))
+                               SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block_size),
+                               runtime=RuntimeOptions(compile=args.compile, dense_below=0,
+                                                      check_finite=args.check_finite))
     model.to(torch.bfloat16)
     results: list[dict[str, Any]] = []
     with torch.inference_mode():
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             except torch.OutOfMemoryError:
                 results.append({"seq_len": s, "error": "out of memory"})
                 torch.cuda.empty_cache()
-            write_json(args.out, {"environment": environment(), "args": vars(args), "results": results})
+            write_json(args.out, {"environment": environment(), "args": asdict(args), "results": results})
     cols = ["seq_len", "method", "density", "ttft_s", "speedup_vs_dense", "peak_gb", "error"]
     print_table(f"time to first token, Llama-3.1-8B shape ({environment()['device']})", cols,
                 [[r.get(c, "") for c in cols] for r in results])

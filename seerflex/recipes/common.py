@@ -1,4 +1,7 @@
-"""Small pieces every recipe shares: device facts for result files, JSON output, rich tables."""
+"""Small pieces every recipe shares: device facts for result files, JSON output, rich tables.
+
+Recipes sit on top of the library: they import it, it never imports them.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from seerflex.console import console
 
 
 def environment() -> dict[str, Any]:

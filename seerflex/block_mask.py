@@ -14,15 +14,13 @@ Tiles strictly below the diagonal whose keys are all real are *full* (the kernel
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Callable
-
 import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask
 
-from seerflex.block_masks.layout import BlockLayout
-from seerflex.block_masks.policy import BlockSelection
+from seerflex.compile import compiled, compiles
+from seerflex.layout import BlockLayout
+from seerflex.policies.base import BlockSelection
 
 
 def compact_indices(blocks: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,23 +60,19 @@ def block_indices(kept: Tensor, partial_keys: Tensor | None) -> tuple[Tensor, Te
     return (*compact_indices(kept & partial), *compact_indices(kept & ~partial))
 
 
-@cache
-def _compiled_block_indices() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
-    return torch.compile(block_indices, dynamic=True)
-
-
-def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: bool = False) -> BlockMask:
+def build_block_mask(kept: Tensor, layout: BlockLayout, *, compute_q_blocks: bool = False,
+                     compile: str = "auto") -> BlockMask:
     """BlockMask for causal attention restricted to ``kept`` [B, H, n, n] (B, H may be 1 to broadcast;
     otherwise H = query heads: GPU kernels map heads by modulo, not by GQA group).
 
-    ``compute_q_blocks`` builds the transposed index only backward passes need. On CUDA the index
-    computation is compiled into one fused graph (compaction alone: 0.094 vs 0.32 ms at 32k on H100,
+    ``compute_q_blocks`` builds the transposed index only backward passes need. Compiled, the index
+    computation is one fused graph (compaction alone: 0.094 vs 0.32 ms at 32k on H100,
     benchmarks/results/2026-11-23_h100_perf_experiments_v2.json).
     """
     n = layout.num_blocks
     if kept.dim() != 4 or kept.shape[-2:] != (n, n) or kept.dtype != torch.bool:
         raise ValueError(f"kept must be a bool tensor [B, H, {n}, {n}], got {kept.dtype} {tuple(kept.shape)}")
-    indices = _compiled_block_indices() if kept.is_cuda else block_indices
+    indices = compiled(block_indices, compile, kept.device, dynamic=True)
     kv_num, kv_idx, full_num, full_idx = indices(kept, layout.partial_blocks)
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx,
@@ -114,22 +108,18 @@ def selection_indices(order: Tensor, count: Tensor, dense_rows: int = 0) -> tupl
     return ones, kv_idx, full_num, full_idx
 
 
-@cache
-def _compiled_selection_indices() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
-    return torch.compile(selection_indices)
-
-
-def block_mask_for(selection: BlockSelection, layout: BlockLayout, *, kernel_skips_unlisted_tiles: bool,
+def block_mask_for(selection: BlockSelection, layout: BlockLayout, *, compile: str = "auto",
                    compute_q_blocks: bool = False) -> BlockMask:
     """The BlockMask a layer runs: from the selection's order where that is exact (unpadded layout,
-    compiled kernel), else from the kept mask with a mask_mod that encodes the whole selection."""
-    if layout.valid_tokens is None and kernel_skips_unlisted_tiles:
-        return block_mask_from_selection(selection, layout, compute_q_blocks=compute_q_blocks)
-    return build_block_mask(selection.kept, layout, compute_q_blocks=compute_q_blocks)
+    compiled flex, which runs only the listed tiles), else from the kept mask with a mask_mod that
+    encodes the whole selection (eager flex evaluates ``mask_mod`` over all of S x S)."""
+    if layout.valid_tokens is None and compiles(compile, selection.order.device):
+        return block_mask_from_selection(selection, layout, compute_q_blocks=compute_q_blocks, compile=compile)
+    return build_block_mask(selection.kept, layout, compute_q_blocks=compute_q_blocks, compile=compile)
 
 
 def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
-                              compute_q_blocks: bool = False) -> BlockMask:
+                              compute_q_blocks: bool = False, compile: str = "auto") -> BlockMask:
     """BlockMask straight from a policy's selection, for kernels that skip unlisted tiles.
 
     Only for unpadded layouts and compiled flex_attention: its ``mask_mod`` is causal only, so
@@ -140,7 +130,7 @@ def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
         raise ValueError("block_mask_from_selection needs an unpadded layout; use build_block_mask(selection.kept)")
     if selection.order.dim() != 4 or selection.order.shape[-2] != n or selection.num_blocks != n:
         raise ValueError(f"selection is for {selection.num_blocks} blocks, layout has {n}")
-    indices = _compiled_selection_indices() if selection.order.is_cuda else selection_indices
+    indices = compiled(selection_indices, compile, selection.order.device)
     return BlockMask.from_kv_blocks(
         *indices(selection.order, selection.count, selection.dense_rows),
         BLOCK_SIZE=(layout.block_size, layout.block_size),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from seerflex.block_masks.layout import BlockLayout
+from seerflex.layout import BlockLayout
 
 
 @dataclass(frozen=True)

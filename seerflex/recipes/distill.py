@@ -12,71 +12,49 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from seerflex.assets import load_model
 from seerflex.config import SeerFlexConfig
+from seerflex.console import console, progress
 from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
-from seerflex.distill.data import batch_indices, load_texts, pack
-from seerflex.recipes.common import console, environment, print_table, write_json
+from seerflex.distill.data import batch_indices, pack
+from seerflex.recipes.common import environment, print_table, write_json
+from seerflex.recipes.config import knob, parse_recipe
+from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
+from seerflex.texts import load_texts
 
 
 @dataclass
 class DistillRecipe:
-    """Every knob of a distillation run; YAML keys and ``key=value`` overrides use these names."""
+    """Train gates by self-distillation; every key can come from the YAML file or a key=value override."""
 
-    model: str = "smollm2"  # "smollm2" (bundled, see seerflex.assets) or a transformers folder / hub id
-    data: str = "austen:exclude=Emma"
-    text_field: str = "text"
-    seq_len: int = 8192
-    batch_size: int = 1
-    steps: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    seed: int = 0
-    bf16: bool = True
-    target: str = "max"  # the original's 2D-max target; "mass" is the alternative
-    reduction: str = "mean"
-    skip_first_rows: float = 0.25
-    loss_scale: float = 10.0
-    checkpoint_every: int = 50
-    output_dir: str = "runs/distill"
-    resume: bool = False
-    seerflex: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | None, overrides: list[str]) -> "DistillRecipe":
-        data = yaml.safe_load(Path(path).read_text()) if path else {}
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} is not key=value")
-            target = data
-            *parents, leaf = key.split(".")
-            for p in parents:
-                target = target.setdefault(p, {})
-            target[leaf] = yaml.safe_load(value)
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"unknown recipe keys {sorted(set(data) - known)}; known: {sorted(known)}")
-        return cls(**data)
-
-
-def load_model(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name == "smollm2":
-        from seerflex.assets import smollm2_hf_dir
-
-        name = str(smollm2_hf_dir())
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)
+    model: str = knob("smollm2", "'smollm2' (bundled, seerflex.assets) or a transformers folder / hub id")
+    data: str = knob("austen:exclude=Emma", "text source (seerflex.texts): austen[:...], files, folders or a hub dataset")
+    text_field: str = knob("text", "column holding the text in json/parquet/hub data")
+    seq_len: int = knob(8192, "tokens per training sequence")
+    batch_size: int = knob(1, "sequences per step and device")
+    steps: int = knob(100, "optimizer steps")
+    lr: float = knob(1e-3, "AdamW learning rate (warm-up, then cosine)")
+    weight_decay: float = knob(0.0, "AdamW weight decay")
+    warmup_steps: int = knob(20, "linear warm-up steps")
+    seed: int = knob(0, "seed of the gate initialisation and the data order")
+    bf16: bool = knob(True, "bf16 autocast on CUDA")
+    target: str = knob("max", "ground truth: 'max' (the original's 2D max) or 'mass' (block probability mass)")
+    reduction: str = knob("mean", "KL reduction: 'mean' (original) or 'batchmean'")
+    skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the loss")
+    loss_scale: float = knob(10.0, "loss multiplier (the original's x10)")
+    checkpoint_every: int = knob(50, "steps between atomic checkpoints")
+    output_dir: str = knob("runs/distill", "folder for metrics, checkpoint and the adapter")
+    resume: bool = knob(False, "continue from output_dir/checkpoint")
+    seerflex: dict = knob({}, "SeerFlexConfig fields: gate_type, block_size, gate_hidden_size, policy, layer_policies")
+    runtime: dict = knob({}, "RuntimeOptions fields (compile, backend, check_finite); every call is scored, "
+                             "so dense_below is 0")
 
 
 def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Path:
@@ -93,7 +71,10 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     if model is None:
         with accelerator.main_process_first():  # the first load may convert/cache the model: once, not per rank
             model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 else torch.float32)
-    wrapped = get_seerflex_model(model, SeerFlexConfig.from_dict(recipe.seerflex))
+    legacy = {k: v for k, v in recipe.seerflex.items() if k in LEGACY_ADAPTER_FIELDS}  # recipes of older versions
+    config = SeerFlexConfig.from_dict({k: v for k, v in recipe.seerflex.items() if k not in legacy})
+    runtime = RuntimeOptions(**{**legacy, **recipe.runtime, "dense_below": 0})
+    wrapped = get_seerflex_model(model, config, runtime=runtime)
     pieces = pack(load_texts(recipe.data, recipe.text_field), tokenizer, recipe.seq_len)
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -118,12 +99,10 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
                                          "pieces": pieces.shape[0], "world_size": world})
-    columns = [TextColumn("[bold]distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     last: dict[str, Any] = {}
-    with collecting(hf_model_of(model), collector), Progress(*columns, console=console,
-                                                             disable=not accelerator.is_main_process) as progress:
-        task = progress.add_task("distill", total=recipe.steps, completed=start, info="")
+    with collecting(hf_model_of(model), collector), \
+            progress(transient=False, disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task("distill", total=recipe.steps, completed=start, info="")
         for step in range(start, recipe.steps):
             tic = time.perf_counter()
             chosen = batch_indices(step, recipe.batch_size * world, pieces.shape[0], recipe.seed)
@@ -142,7 +121,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
                     "lr": scheduler.get_last_lr()[0], "steps_per_s": 1 / seconds,
                     "tokens_per_s": ids.numel() * world / seconds, "layer_kl": layer_kl}
             collector.clear()
-            progress.update(task, advance=1, info=f"loss {last['loss']:.4f}  recall {last['recall']:.3f}  "
+            bar.update(task, advance=1, info=f"loss {last['loss']:.4f}  recall {last['recall']:.3f}  "
                                                   f"KL/layer mean {last['layer_kl_mean']:.4f} max {last['layer_kl_max']:.4f}")
             if accelerator.is_main_process:
                 with open(metrics_file, "a") as f:
@@ -162,10 +141,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        console.print(__doc__)
-        console.print("keys: " + ", ".join(f.name for f in fields(DistillRecipe)))
-        return 0 if argv else 2
-    recipe_path = None if "=" in argv[0] else argv[0]
-    train(DistillRecipe.load(recipe_path, argv[1:] if recipe_path else argv))
+    recipe = parse_recipe(DistillRecipe, argv, prog="seerflex distill")
+    if recipe is not None:
+        train(recipe)
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seerflex.block_masks.policy import PerHead, Policy, check_range
+from seerflex.policies.base import PerHead, Policy, check_range
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class TopK(Policy):
             raise ValueError("TopK needs exactly one of k (blocks per row) or density (fraction kept)")
         if self.k is not None:
             check_range(self, "k", self.k, 0, math.inf)
+            if any(float(x) != int(x) for x in torch.as_tensor(self.k, dtype=torch.float64).reshape(-1).tolist()):
+                raise ValueError(f"TopK(k={self.k!r}): k counts blocks per row and must be a whole number; "
+                                 f"for a fraction of the blocks use TopK(density={self.k!r})")
         else:
             check_range(self, "density", self.density, 0.0, 1.0)
         if self.uniform and self.density is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seerflex.block_masks.policy import PerHead, Policy, check_range, softmax_probs
+from seerflex.policies.base import PerHead, Policy, check_range, softmax_probs
 
 
 @dataclass(frozen=True)

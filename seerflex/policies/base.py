@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, Callable, ClassVar, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from seerflex.block_masks.layout import BlockLayout, selectable_blocks
+from seerflex.compile import compiled
+from seerflex.layout import BlockLayout, selectable_blocks
 
 PerHead = Union[float, Sequence[float]]
 
@@ -79,17 +80,18 @@ class Policy:
         if self.max_blocks is not None and self.max_blocks < 1:
             raise ValueError(f"{type(self).__name__}.max_blocks must be >= 1 or None, got {self.max_blocks}")
 
-    def select(self, scores: Tensor, layout: BlockLayout) -> BlockSelection:
+    def select(self, scores: Tensor, layout: BlockLayout, *, compile: str = "auto") -> BlockSelection:
         """Choose blocks from gate scores [B, H, nq, nk] (logits; -inf = not selectable).
 
         The returned order starts with the diagonal block in every row, then the other always-on
-        blocks, then blocks by score; on CUDA the selection runs as one compiled graph.
+        blocks, then blocks by score. Compiled (``seerflex.compile``), the selection is one graph:
+        ~40 small launches become a few fused kernels plus the top-k.
         """
         n = layout.num_blocks
         if scores.dim() != 4 or scores.shape[-2:] != (n, n):
             raise ValueError(f"scores must be [B, H, {n}, {n}] for this layout, got {tuple(scores.shape)}")
         params = policy_tensors(self, n, scores.shape[1], scores.device)
-        core = compiled_select() if scores.is_cuda else select_blocks
+        core = compiled(select_blocks, compile, scores.device)
         order, count, tail = core(type(self).row_counts, scores, layout.valid_blocks, layout.first_block, params,
                                   self.max_row_count(n), min(self.dense_last_rows, n))
         return BlockSelection(order, count, n, tail)
@@ -181,12 +183,6 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     count = count.maximum(n_forced.float()).minimum(n_available.float()).clamp(max=bound)
     count = torch.where(i[:, 0] >= n - dense_rows, n_available.float(), count)
     return order, count.long().expand(scores.shape[:-1]), (selectable | diagonal)[..., n - dense_rows:, :]
-
-
-@cache
-def compiled_select() -> Callable[..., tuple[Tensor, Tensor]]:
-    """``select_blocks`` compiled: ~40 small launches become a few fused kernels plus the top-k."""
-    return torch.compile(select_blocks)
 
 
 def softmax_probs(scores: Tensor) -> Tensor:

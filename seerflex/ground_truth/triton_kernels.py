@@ -1,33 +1,17 @@
-"""Ground truth for gate distillation: the block-pooled attention map of the frozen model.
+"""Triton route of the ground truth: an lse pass and a per-tile map kernel (see the package docstring).
 
-For every (head, query block i, key block j) of causal attention softmax(q k^T * scale):
-
-* ``max`` (the original SeerAttention target): the largest softmax probability inside the tile,
-  each row i then normalised to sum 1;
-* ``mass``: the probability mass a query puts in key block j, averaged over block i's real queries
-  (rows sum to 1 by construction) -- what a block-sparse mask actually keeps or loses.
-
-Two routes compute the same map:
-
-* PyTorch, chunked over query blocks against only the keys they can see, so memory stays
-  O(B x H x chunk x S) and never S x S (CPU, float64 references, anything the kernels don't cover).
-* Triton, for CUDA tensors: one QK^T-only pass for the row log-sum-exp (skipped when the caller
-  already has ``lse`` from its dense flex pass), then one pass over the causal 2D tiles that reduces
-  each tile to a single number in registers. No [S, S] or [S, S/bs] buffer exists, K is indexed by
-  KV head (GQA without repeat_interleave), and the ``max`` mode needs no exponent per score:
-  max_t,s exp(c*qk - lse_t) = exp(max_t (c*max_s qk - lse_t)).
-
-``SEERFLEX_GT_BACKEND`` = ``torch`` | ``triton`` | ``auto`` (default) overrides the choice; ``triton``
-on CPU tensors runs the kernels in Triton's interpreter (with TRITON_INTERPRET=1 set before triton is
-imported), which is how the tests check them.
+On CPU tensors the kernels run in Triton's interpreter (TRITON_INTERPRET=1 set before triton is
+imported): that is how the tests check them without a GPU.
 """
 
-import math
-import os
-from typing import Any, Literal
+from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from seerflex.ground_truth.reference import normalise
 
 try:  # Triton is optional: without it everything runs on the PyTorch route
     import triton
@@ -36,91 +20,8 @@ except Exception:  # noqa: BLE001 -- a broken install must not break importing s
     triton = None
     tl = None
 
-MODES = ("max", "mass")
-CHUNK_ELEMENTS = 1 << 27  # scores per chunk on the torch route (512 MB in float32)
-BACKEND_ENV = "SEERFLEX_GT_BACKEND"
 LOG2E = 1.4426950408889634
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, mode: Literal["max", "mass"] = "max",
-                        scale: float | None = None, attention_mask: Tensor | None = None,
-                        lse: Tensor | None = None) -> Tensor:
-    """Block map [B, Hq, n, n] (float32, n = ceil(S / block_size), zeros above the diagonal).
-
-    q [B, Hq, S, D] and k [B, Hkv, S, D] as the attention sees them (post-RoPE); GQA: query head h
-    uses KV head h // (Hq // Hkv). ``attention_mask`` [B, S], 1 = real token: padded keys get no
-    probability and padded queries contribute nothing (a fully padded query block is a zero row).
-    ``lse`` [B, Hq, S]: the rows' natural-log sum of exp(scores), if a dense pass already made it
-    (flex_attention's ``return_aux=AuxRequest(lse=True)``); it saves one pass over QK^T.
-    Runs without autograd (the target of a distillation loss needs no gradient).
-    """
-    _check(q, k, block_size, mode, attention_mask, lse)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
-    valid = None if attention_mask is None else attention_mask.to(device=q.device, dtype=torch.bool)
-    with torch.no_grad():
-        if _backend(q, k, block_size) == "triton":
-            return triton_block_map(q, k, valid, lse, scale, block_size, mode)
-        return torch_block_map(q, k, valid, lse, scale, block_size, mode)
-
-
-# ----------------------------------------------------------------------------------------------
-# PyTorch route
-
-
-def torch_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | None, scale: float,
-                    block_size: int, mode: str) -> Tensor:
-    """Chunked PyTorch map; computes in float64 when q is float64 (the references use that)."""
-    b, hq, s, d = q.shape
-    hkv, n = k.shape[1], -(-s // block_size)
-    if valid is None:
-        valid = torch.ones(b, s, dtype=torch.bool, device=q.device)
-    out = torch.zeros(b, hq, n, n, dtype=torch.float32, device=q.device)
-    rows_per_chunk = max(1, CHUNK_ELEMENTS // (b * hq * s * block_size)) * block_size
-    # query heads grouped by KV head: [B, Hkv, G, S, D] (splitting one dim is always a view), so K is never repeated
-    qg = q.view(b, hkv, hq // hkv, s, d)
-    lse_g = None if lse is None else lse.view(b, hkv, hq // hkv, s)
-    for start in range(0, s, rows_per_chunk):
-        stop = min(s, start + rows_per_chunk)
-        block = chunk_map(qg[:, :, :, start:stop], k[:, :, :stop], valid[:, start:stop], valid[:, :stop],
-                          None if lse_g is None else lse_g[:, :, :, start:stop], start, scale, block_size,
-                          mode == "max")
-        out[:, :, start // block_size: -(-stop // block_size), : block.shape[-1]] = block.flatten(1, 2)
-    return _normalise(out) if mode == "max" else out
-
-
-def chunk_map(q: Tensor, k: Tensor, q_valid: Tensor, k_valid: Tensor, lse: Tensor | None, start: int,
-              scale: float, bs: int, tile_max: bool) -> Tensor:
-    """Block map rows for queries ``start .. start + R`` ([B, Hkv, G, R, D]) against keys ``0 .. start + R``."""
-    b, hkv, g, r, d = q.shape
-    kv_len = k.shape[2]
-    dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype) else torch.float32
-    scores = torch.einsum("bhgrd,bhkd->bhgrk", q.to(dtype), k.to(dtype)) * scale
-    qpos = torch.arange(start, start + r, device=q.device)
-    allowed = (torch.arange(kv_len, device=q.device)[None, :] <= qpos[:, None])[None] & k_valid[:, None, :]
-    allowed = allowed & q_valid[:, :, None]
-    scores = scores.masked_fill_(~allowed[:, None, None], float("-inf"))
-    if lse is None:
-        lse = scores.logsumexp(-1)
-    # a padded query row is all -inf; its lse is -inf (or junk): exp gives 0 or NaN -> 0, never NaN out
-    probs = scores.sub_(lse.to(dtype)[..., None]).exp_().nan_to_num_(0.0)
-    pad_q, pad_k = -r % bs, -kv_len % bs
-    probs = torch.nn.functional.pad(probs, (0, pad_k, 0, pad_q))
-    tiles = probs.view(b, hkv, g, (r + pad_q) // bs, bs, (kv_len + pad_k) // bs, bs)
-    if tile_max:
-        return tiles.amax(dim=(4, 6)).float()
-    counts = torch.nn.functional.pad(q_valid, (0, pad_q)).view(b, 1, 1, -1, bs).sum(-1, keepdim=True)
-    return (tiles.sum(dim=(4, 6)) / counts.clamp(min=1)).float()
-
-
-def _normalise(out: Tensor) -> Tensor:
-    return out / out.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-
-
-# ----------------------------------------------------------------------------------------------
-# Triton route
 
 
 def triton_supported(q: Tensor, k: Tensor, block_size: int) -> bool:
@@ -174,7 +75,7 @@ def _triton_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | 
     map_kernel[(b * hq, n)](
         q, k, mask, lse2, out, *qs, *ks, *ms, s, hq, group, n, scale * LOG2E, **common,
         MODE_MAX=mode == "max", BS=block_size, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return _normalise(out) if mode == "max" else out
+    return normalise(out) if mode == "max" else out
 
 
 def _default_lse_config(d: int, dtype: torch.dtype) -> dict[str, int]:
@@ -331,60 +232,3 @@ def _interpreted(kernel: Any) -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(kernel, InterpretedFunction)
-
-
-# ----------------------------------------------------------------------------------------------
-# dispatch and checks
-
-
-def _backend(q: Tensor, k: Tensor, block_size: int) -> str:
-    choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
-    if choice not in ("auto", "torch", "triton"):
-        raise ValueError(f"{BACKEND_ENV} must be auto, torch or triton, got {choice!r}")
-    if choice == "auto":
-        return "triton" if q.is_cuda and triton_supported(q, k, block_size) else "torch"
-    return choice
-
-
-def _check(q: Tensor, k: Tensor, block_size: int, mode: str, attention_mask: Tensor | None,
-           lse: Tensor | None) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown ground-truth mode {mode!r}; choose one of {MODES}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    if not isinstance(q, Tensor) or not isinstance(k, Tensor):
-        raise ValueError("q and k must be tensors")
-    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"expected q [B, Hq, S, D] and k [B, Hkv, S, D], got {tuple(q.shape)} and {tuple(k.shape)}")
-    if min(q.shape) == 0 or k.shape[1] == 0:
-        raise ValueError(f"q and k must not be empty, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of KV heads ({k.shape[1]})")
-    if not (q.is_floating_point() and k.is_floating_point()) or q.dtype != k.dtype or q.device != k.device:
-        raise ValueError(f"q and k must be floating tensors of one dtype and device, got {q.dtype} on {q.device} "
-                         f"and {k.dtype} on {k.device}")
-    if attention_mask is not None:
-        if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (q.shape[0], q.shape[2]):
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
-            raise ValueError(f"attention_mask must be [B, S] = {(q.shape[0], q.shape[2])}, got {shape}")
-        if attention_mask.is_complex():
-            raise ValueError("attention_mask must be bool or integer (1 = real token)")
-    if lse is not None:
-        if not isinstance(lse, Tensor) or tuple(lse.shape) != tuple(q.shape[:3]):
-            shape = tuple(lse.shape) if isinstance(lse, Tensor) else type(lse)
-            raise ValueError(f"lse must be [B, Hq, S] = {tuple(q.shape[:3])}, got {shape}")
-        bad = ~torch.isfinite(lse)
-        if attention_mask is not None:  # padded rows may carry -inf (flex gives that)
-            bad &= attention_mask.to(device=lse.device, dtype=torch.bool)[:, None, :]
-        if bad.any():
-            raise ValueError("lse must be finite at real (unpadded) query positions (found NaN or inf)")
-    if not (_finite(q) and _finite(k)):
-        raise ValueError("q and k must be finite (found NaN or inf)")
-
-
-def _finite(t: Tensor) -> bool:
-    # amax/amin propagate NaN and expose inf without an isfinite copy of a 32k-token q (134 MB)
-    return bool(torch.isfinite(torch.stack([t.amax(), t.amin()])).all())
-
-
-__all__ = ["MODES", "block_attention_map", "chunk_map", "torch_block_map", "triton_block_map", "triton_supported"]

@@ -1,0 +1,114 @@
+"""Ground truth for gate distillation: the block-pooled attention map of the frozen model.
+
+For every (head, query block i, key block j) of causal attention softmax(q k^T * scale):
+
+* ``max`` (the original SeerAttention target): the largest softmax probability inside the tile,
+  each row i then normalised to sum 1;
+* ``mass``: the probability mass a query puts in key block j, averaged over block i's real queries
+  (rows sum to 1 by construction) -- what a block-sparse mask actually keeps or loses.
+
+Two routes compute the same map:
+
+* PyTorch, chunked over query blocks against only the keys they can see, so memory stays
+  O(B x H x chunk x S) and never S x S (CPU, float64 references, anything the kernels don't cover).
+* Triton, for CUDA tensors: one QK^T-only pass for the row log-sum-exp (skipped when the caller
+  already has ``lse`` from its dense flex pass), then one pass over the causal 2D tiles that reduces
+  each tile to a single number in registers. No [S, S] or [S, S/bs] buffer exists, K is indexed by
+  KV head (GQA without repeat_interleave), and the ``max`` mode needs no exponent per score:
+  max_t,s exp(c*qk - lse_t) = exp(max_t (c*max_s qk - lse_t)).
+
+``SEERFLEX_GT_BACKEND`` = ``torch`` | ``triton`` | ``auto`` (default) overrides the choice; ``triton``
+on CPU tensors runs the kernels in Triton's interpreter (with TRITON_INTERPRET=1 set before triton is
+imported), which is how the tests check them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from seerflex.ground_truth.reference import chunk_map, torch_block_map
+from seerflex.ground_truth.triton_kernels import triton_block_map, triton_supported
+
+MODES = ("max", "mass")
+BACKEND_ENV = "SEERFLEX_GT_BACKEND"
+
+
+def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, mode: Literal["max", "mass"] = "max",
+                        scale: float | None = None, attention_mask: Tensor | None = None,
+                        lse: Tensor | None = None) -> Tensor:
+    """Block map [B, Hq, n, n] (float32, n = ceil(S / block_size), zeros above the diagonal).
+
+    q [B, Hq, S, D] and k [B, Hkv, S, D] as the attention sees them (post-RoPE); GQA: query head h
+    uses KV head h // (Hq // Hkv). ``attention_mask`` [B, S], 1 = real token: padded keys get no
+    probability and padded queries contribute nothing (a fully padded query block is a zero row).
+    ``lse`` [B, Hq, S]: the rows' natural-log sum of exp(scores), if a dense pass already made it
+    (flex_attention's ``return_aux=AuxRequest(lse=True)``); it saves one pass over QK^T.
+    Runs without autograd (the target of a distillation loss needs no gradient).
+    """
+    _check(q, k, block_size, mode, attention_mask, lse)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    valid = None if attention_mask is None else attention_mask.to(device=q.device, dtype=torch.bool)
+    with torch.no_grad():
+        if _backend(q, k, block_size) == "triton":
+            return triton_block_map(q, k, valid, lse, scale, block_size, mode)
+        return torch_block_map(q, k, valid, lse, scale, block_size, mode)
+
+
+def _backend(q: Tensor, k: Tensor, block_size: int) -> str:
+    choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "torch", "triton"):
+        raise ValueError(f"{BACKEND_ENV} must be auto, torch or triton, got {choice!r}")
+    if choice == "auto":
+        return "triton" if q.is_cuda and triton_supported(q, k, block_size) else "torch"
+    return choice
+
+
+def _check(q: Tensor, k: Tensor, block_size: int, mode: str, attention_mask: Tensor | None,
+           lse: Tensor | None) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown ground-truth mode {mode!r}; choose one of {MODES}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if not isinstance(q, Tensor) or not isinstance(k, Tensor):
+        raise ValueError("q and k must be tensors")
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"expected q [B, Hq, S, D] and k [B, Hkv, S, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    if min(q.shape) == 0 or k.shape[1] == 0:
+        raise ValueError(f"q and k must not be empty, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of KV heads ({k.shape[1]})")
+    if not (q.is_floating_point() and k.is_floating_point()) or q.dtype != k.dtype or q.device != k.device:
+        raise ValueError(f"q and k must be floating tensors of one dtype and device, got {q.dtype} on {q.device} "
+                         f"and {k.dtype} on {k.device}")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (q.shape[0], q.shape[2]):
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
+            raise ValueError(f"attention_mask must be [B, S] = {(q.shape[0], q.shape[2])}, got {shape}")
+        if attention_mask.is_complex():
+            raise ValueError("attention_mask must be bool or integer (1 = real token)")
+    if lse is not None:
+        if not isinstance(lse, Tensor) or tuple(lse.shape) != tuple(q.shape[:3]):
+            shape = tuple(lse.shape) if isinstance(lse, Tensor) else type(lse)
+            raise ValueError(f"lse must be [B, Hq, S] = {tuple(q.shape[:3])}, got {shape}")
+        bad = ~torch.isfinite(lse)
+        if attention_mask is not None:  # padded rows may carry -inf (flex gives that)
+            bad &= attention_mask.to(device=lse.device, dtype=torch.bool)[:, None, :]
+        if bad.any():
+            raise ValueError("lse must be finite at real (unpadded) query positions (found NaN or inf)")
+    if not (_finite(q) and _finite(k)):
+        raise ValueError("q and k must be finite (found NaN or inf)")
+
+
+def _finite(t: Tensor) -> bool:
+    # amax/amin propagate NaN and expose inf without an isfinite copy of a 32k-token q (134 MB)
+    return bool(torch.isfinite(torch.stack([t.amax(), t.amin()])).all())
+
+
+__all__ = ["MODES", "block_attention_map", "chunk_map", "torch_block_map", "triton_block_map", "triton_supported"]

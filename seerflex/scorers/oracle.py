@@ -1,0 +1,25 @@
+"""Oracle: the exact block-pooled attention map (``seerflex.ground_truth``), an upper bound on what
+any gate can know. Its log is the score, so softmax(scores) is the map itself."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from seerflex.ground_truth import block_attention_map
+from seerflex.scorer import ScorerInputs
+
+
+class OracleScores:
+    name = "oracle"
+
+    def __init__(self, mode: Literal["max", "mass"] = "mass") -> None:
+        self.mode = mode
+
+    def score_blocks(self, x: ScorerInputs) -> Tensor:
+        layout = x.layout
+        truth = block_attention_map(x.q, x.k, block_size=layout.block_size, mode=self.mode,
+                                    attention_mask=layout.valid_tokens)
+        scores = truth.clamp(min=1e-30).log()
+        return scores.masked_fill(~layout.selectable_blocks(x.q.device), float("-inf"))
