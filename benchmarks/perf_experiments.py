@@ -17,7 +17,7 @@ import torch
 from torch.nn.attention.flex_attention import flex_attention
 
 from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK, build_block_mask
-from seerflex.block_masks import block_mask_from_selection
+from seerflex.block_mask import block_mask_from_selection
 from seerflex.flex import dense_attention
 from seerflex.recipes.bench_kernel import timed
 from seerflex.recipes.common import environment, print_table, write_json
@@ -44,7 +44,7 @@ def run(rows: list, s: int, name: str, fn: Callable[[], Any], ref_ms: float | No
 
 
 def selection_for(q: torch.Tensor, k: torch.Tensor, block_size: int, density: float):
-    layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=density), block_size=block_size, dense_below=0),
+    layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=density), block_size=block_size),
                               32, 8, 128).cuda().bfloat16()
     layout = BlockLayout(q.shape[2], block_size)
     scores = layer.gate(q, k, layout)

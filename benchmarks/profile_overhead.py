@@ -22,7 +22,7 @@ def main() -> None:
     s, dev = args.seq_len, torch.device("cuda")
     q = torch.randn(1, 32, s, 128, device=dev, dtype=torch.bfloat16)
     k = torch.randn(1, 8, s, 128, device=dev, dtype=torch.bfloat16)
-    cfg = SeerFlexConfig(policy=TopK(density=args.density), block_size=args.block_size, dense_below=0)
+    cfg = SeerFlexConfig(policy=TopK(density=args.density), block_size=args.block_size)
     layer = SeerFlexAttention(cfg, 32, 8, 128).to(dev, torch.bfloat16)
     layout = BlockLayout(s, args.block_size)
     with torch.no_grad():

@@ -127,6 +127,7 @@ def test_bad_inputs_raise_clear_errors():
         layer(q, k, v)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("density", "policy_cls"), [(0.0, TopK), (0.3, TopK), (1.0, TopK), (0.9, TopP)])
 def test_compiled_fast_path_matches_f64_reference(density, policy_cls):
     """Compiled flex (CPU inductor here, Triton on GPU) with the BlockMask built straight from the
@@ -140,6 +141,7 @@ def test_compiled_fast_path_matches_f64_reference(density, policy_cls):
     assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, s, 32, None))) < 1e-5
 
 
+@pytest.mark.slow
 def test_static_compile_past_the_recompile_limit_raises_instead_of_running_eager(monkeypatch):
     """Dynamo's default is to run flex_attention eagerly once a function has too many compiled
     shapes: S x S memory (2 TiB at 128k). seerflex turns that into a clear error."""

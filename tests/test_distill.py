@@ -42,6 +42,7 @@ def test_kl_matches_float64_by_hand():
     assert torch.isclose(gate_recall(kept, target), torch.tensor(1.0))
 
 
+@pytest.mark.slow
 def test_training_lowers_kl_and_leaves_the_base_model_alone(tmp_path, text_file):
     model = small_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -56,6 +57,7 @@ def test_training_lowers_kl_and_leaves_the_base_model_alone(tmp_path, text_file)
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_gates(tmp_path, text_file, monkeypatch):
     from safetensors.torch import load_file
 

@@ -11,6 +11,7 @@ from seerflex.evaluation.policy_specs import parse_policy
 from seerflex.recipes import eval as eval_recipe
 
 
+@pytest.mark.slow
 def test_eval_ppl_writes_table_json_plot_and_oracle_at_density_one_equals_dense(recipe_model, tiny_text, tmp_path):
     out = tmp_path / "ppl"
     assert eval_recipe.main(["ppl", "--model", "tiny", "--text", str(tiny_text), "--window", "1024", "--prefix", "256",

@@ -43,6 +43,7 @@ def test_allocate_gives_sensitive_layers_more():
     assert allocate(Sensitivity([0, 1], cands, rise, density), 0.01) == [0, 0]  # unreachable: cheapest
 
 
+@pytest.mark.slow
 def test_budget_spec_in_eval_ppl_and_saved_adapter(recipe_model, tiny_text, tmp_path):
     out = tmp_path / "ppl"
     assert eval_recipe.main(["ppl", "--model", "tiny", "--text", str(tiny_text), "--window", "1024", "--prefix", "256",

@@ -280,7 +280,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        console.print(__doc__, markup=False, highlight=False)
+        console.print(f"usage: seerflex eval {{{','.join(COMMANDS)}}} [CONFIG.yaml] [key=value ...]\n\n{__doc__}",
+                      markup=False, highlight=False)
         return 0
     if argv[0] not in COMMANDS:
         raise ValueError(f"unknown eval command {argv[0]!r}; choose one of {sorted(COMMANDS)}")

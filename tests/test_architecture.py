@@ -1,0 +1,106 @@
+"""The house rules: the library never imports the recipes, no import cycles, one compile decision."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import seerflex.compile
+from seerflex import RuntimeOptions, SeerFlexConfig, SeerFlexAttention, TopK
+from seerflex.runtime import Runtime
+
+PACKAGE = Path(seerflex.compile.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """seerflex module -> seerflex modules it imports anywhere in its body (lazy imports included)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("seerflex"):
+                for alias in node.names:  # "from seerflex.x import y" may name the submodule x.y
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("seerflex"))
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_library_never_imports_recipes():
+    offenders = {m: sorted(i for i in deps if i.startswith("seerflex.recipes"))
+                 for m, deps in imports().items()
+                 if not m.startswith("seerflex.recipes") and m != "seerflex.cli"}
+    assert {m: d for m, d in offenders.items() if d} == {}
+
+
+def test_no_import_cycles_between_modules():
+    """Package __init__ files only hand names on, so an edge into a package is an edge into what it re-exports."""
+    graph = imports()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if nxt.startswith(node + "."):  # a package importing its own submodules is not a cycle
+                continue
+            if state.get(nxt) == 1 and not node.startswith(nxt + "."):
+                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+@pytest.fixture
+def counted_compiles(monkeypatch):
+    """torch.compile replaced by a counter of what seerflex compiles (torch's own eager flex compiles
+    an internal wrapper, which is not counted); it returns the function unchanged."""
+    calls: list[str] = []
+    flex = torch.nn.attention.flex_attention.flex_attention
+
+    def fake_compile(fn, **kwargs):
+        if fn is flex or getattr(fn, "__module__", "").startswith("seerflex"):
+            calls.append(fn.__name__)
+        return fn
+
+    seerflex.compile._compile.cache_clear()
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    yield calls
+    seerflex.compile._compile.cache_clear()
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("eager", []), ("auto", []),  # auto is eager on a CPU
+    ("dynamic", ["block_logits", "flex_attention", "select_blocks", "selection_indices"]),
+])
+def test_one_compile_decision_for_gate_policy_indices_and_flex(mode, expected, counted_compiles):
+    layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.3), block_size=32), 4, 2, 16,
+                              runtime=Runtime(RuntimeOptions(compile=mode, dense_below=0)))
+    q, k, v = (torch.randn(1, h, 200, 16) for h in (4, 2, 2))
+    with torch.no_grad():
+        layer(q, k, v)
+    assert sorted(counted_compiles) == expected
+
+
+def test_eager_never_compiles_even_on_cuda_devices():
+    cuda = torch.device("cuda")
+    assert not seerflex.compile.compiles("eager", cuda)
+    assert seerflex.compile.compiles("auto", cuda) and not seerflex.compile.compiles("auto", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown compile mode"):
+        seerflex.compile.compiles("fast", cuda)
