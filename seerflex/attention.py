@@ -83,9 +83,10 @@ class SeerFlexAttention(nn.Module):
         inputs = ScorerInputs(q if gate_q is None else gate_q, k if gate_k is None else gate_k, q, k, layout,
                               options.compile)
         scores = scorer.score_blocks(inputs)
-        if options.check_finite and torch.isnan(scores).any():
-            raise ValueError(f"gate of layer {self.layer_idx} produced NaN block scores: "
-                             "check the inputs and the gate weights for non-finite values")
+        if options.check_finite and bool(torch.isnan(scores).any() | torch.isnan(v).any()):  # one host sync
+            where = "V" if bool(torch.isnan(v).any()) else "the gate's block scores"
+            raise ValueError(f"layer {self.layer_idx}: NaN in {where}; check the inputs and the gate weights for "
+                             "non-finite values (RuntimeOptions(check_finite=False) skips this check)")
         selection = self.policy.select(scores, layout, compile=options.compile)
         block_mask = block_mask_for(selection, layout, compile=options.compile,
                                     compute_q_blocks=torch.is_grad_enabled() and q.requires_grad)
@@ -99,7 +100,10 @@ class SeerFlexAttention(nn.Module):
     def _check(self, q: Tensor, k: Tensor, v: Tensor) -> None:
         g = self.gate
         if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-            raise ValueError("q, k, v must be [batch, heads, seq, head_dim]")
+            raise ValueError(f"q, k, v must be [batch, heads, seq, head_dim], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                             f"{tuple(v.shape)}")
+        if not all(t.is_floating_point() for t in (q, k, v)) or len({q.dtype, k.dtype, v.dtype}) > 1:
+            raise ValueError(f"q, k, v must be floating point tensors of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
         if q.shape[1] != g.num_heads or k.shape[1] != g.num_kv_heads or v.shape[1] != g.num_kv_heads:
             raise ValueError(f"layer built for {g.num_heads} query / {g.num_kv_heads} KV heads, got q "
                              f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")

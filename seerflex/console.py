@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # redirected output keeps wide tables readable (rich falls back to 80 columns without a terminal)
@@ -20,3 +21,8 @@ def progress(*, transient: bool = True, disable: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=console, transient=transient, disable=disable)
+
+
+def warn(message: str) -> None:
+    """One yellow line, never wrapped, so a log file keeps it whole."""
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True, highlight=False)

@@ -7,6 +7,7 @@ kernels.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -69,8 +70,10 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
                   enable_gqa=q.shape[1] != k.shape[1],
                   kernel_options=kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0], backend))
 
-    if fn is flex_attention:
-        return call()
+    if fn is flex_attention:  # eager by choice (CPU, compile="eager"): torch's advice to compile is noise here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return call()
     try:
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
             return call()

@@ -31,48 +31,15 @@ def test_yaml_then_key_value_then_flags(tmp_path):
     assert parse_recipe(Knobs, [], prog="t") == Knobs()
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["steps=abc"], "t: steps: expected a whole number, got 'abc'"),
-    (["lr=fast"], "t: lr: expected a number"),
-    (["stepz=3"], "unknown key"),
-    (["--check", "maybe"], "expected true or false"),
-    (["lengths=[1,x]"], "lengths: expected a whole number"),
-])
-def test_bad_values_name_the_key(argv, message):
-    with pytest.raises(ValueError, match=message):
-        parse_recipe(Knobs, argv, prog="t")
+HELP = [["--help"], ["eval", "--help"], ["bench", "--help"], ["distill", "--help"], ["convert", "--help"],
+        ["demo", "--help"], ["bench", "kernel", "--help"], ["bench", "ttft", "--help"],
+        *(["eval", sub, "--help"] for sub in ("ppl", "passkey", "needle", "sparsity", "budget"))]
 
 
-def test_broken_yaml_names_file_and_line(tmp_path):
-    config = tmp_path / "bad.yaml"
-    config.write_text("steps: 5\nlr: [1,\n")
-    with pytest.raises(ValueError, match=r"bad.yaml is not valid YAML \(line"):
-        parse_recipe(Knobs, [str(config)], prog="t")
-
-
-@pytest.mark.parametrize(("argv", "message"), [
-    (["eval", "ppl", "policies=topk:abc"], "'topk:abc'"),
-    (["eval", "ppl", "scorers=dense,bm25"], "unknown scorer"),
-    (["eval", "ppl", "prefix=512", "window=256"], "prefix (512)"),
-    (["eval", "summarise"], "unknown eval command"),
-    (["distill", "steps=abc"], "steps: expected a whole number"),
-    (["distill", "no_such.yaml"], "recipe config no_such.yaml does not exist"),
-    (["distill", "a", "b"], "unexpected argument 'a'"),
-    (["bench", "flops"], "unknown benchmark"),
-    (["convert"], "needs SOURCE and OUTPUT"),
-    (["nope"], "unknown command"),
-])
-def test_cli_errors_are_one_line_with_exit_code_2(argv, message, capsys):
-    assert cli_main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["eval", "ppl", "--help"], ["bench", "--help"],
-                                  ["bench", "kernel", "--help"], ["distill", "--help"], ["convert", "--help"]])
-def test_help_exits_0_and_shows_keys(argv, capsys):
+@pytest.mark.parametrize("argv", HELP, ids=" ".join)
+def test_every_command_has_help_that_exits_0(argv, capsys):
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
-    assert "usage" in out.lower()
-    if argv[-2:] == ["distill", "--help"]:
-        assert "[key=value ...]" in out and "seq_len" in out
+    assert out.lower().startswith("usage: seerflex") and "[key=value" in out
+    if len(argv) > 2 or argv[0] in ("distill", "convert", "demo"):  # a recipe: its keys with their meaning
+        assert "key" in out and "meaning" in out

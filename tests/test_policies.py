@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seerflex import BlockLayout, SeerFlexConfig, Threshold, TopK, TopP
-from seerflex.policies import as_policy, policy_from_dict
+from seerflex.policies import as_policy
 
 
 def random_scores(b=2, h=3, n=12):
@@ -143,27 +143,6 @@ def test_per_layer_policy_and_json_round_trip():
     again = SeerFlexConfig.from_json(cfg.to_json())
     assert again == cfg
     assert again.policy_for(3) == Threshold((1e-3, 2e-3)) and again.policy_for(0) == TopP(0.9)
-
-
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda: TopK(), "exactly one"),
-    (lambda: TopK(density=1.5), "density"),
-    (lambda: Threshold(-1), "threshold"),
-    (lambda: TopP(float("nan")), "p must"),
-    (lambda: TopK(k=2, sink=-1), "sink"),
-    (lambda: policy_from_dict({"type": "bottomk"}), "unknown policy"),
-    (lambda: SeerFlexConfig(block_size=48), "block_size"),
-    (lambda: SeerFlexConfig(gate_type="Qavg_Kmedian"), "unknown gate type"),
-    (lambda: SeerFlexConfig.from_dict({"gate": 1}), "unknown SeerFlexConfig"),
-    (lambda: SeerFlexConfig.from_dict({"compile": "auto"}), "runtime options"),
-    (lambda: TopK(0.1), "whole number.*TopK.density=0.1"),
-    (lambda: as_policy("topk:abc"), "'topk:abc'.*not a number"),
-    (lambda: as_policy("bottomk:0.1"), "unknown policy 'bottomk'"),
-    (lambda: as_policy("topk:0.1:sink=-1"), "sink"),
-])
-def test_bad_policies_and_configs_are_rejected(make, message):
-    with pytest.raises(ValueError, match=message):
-        make()
 
 
 @pytest.mark.parametrize("policy", [TopK(density=0.2), TopK(k=3, max_blocks=2), TopK.original(0.3),

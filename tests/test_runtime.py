@@ -71,10 +71,3 @@ def test_sparse_layers_scorer_and_overrides_change_calls_and_are_restored():
     assert [(i, s.mean_density) for i, s in records] == [(0, 1.0)]  # only the layer the dict names, at its policy
     assert (sm.peft_config["default"].policy, sm.scorer, sm.sparse_layers, sm.runtime_options) == before
     assert sm.peft_config["default"].layer_policies == {}
-
-
-def test_runtime_options_reject_bad_values():
-    for bad, message in [({"compile": "fast"}, "compile mode"), ({"backend": "cuda"}, "backend"),
-                         ({"dense_below": -5}, "dense_below"), ({"check_finite": "yes"}, "check_finite")]:
-        with pytest.raises(ValueError, match=message):
-            RuntimeOptions(**bad)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from seerflex.files import default_mode
+
 GATES, STATE = "gates.safetensors", "state.pt"
 
 
@@ -21,6 +23,7 @@ def save(directory: Path, gates: dict[str, torch.Tensor], state: dict[str, Any])
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    os.chmod(tmp, default_mode(0o777))  # mkdtemp makes it 0700
     save_file({k: v.detach().cpu().contiguous() for k, v in gates.items()}, str(tmp / GATES))
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     rng = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], path: P
                 ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v < vmax / 2 else "black", fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 48), fontsize=9)  # narrow heatmaps clipped long titles
     fig.colorbar(im, ax=ax)
     return _save(fig, path, tight=True)
 

@@ -35,8 +35,13 @@ class AttnGate(nn.Module):
         project_q: bool | None = None,
     ) -> None:
         super().__init__()
+        for name, value in (("num_heads", num_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even (rotary embeddings rotate pairs of channels), got {head_dim}")
         if hidden_size % 2:
             raise ValueError(f"gate hidden_size must be even for RoPE, got {hidden_size}")
         self.gate_type = gate_type if isinstance(gate_type, GateType) else GateType.parse(gate_type)
@@ -91,6 +96,8 @@ class AttnGate(nn.Module):
     def _check(self, q: Tensor, k: Tensor) -> None:
         if q.dim() != 4 or k.dim() != 4:
             raise ValueError(f"gate expects q [B, Hq, S, D] and k [B, Hkv, S, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+        if not (q.is_floating_point() and k.is_floating_point()):
+            raise ValueError(f"gate inputs must be floating point tensors, got q {q.dtype} and k {k.dtype}")
         expected_q = (self.num_heads, q.shape[2], self.head_dim)
         if tuple(q.shape[1:]) != expected_q or tuple(k.shape[1:]) != (self.num_kv_heads, q.shape[2], self.head_dim) \
                 or k.shape[0] != q.shape[0]:

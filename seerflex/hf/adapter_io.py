@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from seerflex.config import SeerFlexConfig
+from seerflex.files import atomic_write, sha256
 from seerflex.gates.gate_type import GateType
 from seerflex.hf.families import ModelSpec
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS
@@ -37,7 +37,7 @@ FORMAT_VERSION = 1
 GEOMETRY = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
 REQUIRED_META = (*GEOMETRY, "gated_layers", "project_q")
 OPTIONAL_META = ("peft_type", "format_version", "seerflex_version", "model_type", "base_model_name_or_path",
-                 "revision")
+                 "revision", "weights_sha256")
 
 
 def gate_key(layer_idx: int, param: str) -> str:
@@ -116,23 +116,18 @@ def write_adapter(directory: str | os.PathLike, config: SeerFlexConfig, meta: di
     body |= {"peft_type": PEFT_TYPE, "format_version": FORMAT_VERSION, "seerflex_version": __version__}
     body |= config.to_dict()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic(out / ADAPTER_WEIGHTS, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-    _atomic(out / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n"))
-
-
-def _atomic(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    body["weights_sha256"] = sha256(out / ADAPTER_WEIGHTS)  # verified on load: a flipped bit is an error
+    atomic_write(out / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n"))
 
 
 def read_adapter(source: str, config_path: Path, weights_path: Path) -> GateCheckpoint:
-    raw = json.loads(config_path.read_text())
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_path} must hold a JSON object, got {type(raw).__name__}")
     if raw.get("peft_type") != PEFT_TYPE:
         raise ValueError(f"{source}: {ADAPTER_CONFIG} has peft_type {raw.get('peft_type')!r}, not {PEFT_TYPE!r}; "
                          "adapters of other PEFT methods load with peft.PeftModel.from_pretrained")
@@ -144,7 +139,17 @@ def read_adapter(source: str, config_path: Path, weights_path: Path) -> GateChec
         raise ValueError(f"{source}: {ADAPTER_CONFIG} lacks {missing}")
     meta = {k: raw.pop(k) for k in (*REQUIRED_META, *OPTIONAL_META) if k in raw}
     legacy_runtime = {k: raw.pop(k) for k in LEGACY_ADAPTER_FIELDS if k in raw}  # runtime options, pre-split
-    config = SeerFlexConfig.from_dict(raw)
-    with safe_open(str(weights_path), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    try:
+        config = SeerFlexConfig.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: {err}") from None
+    expected = meta.get("weights_sha256")
+    if expected is not None and sha256(weights_path) != expected:
+        raise ValueError(f"{weights_path} does not match the checksum in {ADAPTER_CONFIG}: the file was changed or "
+                         "damaged after it was saved")
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 -- safetensors raises its own error types for damaged files
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({err})") from None
     return GateCheckpoint(source, config, meta, shapes, lambda: load_file(str(weights_path)), legacy_runtime)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from seerflex.hf.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GateCheckpoint, read_adapter
 from seerflex.hf.original import ORIGINAL_CONFIG, ORIGINAL_WEIGHTS, read_original
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_checkpoint(path_or_id: str | os.PathLike, *, revision: str | None = None,
@@ -30,6 +33,8 @@ def _resolve(path_or_id: str, revision: str | None, token: str | bool | None) ->
                          f"SeerAttention gates ({' + '.join(pairs[1])})")
     if local.exists():
         raise ValueError(f"{local} is a file; pass the folder that holds {ADAPTER_CONFIG}")
+    if not HUB_ID.match(path_or_id):  # not "owner/name": a local path that does not exist, no hub retries
+        raise FileNotFoundError(f"no folder {path_or_id!r} (and it is not a Hugging Face Hub id 'owner/name')")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 

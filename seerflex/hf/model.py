@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,10 @@ class SeerFlexModel(nn.Module):
         super().__init__()
         spec = inspect_model(model)
         hf_model = hf_model_of(model)
+        if not spec.gated_layers:
+            warnings.warn(f"every attention layer of this {spec.model_type} model uses a sliding window, so no layer "
+                          "gets a gate and seerflex changes nothing (only full-attention layers run block-sparse)",
+                          stacklevel=2)
         if any(hasattr(layer.module, STATE_ATTR) for layer in spec.layers):
             raise ValueError("this model already carries seerflex gates; add more with load_adapter/add_adapter "
                              "on its SeerFlexModel")

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +15,7 @@ import torch
 from rich.table import Table
 
 from seerflex.console import console
+from seerflex.files import atomic_write
 
 
 def environment() -> dict[str, Any]:
@@ -38,13 +37,7 @@ def environment() -> dict[str, Any]:
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write atomically (temp file + rename) so an interrupted run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str)))
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

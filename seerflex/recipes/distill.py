@@ -20,10 +20,11 @@ import torch
 
 from seerflex.assets import load_model
 from seerflex.config import SeerFlexConfig
-from seerflex.console import console, progress
+from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
 from seerflex.distill.data import batch_indices, pack
+from seerflex.files import atomic_write
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
@@ -56,6 +57,31 @@ class DistillRecipe:
     runtime: dict = knob({}, "RuntimeOptions fields (compile, backend, check_finite); every call is scored, "
                              "so dense_below is 0")
 
+    def __post_init__(self) -> None:
+        """Every value checked before seconds of model loading."""
+        for name in ("seq_len", "batch_size", "steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"need warmup_steps >= 0, lr > 0 and weight_decay >= 0, got {self.warmup_steps}, "
+                             f"{self.lr}, {self.weight_decay}")
+        if self.target not in ("max", "mass") or self.reduction not in ("mean", "batchmean"):
+            raise ValueError(f"target must be max or mass and reduction mean or batchmean, got {self.target!r}, "
+                             f"{self.reduction!r}")
+        if not 0 <= self.skip_first_rows < 1:
+            raise ValueError(f"skip_first_rows must be in [0, 1), got {self.skip_first_rows}")
+        self.configs()
+
+    def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
+        """The gate config and the runtime options this recipe asks for."""
+        legacy = {k: v for k, v in self.seerflex.items() if k in LEGACY_ADAPTER_FIELDS}  # older recipes' runtime keys
+        config = SeerFlexConfig.from_dict({k: v for k, v in self.seerflex.items() if k not in legacy})
+        return config, RuntimeOptions(**{**legacy, **self.runtime, "dense_below": 0})
+
+
+RESUME_KEYS = ("data", "seq_len", "batch_size", "steps", "lr", "weight_decay", "warmup_steps", "seed", "target",
+               "reduction", "skip_first_rows", "loss_scale")
+
 
 def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Path:
     """Run (or resume) a distillation; returns the folder of the saved adapter."""
@@ -71,9 +97,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     if model is None:
         with accelerator.main_process_first():  # the first load may convert/cache the model: once, not per rank
             model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 else torch.float32)
-    legacy = {k: v for k, v in recipe.seerflex.items() if k in LEGACY_ADAPTER_FIELDS}  # recipes of older versions
-    config = SeerFlexConfig.from_dict({k: v for k, v in recipe.seerflex.items() if k not in legacy})
-    runtime = RuntimeOptions(**{**legacy, **recipe.runtime, "dense_below": 0})
+    config, runtime = recipe.configs()
     wrapped = get_seerflex_model(model, config, runtime=runtime)
     pieces = pack(load_texts(recipe.data, recipe.text_field), tokenizer, recipe.seq_len)
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
@@ -83,6 +107,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     ckpt_dir, start = out / "checkpoint", 0
     if recipe.resume and (ckpt_dir / checkpoint.STATE).is_file():
         gates, state = checkpoint.load(ckpt_dir)
+        check_resumable(ckpt_dir, state, gates, params, config, recipe)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(gates[name])
@@ -90,6 +115,8 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         console.log(f"resumed from {ckpt_dir} at step {start}")
+    elif recipe.resume:
+        warn(f"resume=true, but {ckpt_dir} holds no checkpoint: starting at step 0")
     # the scheduler stays unprepared: accelerate would step it once per process, and the schedule is per step
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
     collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows)
@@ -97,6 +124,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     metrics_file = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        keep_metrics_until(metrics_file, start)
         write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
                                          "pieces": pieces.shape[0], "world_size": world})
     last: dict[str, Any] = {}
@@ -129,7 +157,8 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
                 if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
                     checkpoint.save(ckpt_dir, {n: p for n, p in params.items()},
                                     {"step": step + 1, "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict()})
+                                     "scheduler": scheduler.state_dict(), "config": config.to_dict(),
+                                     "recipe": {k: getattr(recipe, k) for k in RESUME_KEYS}})
     adapter = out / "adapter"
     if accelerator.is_main_process:
         accelerator.unwrap_model(runner).save_pretrained(adapter)
@@ -138,6 +167,33 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
                         [[v for k, v in last.items() if k != "layer_kl"]])
         console.print(f"adapter saved to {adapter}")
     return adapter
+
+
+def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torch.Tensor],
+                    params: dict[str, torch.nn.Parameter], config: SeerFlexConfig, recipe: DistillRecipe) -> None:
+    """Refuse a checkpoint of other gates; warn about training settings that changed since it was made."""
+    saved = state.get("config")
+    if saved is not None and saved != config.to_dict():
+        changed = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
+        raise ValueError(f"the checkpoint in {ckpt_dir} is for another gate config (differs in {', '.join(changed)}); "
+                         "resume with the recipe that made it, or use another output_dir")
+    wrong = sorted(n for n, p in params.items() if n not in gates or tuple(gates[n].shape) != tuple(p.shape))
+    if wrong or set(gates) != set(params):
+        raise ValueError(f"the checkpoint in {ckpt_dir} holds other gates than this model and config "
+                         f"(e.g. {(wrong or sorted(set(gates) ^ set(params)))[0]})")
+    before = state.get("recipe", {})
+    changed = [f"{k} {before[k]!r} -> {getattr(recipe, k)!r}" for k in RESUME_KEYS
+               if k in before and before[k] != getattr(recipe, k)]
+    if changed:
+        warn(f"resuming with changed settings: {'; '.join(changed)}")
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop metric lines after ``step`` (all of them for a fresh run): a resumed run writes each step once."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in lines)))
 
 
 def main(argv: list[str]) -> int:

@@ -27,7 +27,7 @@ import torch
 
 from seerflex.assets import load_model
 from seerflex.config import SeerFlexConfig
-from seerflex.console import console
+from seerflex.console import console, warn
 from seerflex.distill.collector import Collector, collecting
 from seerflex.evaluation import plots
 from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
@@ -117,13 +117,14 @@ def load_seerflex_model(args: EvalArgs) -> tuple[Any, Any]:
     Every prefill runs sparse (``dense_below=0``): short evaluation windows count too."""
     from seerflex.hf.model import SeerFlexModel, get_seerflex_model
 
-    base, tokenizer = load_model(args.model, getattr(torch, args.dtype))
-    base = base.to(args.device).eval()
+    with console.status(f"loading {args.model} ({args.dtype}, {args.device})"):
+        base, tokenizer = load_model(args.model, getattr(torch, args.dtype))
+        base = base.to(args.device).eval()
     runtime = RuntimeOptions(compile=args.compile, dense_below=0)
     if args.adapter:
         wrapped = SeerFlexModel.from_pretrained(base, args.adapter, runtime=runtime)
     else:
-        console.log("[yellow]no adapter: the 'gate' scorer uses untrained gates; baselines are unaffected[/yellow]")
+        warn("no adapter: the 'gate' scorer uses untrained gates; baselines are unaffected")
         wrapped = get_seerflex_model(base, SeerFlexConfig(), runtime=runtime)
     return wrapped.to(args.device), tokenizer
 
