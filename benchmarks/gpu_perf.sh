@@ -34,6 +34,25 @@ ttft2)
 ttft3)
   python -m seerflex.cli bench ttft --lengths 65536 131072 --densities 0.1 0.05 --block-size 128 --no-finite-check \
     --out "$OUT"/bench_ttft_v3_b128.json ;;
+fa4a)  # FlashAttention-4 wheels in three carried parts (../shared/tools/fa4_wheels.sh .whl; then .whl/b split into
+  mkdir -p /tmp/wh && cp .whl/a/* /tmp/wh/ && ls -la /tmp/wh ;;  # b1 = the cu13.* files, b2 = the other wheels,
+fa4b)  # so that each call's tree stays under 64 MiB)
+  cp .whl/b1/* /tmp/wh/ && ls -la /tmp/wh ;;
+flash)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
+  cp .whl/b2/* /tmp/wh/ && cat /tmp/wh/cu13.part.* > /tmp/wh/"$(cat /tmp/wh/cu13.name)" && rm /tmp/wh/cu13.part.*
+  (cd /tmp/wh && echo "$(cat cu13.sha256)  $(cat cu13.name)" | sha256sum -c) && rm /tmp/wh/cu13.name /tmp/wh/cu13.sha256
+  pip install -q --no-index --no-deps --target /tmp/site /tmp/wh/*.whl
+  mkdir -p /tmp/sc && echo 'import site; site.addsitedir("/tmp/site")' > /tmp/sc/sitecustomize.py
+  export PYTHONPATH=/tmp/sc:$PWD
+  python -c "import flash_attn.cute, seerflex.flex as f, torch; print('flash:', f.flash_unavailable(torch.device('cuda')) or 'available')"
+  for b in triton flash; do
+    python -m seerflex.cli bench kernel lengths=[8192,32768,131072] densities=[0.1] compile=static backend=$b \
+      --no-check-finite out="$OUT"/bench_kernel_${b}_b64.json
+    python -m seerflex.cli bench kernel lengths=[8192,32768,131072] densities=[0.1] compile=static backend=$b \
+      block_size=128 --no-check-finite out="$OUT"/bench_kernel_${b}_b128.json
+  done
+  python -m seerflex.cli bench ttft lengths=[65536,131072] densities=[0.1] backend=flash block_size=128 \
+    --no-check-finite out="$OUT"/bench_ttft_flash_b128.json ;;
 arch)
   python -m seerflex.cli bench kernel lengths=[8192,32768,131072] densities=[0.1] compile=static --no-check-finite \
     out="$OUT"/bench_kernel_arch_static.json

@@ -7,13 +7,16 @@ kernels.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from functools import cache
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from seerflex.block_mask import causal_mask_mod
 from seerflex.compile import compiled
 
 
@@ -21,7 +24,7 @@ from seerflex.compile import compiled
 # graph per length, and past it dynamo silently runs flex_attention *eagerly*, which materialises
 # S x S scores: at 128k that was an out-of-memory error asking for 2 TiB (benchmarks/NOTES.md, v4).
 RECOMPILE_LIMIT = 64
-BACKENDS = ("auto", "triton")
+BACKENDS = ("auto", "triton", "flash")
 
 
 def flex_function(mode: str, device: torch.device) -> Callable[..., Tensor]:
@@ -34,10 +37,51 @@ def flex_function(mode: str, device: torch.device) -> Callable[..., Tensor]:
     return compiled(flex_attention, mode, device, dynamic=mode != "static")
 
 
-def kernel_options(device: torch.device, head_dim: int, block_size: int, backend: str = "auto"
+@cache
+def flash_unavailable(device: torch.device) -> str | None:
+    """Why flex cannot run FlashAttention-4 kernels on ``device`` (None: it can).
+
+    torch >= 2.10 lowers compiled flex_attention to FA4's CuTe kernels with ``BACKEND="FLASH"`` on
+    Hopper and Blackwell when ``flash_attn.cute`` imports (``pip install seerflex[flash]``).
+    """
+    if device.type != "cuda":
+        return "it needs a CUDA GPU"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 9:
+        return f"it needs an sm90+ GPU (Hopper, Blackwell), this one is sm{major}{minor}"
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 10):
+        return f"it needs torch >= 2.10, this is {torch.__version__}"
+    try:
+        found = importlib.util.find_spec("flash_attn.cute") is not None
+    except ModuleNotFoundError:
+        found = False
+    return None if found else "flash-attn-4 is not installed (pip install 'seerflex[flash]')"
+
+
+def kernel_backend(backend: str, device: torch.device, *, compiled: bool, plain_mask: bool) -> str:
+    """The kernel one call runs: "triton" or "flash".
+
+    "auto" takes FLASH where it can run and the call fits it: compiled flex, a causal ``mask_mod``
+    (FA4 compiles mask_mod to CuTe, where the padded route's tensor lookups are slow) and no
+    score_mod; "flash" insists and raises where it cannot run, never falling back silently.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "flash":
+        reason = flash_unavailable(device) or (None if compiled else "it runs only compiled (compile='eager' was set)")
+        if reason:
+            raise ValueError(f"kernel backend 'flash' cannot run here: {reason}")
+        return "flash"
+    if backend == "auto" and compiled and plain_mask and flash_unavailable(device) is None:
+        return "flash"
+    return "triton"
+
+
+def kernel_options(device: torch.device, head_dim: int, block_size: int, backend: str = "triton"
                    ) -> dict[str, Any] | None:
-    """Forward tile sizes and pipelining of the ``backend`` kernel (``RuntimeOptions.backend``) for
-    this block size; "auto" is the Triton kernel.
+    """Kernel options of the resolved ``backend`` ("triton" or "flash", see ``kernel_backend``).
+
+    FLASH: FA4 picks its own tiles. Triton: forward tile sizes and pipelining for this block size.
 
     On GPU the mask's block size must be a multiple of the kernel tile; the default tiles (128 x 64
     at head 128) reject 64- and 32-token blocks ("Q and KV block size must be divisible by BLOCK_M
@@ -47,8 +91,8 @@ def kernel_options(device: torch.device, head_dim: int, block_size: int, backend
     blocks 128 x 64 tiles with 4 warps / 2 stages beat 64 x 64 by 10-12% at 32k and 128k
     (2.19 vs 2.43 ms, 34.7 vs 39.5 ms; ..._perf_experiments_v3.json).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "flash":
+        return {"BACKEND": "FLASH"}
     if device.type != "cuda":
         return None
     return {"BLOCK_M": min(block_size, 128), "BLOCK_N": min(block_size, 64), "num_warps": 4, "num_stages": 2}
@@ -61,14 +105,16 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
 
     ``score_mod`` (e.g. Gemma-2 logit soft-capping) must be the same function object on every
     call to reuse the compiled kernel. A compiled mode never falls back to eager flex (S x S memory):
-    past ``RECOMPILE_LIMIT`` shapes it raises instead.
+    past ``RECOMPILE_LIMIT`` shapes it raises instead. ``backend``: ``RuntimeOptions.backend``.
     """
     fn = flex_function(compile, q.device)
+    kernel = kernel_backend(backend, q.device, compiled=fn is not flex_attention,
+                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None)
+    options = kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0], kernel)
 
     def call() -> Tensor:
         return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                  enable_gqa=q.shape[1] != k.shape[1],
-                  kernel_options=kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0], backend))
+                  enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
 
     if fn is flex_attention:  # eager by choice (CPU, compile="eager"): torch's advice to compile is noise here
         with warnings.catch_warnings():

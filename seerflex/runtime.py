@@ -26,7 +26,9 @@ LEGACY_ADAPTER_FIELDS = ("compile", "dense_below", "check_finite")
 class RuntimeOptions:
     """``compile``: ``seerflex.compile.COMPILE_MODES`` ("auto" = compiled on CUDA, eager elsewhere;
     "static" compiles per length, ~20% faster kernels for fixed-length work; "eager" never compiles).
-    ``backend``: flex kernel backend ("auto" = Triton). ``dense_below``: prompts shorter than this
+    ``backend``: flex kernel, "triton", "flash" (FlashAttention-4 through flex, sm90+ with
+    ``seerflex[flash]``; an error where it cannot run) or "auto" (FLASH where it can run and the call
+    fits it, else Triton; ``seerflex.flex.kernel_backend``). ``dense_below``: prompts shorter than this
     run dense (sparsity only pays on long prefills). ``check_finite``: raise on NaN block scores
     (one host sync per layer; switch off for CUDA-graph capture)."""
 

@@ -104,3 +104,33 @@ def test_eager_never_compiles_even_on_cuda_devices():
     assert seerflex.compile.compiles("auto", cuda) and not seerflex.compile.compiles("auto", torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown compile mode"):
         seerflex.compile.compiles("fast", cuda)
+
+
+def test_kernel_backend_choice(monkeypatch):
+    """auto takes FLASH only where it runs and fits the call; flash insists or says why; triton is triton."""
+    import seerflex.flex as flex
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(flex, "flash_unavailable", lambda device: None if device.type == "cuda" else "it needs a CUDA GPU")
+    assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=True) == "flash"
+    assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=False) == "triton"  # padded route, score_mod
+    assert flex.kernel_backend("auto", cuda, compiled=False, plain_mask=True) == "triton"  # eager
+    assert flex.kernel_backend("triton", cuda, compiled=True, plain_mask=True) == "triton"
+    assert flex.kernel_options(cuda, 128, 64, "flash") == {"BACKEND": "FLASH"}
+    assert flex.kernel_options(cuda, 128, 64, "triton")["BLOCK_M"] == 64
+    with pytest.raises(ValueError, match="'flash' cannot run here: it needs a CUDA GPU"):
+        flex.kernel_backend("flash", cpu, compiled=True, plain_mask=True)
+    with pytest.raises(ValueError, match="runs only compiled"):
+        flex.kernel_backend("flash", cuda, compiled=False, plain_mask=True)
+    monkeypatch.setattr(flex, "flash_unavailable", lambda device: "flash-attn-4 is not installed")
+    assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=True) == "triton"
+
+
+def test_flash_is_unavailable_on_this_cpu_and_the_layer_says_so():
+    from seerflex.flex import flash_unavailable
+
+    assert flash_unavailable(torch.device("cpu")) == "it needs a CUDA GPU"
+    layer = SeerFlexAttention(SeerFlexConfig(block_size=32), 4, 2, 16,
+                              runtime=Runtime(RuntimeOptions(backend="flash", dense_below=0)))
+    with pytest.raises(ValueError, match="kernel backend 'flash' cannot run here"):
+        layer(*(torch.randn(1, h, 128, 16) for h in (4, 2, 2)))

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK, build_block_mask
-from seerflex.block_mask import block_mask_for
+from seerflex.block_mask import block_mask_for, causal_mask_mod
+from seerflex.compile import compiles
 from seerflex.console import console
-from seerflex.flex import dense_attention, sparse_attention
+from seerflex.flex import dense_attention, kernel_backend, sparse_attention
 from seerflex.policies import SparsityStats
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
@@ -40,6 +41,7 @@ class BenchKernelArgs:
     block_size: int = knob(64, "gate block size")
     dtype: str = knob("bfloat16", "tensor dtype")
     compile: str = knob("auto", "runtime compile mode: auto, dynamic, static, eager")
+    backend: str = knob("auto", "flex kernel: auto, triton, flash (FlashAttention-4, sm90+)")
     device: str = knob("cuda" if GPU else "cpu", "torch device")
     check: bool = knob(True, "check outputs against a float64 masked reference (--no-check to skip)")
     check_finite: bool = knob(True, "layers check scores for NaN (a host sync); --no-check-finite also times a "
@@ -118,7 +120,8 @@ def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[
     rows.append(base | {"method": "flex dense", "density": 1.0, "total_ms": flex_ms})
     for density in densities:
         cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size)
-        runtime = Runtime(RuntimeOptions(compile=args.compile, dense_below=0, check_finite=args.check_finite))
+        runtime = Runtime(RuntimeOptions(compile=args.compile, backend=args.backend, dense_below=0,
+                                         check_finite=args.check_finite))
         layer = SeerFlexAttention(cfg, args.heads, args.kv_heads, args.head_dim, runtime=runtime).to(dev, dtype)
         layout, mode = BlockLayout(s, args.block_size), args.compile
         scores = layer.gate(q, k, layout, compile=mode)
@@ -134,7 +137,9 @@ def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[
             "gate_ms": timed(lambda: layer.gate(q, k, layout, compile=mode)),
             "policy_ms": timed(lambda: layer.policy.select(scores, layout, compile=mode)),
             "build_ms": timed(build),
-            "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, compile=args.compile)),
+            "kernel": kernel_backend(args.backend, dev, compiled=compiles(mode, dev),
+                                     plain_mask=block_mask.mask_mod is causal_mask_mod),
+            "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, compile=mode, backend=args.backend)),
             "total_ms": timed(lambda: layer(q, k, v)),
         }
         if dev.type == "cuda":
@@ -143,6 +148,8 @@ def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[
                 row["graph_ms"] = graph_replay_ms(lambda: layer(q, k, v))
         if args.check:
             row["max_rel_err"] = max_relative_error(out, q, k, v, kept, args.block_size)
+            dense_out = dense_attention(q, k, v).float()  # a sparse kernel that ran dense would show ~0 here
+            row["rel_diff_vs_dense"] = float((out.float() - dense_out).norm() / dense_out.norm())
         row["total_vs_density_x_sdpa"] = row["total_ms"] / (row["achieved_density"] * sdpa_ms)
         row["overhead_vs_kernel"] = (row["gate_ms"] + row["policy_ms"] + row["build_ms"]) / row["kernel_ms"]
         if isinstance(row.get("graph_ms"), float):
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_recipe(BenchKernelArgs, argv or [], prog="seerflex bench kernel")
     if args is None:
         return 0
-    RuntimeOptions(compile=args.compile)  # a bad mode fails here, not after the first length
+    RuntimeOptions(compile=args.compile, backend=args.backend)  # bad values fail here, not after the first length
     results: list[dict[str, Any]] = []
     with torch.no_grad():
         for s in args.lengths:
@@ -166,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"seq_len": s, "error": f"out of memory: {err}"})
                 torch.cuda.empty_cache()
             write_json(args.out, {"environment": environment(), "args": asdict(args), "results": results})
-    cols = ["seq_len", "method", "density", "achieved_density", "gate_ms", "policy_ms", "build_ms", "kernel_ms",
+    cols = ["seq_len", "method", "kernel", "block_size", "density", "achieved_density", "gate_ms", "policy_ms",
+            "build_ms", "kernel_ms",
             "total_ms", "graph_ms", "total_vs_density_x_sdpa", "max_rel_err"]
     print_table(f"per-layer attention ({environment()['device']})", cols,
                 [[r.get(c, "") for c in cols] for r in results if "error" not in r])

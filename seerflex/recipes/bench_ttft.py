@@ -81,6 +81,7 @@ class BenchTtftArgs:
     repeats: int = knob(2, "timed prefills per point (after one warm-up)")
     block_size: int = knob(64, "gate block size")
     compile: str = knob("auto", "runtime compile mode: auto, dynamic, static, eager")
+    backend: str = knob("auto", "flex kernel: auto, triton, flash (FlashAttention-4, sm90+)")
     check_finite: bool = knob(True, "layers check scores for NaN (one host sync per layer)")
     out: str = knob("benchmarks/results/bench_ttft.json", "result file")
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = get_seerflex_model(random_llama(args.layers, "cuda"),
                                SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block_size),
-                               runtime=RuntimeOptions(compile=args.compile, dense_below=0,
+                               runtime=RuntimeOptions(compile=args.compile, backend=args.backend, dense_below=0,
                                                       check_finite=args.check_finite))
     model.to(torch.bfloat16)
     results: list[dict[str, Any]] = []
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 for d in args.densities:
                     model.set_policy(TopK(density=d))
                     t, mem = time_prefill(model, ids, args.repeats)
-                    results.append({"seq_len": s, "method": "seerflex", "block_size": args.block_size, "density": d,
+                    results.append({"seq_len": s, "method": "seerflex", "backend": args.backend,
+                                    "block_size": args.block_size, "density": d,
                                     "ttft_s": t, "peak_gb": mem, "speedup_vs_dense": dense_s / t})
                     console.log(f"S={s} density={d}: {t:.3f} s vs dense {dense_s:.3f} s")
             except torch.OutOfMemoryError:
