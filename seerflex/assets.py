@@ -22,8 +22,10 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -77,8 +79,7 @@ def smollm2_hf_dir() -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    with console.status("converting SmolLM2 from GGUF"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with console.status("converting SmolLM2 from GGUF"), quiet_transformers():
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         config = loaded.config
@@ -159,4 +160,21 @@ def load_model(name: str, dtype: torch.dtype = torch.float32):
 
     if name == "smollm2":
         name = str(smollm2_hf_dir())
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)
+    with quiet_transformers():
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Loading without transformers' per-file progress bars and warnings: the caller shows one status line."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()

@@ -26,11 +26,17 @@ def test_demo_with_bundled_style_adapter(tmp_path, monkeypatch, recipe_model):
         tmp_path / "gates")
     monkeypatch.setattr(demo, "BUNDLED_GATES", tmp_path / "gates")
     monkeypatch.setattr("seerflex.assets.austen_novels", lambda: {"Emma": "Emma Woodhouse, handsome. " * 200})
-    out = tmp_path / "demo.json"
-    assert demo.main(["--window", "512", "--prefix", "128", "--policies", "topk:0.3", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["scorer"] for r in rows] == ["dense", "learned gates", "pooled Q.K (no training)"]
-    assert all(r["ppl"] > 0 for r in rows) and rows[1]["density"] < 1
+    out = tmp_path / "demo"
+    assert demo.main(["window=512", "prefix=128", "policies=topk:0.3", "passkey_length=640", "depths=[0.3,0.7]",
+                      "compile=eager", f"out={out}"]) == 0
+    result = json.loads((out / "demo.json").read_text())
+    assert [(r["scorer"], r["policy"]) for r in result["ppl"]] == [
+        ("dense", "-"), ("gate", "topk:0.3"), ("recency", "topk:0.3"), ("pooled", "topk:0.3")]
+    assert all(r["ppl"] > 0 for r in result["ppl"]) and all(r["density"] < 1 for r in result["ppl"][1:])
+    assert [(r["scorer"], r["trials"]) for r in result["passkey"]] == [("dense", 2), ("gate", 2), ("recency", 2),
+                                                                       ("pooled", 2)]
+    assert result["passkey"][0]["density"] == 1.0 and all(r["density"] < 1 for r in result["passkey"][1:])
+    assert (out / "demo_ppl.png").stat().st_size > 0 and (out / "demo_passkey.png").stat().st_size > 0
 
 
 def test_ttft_attention_free_run_skips_every_attention_layer_and_restores_it():

@@ -83,3 +83,15 @@ def block_maps(gate: list[list[float]], truth: list[list[float]], path: Path, ti
     fig.colorbar(im, ax=axes)
     fig.suptitle(title)
     return _save(fig, path, tight=False)  # tight_layout fights the shared colour bar
+
+
+def bars(labels: list[str], values: list[float], path: Path, title: str, ylabel: str) -> Path:
+    """One bar per label, values in [0, 1] (accuracies)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(labels), 3.8))
+    ax.bar(range(len(labels)), values, color=[f"C{i}" for i in range(len(labels))])
+    ax.set_xticks(range(len(labels)), [textwrap.fill(label, 14) for label in labels], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(textwrap.fill(title, 48), fontsize=9)
+    return _save(fig, path, tight=True)
