@@ -7,6 +7,8 @@
 #   ttft2:   TTFT with the v3+ path and the attention-free ceiling (Amdahl bound)
 #   kernel5: the default policy with a dense last row at 32k/128k; profile of gate + policy at 128k
 #   ttft3:   TTFT with 128-token blocks (not run yet)
+#   fa4a, fa4b, flash: FlashAttention-4 wheels in three calls, then Triton vs FLASH (v7); fused: the same install,
+#            then v8 (gate + policy + indices in one compiled graph)
 #   arch:    after the runtime/compile refactor (2026-11-30, H200): static, auto and eager layers checked against
 #            the float64 masked reference, and the HF path end to end (TTFT, 4 layers)
 # On 2026-11-25 each of these calls was chained with gpu_smollm2.sh stash (one GGUF part per call).
@@ -38,13 +40,20 @@ fa4a)  # FlashAttention-4 wheels in three carried parts (../shared/tools/fa4_whe
   mkdir -p /tmp/wh && cp .whl/a/* /tmp/wh/ && ls -la /tmp/wh ;;  # b1 = the cu13.* files, b2 = the other wheels,
 fa4b)  # so that each call's tree stays under 64 MiB)
   cp .whl/b1/* /tmp/wh/ && ls -la /tmp/wh ;;
-flash)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
+flash|fused)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
   cp .whl/b2/* /tmp/wh/ && cat /tmp/wh/cu13.part.* > /tmp/wh/"$(cat /tmp/wh/cu13.name)" && rm /tmp/wh/cu13.part.*
   (cd /tmp/wh && echo "$(cat cu13.sha256)  $(cat cu13.name)" | sha256sum -c) && rm /tmp/wh/cu13.name /tmp/wh/cu13.sha256
   pip install -q --no-index --no-deps --target /tmp/site /tmp/wh/*.whl
   mkdir -p /tmp/sc && echo 'import site; site.addsitedir("/tmp/site")' > /tmp/sc/sitecustomize.py
   export PYTHONPATH=/tmp/sc:$PWD
   python -c "import flash_attn.cute, seerflex.flex as f, torch; print('flash:', f.flash_unavailable(torch.device('cuda')) or 'available')"
+  if [ "$1" = fused ]; then  # v8: gate + policy + indices as one compiled graph (seerflex/plan.py)
+    for cfg in "flash 128" "flash 64" "triton 64"; do set -- $cfg
+      python -m seerflex.cli bench kernel lengths=[8192,32768,131072] densities=[0.1] compile=static backend=$1 \
+        block_size=$2 --no-check-finite out="$OUT"/bench_kernel_fused_${1}_b$2.json
+    done
+    exit 0
+  fi
   for b in triton flash; do
     python -m seerflex.cli bench kernel lengths=[8192,32768,131072] densities=[0.1] compile=static backend=$b \
       --no-check-finite out="$OUT"/bench_kernel_${b}_b64.json

@@ -18,6 +18,7 @@ from seerflex.config import SeerFlexConfig
 from seerflex.flex import dense_attention, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
 from seerflex.layout import BlockLayout
+from seerflex.plan import fusable, planned_block_mask
 from seerflex.policies import Policy, PolicyLike, SparsityStats, as_policy
 from seerflex.runtime import Runtime
 from seerflex.scorer import ScorerInputs
@@ -82,14 +83,21 @@ class SeerFlexAttention(nn.Module):
         layout = BlockLayout.from_attention_mask(attention_mask, q.shape[2], self.config.block_size)
         inputs = ScorerInputs(q if gate_q is None else gate_q, k if gate_k is None else gate_k, q, k, layout,
                               options.compile)
-        scores = scorer.score_blocks(inputs)
-        if options.check_finite and bool(torch.isnan(scores).any() | torch.isnan(v).any()):  # one host sync
+        backward = torch.is_grad_enabled() and q.requires_grad
+        if fusable(self.gate, scorer, layout, options.compile, q.device):  # gate, policy, indices: one graph
+            self.gate.check_inputs(inputs.gate_q, inputs.gate_k)
+            block_mask, selection, nan_scores = planned_block_mask(
+                self.gate, self.policy, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
+                compute_q_blocks=backward)
+        else:
+            scores = scorer.score_blocks(inputs)
+            nan_scores = torch.isnan(scores).any()
+            selection = self.policy.select(scores, layout, compile=options.compile)
+            block_mask = block_mask_for(selection, layout, compile=options.compile, compute_q_blocks=backward)
+        if options.check_finite and bool(nan_scores | torch.isnan(v).any()):  # one host sync
             where = "V" if bool(torch.isnan(v).any()) else "the gate's block scores"
             raise ValueError(f"layer {self.layer_idx}: NaN in {where}; check the inputs and the gate weights for "
                              "non-finite values (RuntimeOptions(check_finite=False) skips this check)")
-        selection = self.policy.select(scores, layout, compile=options.compile)
-        block_mask = block_mask_for(selection, layout, compile=options.compile,
-                                    compute_q_blocks=torch.is_grad_enabled() and q.requires_grad)
         out = sparse_attention(q, k, v, block_mask, scale=scale, compile=options.compile, backend=options.backend,
                                score_mod=score_mod)
         stats = SparsityStats.of(selection.kept, layout) if return_stats or self.runtime.stats is not None else None

@@ -131,10 +131,13 @@ def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
     if selection.order.dim() != 4 or selection.order.shape[-2] != n or selection.num_blocks != n:
         raise ValueError(f"selection is for {selection.num_blocks} blocks, layout has {n}")
     indices = compiled(selection_indices, compile, selection.order.device)
-    return BlockMask.from_kv_blocks(
-        *indices(selection.order, selection.count, selection.dense_rows),
-        BLOCK_SIZE=(layout.block_size, layout.block_size),
-        mask_mod=causal_mask_mod,
-        seq_lengths=(layout.seq_len, layout.seq_len),
-        compute_q_blocks=compute_q_blocks,
-    )
+    return causal_block_mask(indices(selection.order, selection.count, selection.dense_rows), layout,
+                             compute_q_blocks=compute_q_blocks)
+
+
+def causal_block_mask(indices: tuple[Tensor, Tensor, Tensor, Tensor], layout: BlockLayout, *,
+                      compute_q_blocks: bool = False) -> BlockMask:
+    """BlockMask from ``selection_indices`` output: causal ``mask_mod`` on the partial diagonal tiles."""
+    return BlockMask.from_kv_blocks(*indices, BLOCK_SIZE=(layout.block_size, layout.block_size),
+                                    mask_mod=causal_mask_mod, seq_lengths=(layout.seq_len, layout.seq_len),
+                                    compute_q_blocks=compute_q_blocks)

@@ -87,9 +87,10 @@ def counted_compiles(monkeypatch):
 
 @pytest.mark.parametrize(("mode", "expected"), [
     ("eager", []), ("auto", []),  # auto is eager on a CPU
-    ("dynamic", ["block_logits", "flex_attention", "select_blocks", "selection_indices"]),
+    ("dynamic", ["flex_attention", "plan"]),  # the gate, policy and indices fused (seerflex/plan.py)
 ])
 def test_one_compile_decision_for_gate_policy_indices_and_flex(mode, expected, counted_compiles):
+    """What compiles follows the runtime mode alone; with a baseline scorer the unfused graphs compile."""
     layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.3), block_size=32), 4, 2, 16,
                               runtime=Runtime(RuntimeOptions(compile=mode, dense_below=0)))
     q, k, v = (torch.randn(1, h, 200, 16) for h in (4, 2, 2))
@@ -134,3 +135,13 @@ def test_flash_is_unavailable_on_this_cpu_and_the_layer_says_so():
                               runtime=Runtime(RuntimeOptions(backend="flash", dense_below=0)))
     with pytest.raises(ValueError, match="kernel backend 'flash' cannot run here"):
         layer(*(torch.randn(1, h, 128, 16) for h in (4, 2, 2)))
+
+
+def test_with_a_baseline_scorer_the_policy_and_indices_compile_apart(counted_compiles):
+    from seerflex.scorers import PooledQKScores
+
+    runtime = Runtime(RuntimeOptions(compile="dynamic", dense_below=0), scorer=PooledQKScores())
+    layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.3), block_size=32), 4, 2, 16, runtime=runtime)
+    with torch.no_grad():
+        layer(*(torch.randn(1, h, 200, 16) for h in (4, 2, 2)))
+    assert sorted(counted_compiles) == ["flex_attention", "select_blocks", "selection_indices"]

@@ -135,7 +135,7 @@ def test_gate_math_compiles_as_one_graph_with_the_same_logits():
     gate = AttnGate("Qavgmax_Kmaxmin", 4, 2, 32, block_size=16, hidden_size=16)
     q, k = torch.randn(2, 4, 16 * 5 + 3, 32), torch.randn(2, 2, 16 * 5 + 3, 32)
     layout = BlockLayout(q.shape[2], 16)
-    cos, sin = gate._cos_sin(layout.num_blocks, q.device, torch.float32)
+    cos, sin = gate.rope_tables(layout.num_blocks, q.device, torch.float32)
     compiled = torch.compile(block_logits, fullgraph=True, backend="aot_eager")
     args = (q, k, gate.q_weight, gate.k_weight, cos, sin, None, None, gate.gate_type.q_pools, gate.gate_type.k_pools, 16)
     assert torch.equal(compiled(*args), gate(q, k, layout))

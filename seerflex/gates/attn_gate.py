@@ -74,18 +74,18 @@ class AttnGate(nn.Module):
         Inference runs the math as one compiled graph under ``compile`` (``seerflex.compile``);
         training runs it eagerly.
         """
-        self._check(q, k)
+        self.check_inputs(q, k)
         if layout is None:
             layout = BlockLayout(q.shape[2], self.block_size)
         elif layout.block_size != self.block_size or layout.seq_len != q.shape[2]:
             raise ValueError("layout does not match the gate's block size or the sequence length")
-        cos, sin = self._cos_sin(layout.num_blocks, q.device, self.k_weight.dtype)
+        cos, sin = self.rope_tables(layout.num_blocks, q.device, self.k_weight.dtype)
         training = torch.is_grad_enabled() and self.k_weight.requires_grad
         scores = block_logits if training else compiled(block_logits, compile, q.device)
         return scores(q, k, self.q_weight, self.k_weight, cos, sin, layout.valid_tokens, layout.valid_blocks,
                       self.gate_type.q_pools, self.gate_type.k_pools, self.block_size)
 
-    def _cos_sin(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def rope_tables(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """RoPE tables at block starts, cached: no host-to-device copy per call."""
         key = (n, device, dtype)
         if key not in self._rope_tables:
@@ -93,7 +93,7 @@ class AttnGate(nn.Module):
             self._rope_tables = {key: self.rope.cos_sin(starts, self.hidden_size, dtype)}
         return self._rope_tables[key]
 
-    def _check(self, q: Tensor, k: Tensor) -> None:
+    def check_inputs(self, q: Tensor, k: Tensor) -> None:
         if q.dim() != 4 or k.dim() != 4:
             raise ValueError(f"gate expects q [B, Hq, S, D] and k [B, Hkv, S, D], got {tuple(q.shape)} and {tuple(k.shape)}")
         if not (q.is_floating_point() and k.is_floating_point()):

@@ -90,11 +90,14 @@ class Policy:
         n = layout.num_blocks
         if scores.dim() != 4 or scores.shape[-2:] != (n, n):
             raise ValueError(f"scores must be [B, H, {n}, {n}] for this layout, got {tuple(scores.shape)}")
-        params = policy_tensors(self, n, scores.shape[1], scores.device)
+        rule, params, bound, dense_rows = self.select_args(n, scores.shape[1], scores.device)
         core = compiled(select_blocks, compile, scores.device)
-        order, count, tail = core(type(self).row_counts, scores, layout.valid_blocks, layout.first_block, params,
-                                  self.max_row_count(n), min(self.dense_last_rows, n))
+        order, count, tail = core(rule, scores, layout.valid_blocks, layout.first_block, params, bound, dense_rows)
         return BlockSelection(order, count, n, tail)
+
+    def select_args(self, n: int, heads: int, device: torch.device) -> tuple[Callable[..., Tensor], dict[str, Tensor], int, int]:
+        """What ``select_blocks`` takes besides the scores: (row rule, parameter tensors, order width, dense rows)."""
+        return type(self).row_counts, policy_tensors(self, n, heads, device), self.max_row_count(n), min(self.dense_last_rows, n)
 
     def max_row_count(self, n: int) -> int:
         """An upper bound on any sparse row's count, from the parameters alone (no look at the data)."""
