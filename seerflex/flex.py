@@ -25,6 +25,7 @@ from seerflex.compile import compiled
 # S x S scores: at 128k that was an out-of-memory error asking for 2 TiB (benchmarks/NOTES.md, v4).
 RECOMPILE_LIMIT = 64
 BACKENDS = ("auto", "triton", "flash")
+HALF = (torch.float16, torch.bfloat16)
 
 
 def flex_function(mode: str, device: torch.device) -> Callable[..., Tensor]:
@@ -58,21 +59,24 @@ def flash_unavailable(device: torch.device) -> str | None:
     return None if found else "flash-attn-4 is not installed (pip install 'seerflex[flash]')"
 
 
-def kernel_backend(backend: str, device: torch.device, *, compiled: bool, plain_mask: bool) -> str:
+def kernel_backend(backend: str, device: torch.device, *, compiled: bool, plain_mask: bool,
+                   dtype: torch.dtype = torch.bfloat16) -> str:
     """The kernel one call runs: "triton" or "flash".
 
-    "auto" takes FLASH where it can run and the call fits it: compiled flex, a causal ``mask_mod``
-    (FA4 compiles mask_mod to CuTe, where the padded route's tensor lookups are slow) and no
-    score_mod; "flash" insists and raises where it cannot run, never falling back silently.
+    "auto" takes FLASH where it can run and the call fits it: compiled flex, float16/bfloat16 inputs
+    (FA4 has no float32 kernels), a causal ``mask_mod`` (FA4 compiles mask_mod to CuTe, where the
+    padded route's tensor lookups are slow) and no score_mod; "flash" insists and raises where it
+    cannot run, never falling back silently.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS}")
     if backend == "flash":
-        reason = flash_unavailable(device) or (None if compiled else "it runs only compiled (compile='eager' was set)")
+        reason = (flash_unavailable(device) or (None if compiled else "it runs only compiled (compile='eager' was set)")
+                  or (None if dtype in HALF else f"FlashAttention-4 takes float16/bfloat16 inputs, got {dtype}"))
         if reason:
             raise ValueError(f"kernel backend 'flash' cannot run here: {reason}")
         return "flash"
-    if backend == "auto" and compiled and plain_mask and flash_unavailable(device) is None:
+    if backend == "auto" and compiled and plain_mask and dtype in HALF and flash_unavailable(device) is None:
         return "flash"
     return "triton"
 
@@ -109,7 +113,7 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     """
     fn = flex_function(compile, q.device)
     kernel = kernel_backend(backend, q.device, compiled=fn is not flex_attention,
-                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None)
+                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None, dtype=q.dtype)
     options = kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0], kernel)
 
     def call() -> Tensor:

@@ -41,6 +41,8 @@ def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, lay
                        compute_q_blocks: bool = False) -> tuple[BlockMask, BlockSelection, Tensor]:
     """(BlockMask, the selection it encodes, a 0-d NaN flag) for pre-RoPE ``q``/``k`` of an unpadded layout."""
     n = layout.num_blocks
+    if layout.block_size != gate.block_size or layout.seq_len != q.shape[2]:
+        raise ValueError("layout does not match the gate's block size or the sequence length")
     cos, sin = gate.rope_tables(n, q.device, gate.k_weight.dtype)
     fn = compiled(plan, mode, q.device)
     order, count, tail, indices, nan = fn(q, k, gate.q_weight, gate.k_weight, cos, sin, gate.gate_type.q_pools,

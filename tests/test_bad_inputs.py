@@ -83,7 +83,14 @@ LIBRARY = [
     (lambda: parse_recipe(Knobs, ["stepz=3"], prog="t"), "unknown key"),
     (lambda: parse_recipe(Knobs, ["--check", "maybe"], prog="t"), "expected true or false"),
     (lambda: parse_recipe(Knobs, ["lengths=[1,x]"], prog="t"), "lengths: expected a whole number"),
+    (lambda: wrapped_overrides({}), "names no layer"),
 ]
+
+
+def wrapped_overrides(policy):
+    sm = get_seerflex_model(small_llama(), SeerFlexConfig(block_size=32, gate_hidden_size=16))
+    with sm.overrides(policy=policy):
+        pass
 
 
 @pytest.mark.parametrize(("make", "message"), LIBRARY)
@@ -213,3 +220,48 @@ def test_calibration_far_from_the_request_says_why(capsys):
     _, density = calibrate(sm, "pooled", TopP(0.9), 0.05, [torch.randint(1, 90, (256,))], iters=3)
     assert density > 0.3
     assert "always-on blocks" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_fresh_run_never_overwrites_an_earlier_one(tmp_path):
+    from seerflex.recipes.distill import train
+
+    text = tmp_path / "book.txt"
+    text.write_text("It is a truth universally acknowledged. " * 200)
+    train(recipe(tmp_path, text, steps=3), small_llama(), CharTokenizer())
+    with pytest.raises(ValueError, match="already holds a run; resume=true continues it, overwrite=true"):
+        train(recipe(tmp_path, text, steps=3), small_llama(), CharTokenizer())
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 4, "lo')  # a kill in the middle of a line
+    other_policy = {**SEERFLEX, "policy": "topp:0.9"}  # the gates are the same: resuming is fine
+    train(recipe(tmp_path, text, steps=4, resume=True, seerflex=other_policy), small_llama(), CharTokenizer())
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+    train(recipe(tmp_path, text, steps=2, overwrite=True), small_llama(), CharTokenizer())
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
+
+
+def test_a_crash_between_the_checkpoint_renames_keeps_the_previous_one(tmp_path):
+    from seerflex.distill import checkpoint
+
+    target = tmp_path / "checkpoint"
+    checkpoint.save(target, {"w": torch.ones(2)}, {"step": 3})
+    target.rename(tmp_path / ".checkpoint.old")  # what save leaves if it dies between its two renames
+    assert checkpoint.latest(target) == tmp_path / ".checkpoint.old"
+    assert checkpoint.load(checkpoint.latest(target))[1]["step"] == 3
+
+
+def test_flash_needs_half_precision_and_auto_knows_it(monkeypatch):
+    import seerflex.flex as flex
+
+    monkeypatch.setattr(flex, "flash_unavailable", lambda device: None)
+    cuda = torch.device("cuda")
+    assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=True, dtype=torch.float32) == "triton"
+    with pytest.raises(ValueError, match="float16/bfloat16 inputs, got torch.float32"):
+        flex.kernel_backend("flash", cuda, compiled=True, plain_mask=True, dtype=torch.float32)
+
+
+def test_set_policy_takes_any_iterable_of_layers_and_string_layer_keys():
+    sm = get_seerflex_model(small_llama(), SeerFlexConfig(block_size=32, gate_hidden_size=16))
+    sm.set_policy("topp:0.8", layers=(i for i in [0]))
+    assert sm.peft_config["default"].layer_policies == {0: TopP(0.8)}
+    with sm.overrides(policy={"1": "topk:0.5"}):
+        assert sm.peft_config["default"].layer_policies[1] == TopK(density=0.5) and sm.sparse_layers == {1}

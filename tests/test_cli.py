@@ -31,6 +31,15 @@ def test_yaml_then_key_value_then_flags(tmp_path):
     assert parse_recipe(Knobs, [], prog="t") == Knobs()
 
 
+def test_numbers_text_and_empty_values_read_as_meant(tmp_path):
+    config = tmp_path / "r.yaml"
+    config.write_text("lr: 1e-3\nlengths: [2e3]\n")  # YAML 1.1 leaves 1e-3 as text
+    knobs = parse_recipe(Knobs, [str(config)], prog="t")
+    assert knobs.lr == 1e-3 and knobs.lengths == [2000]
+    assert parse_recipe(Knobs, ["--lr", "-1e-4", "name=none"], prog="t") == Knobs(lr=-1e-4, name=None)
+    assert parse_recipe(Knobs, ["name=0123", "policies=no"], prog="t") == Knobs(name="0123", policies=["no"])
+
+
 HELP = [["--help"], ["eval", "--help"], ["bench", "--help"], ["distill", "--help"], ["convert", "--help"],
         ["demo", "--help"], ["bench", "kernel", "--help"], ["bench", "ttft", "--help"],
         *(["eval", sub, "--help"] for sub in ("ppl", "passkey", "needle", "sparsity", "budget"))]

@@ -37,6 +37,16 @@ def save(directory: Path, gates: dict[str, torch.Tensor], state: dict[str, Any])
     shutil.rmtree(old, ignore_errors=True)
 
 
+def latest(directory: Path) -> Path | None:
+    """The checkpoint to resume from: ``directory``, or the previous one that a crash between
+    ``save``'s two renames left as ``.<name>.old``; None when there is none."""
+    directory = Path(directory)
+    for candidate in (directory, directory.with_name(f".{directory.name}.old")):
+        if (candidate / STATE).is_file() and (candidate / GATES).is_file():
+            return candidate
+    return None
+
+
 def load(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Gate tensors and the state dict; restores the RNG states as a side effect."""
     directory = Path(directory)

@@ -44,7 +44,7 @@ def layer_sensitivity(model: Any, scorer: str, windows: list[torch.Tensor], pref
     """
     layers = list(model.gated_layers)
 
-    def mean_nll(name: str, policies: dict[int, Policy]) -> tuple[float, float]:
+    def mean_nll(name: str, policies: dict[int, Policy] | None) -> tuple[float, float]:
         nll, count = 0.0, 0
         with selection(model, name, policies) as records:
             for w in windows:
@@ -52,7 +52,7 @@ def layer_sensitivity(model: Any, scorer: str, windows: list[torch.Tensor], pref
                 nll, count = nll + part, count + n
         return nll / count, achieved_density(list(records)) or 1.0
 
-    dense, _ = mean_nll("dense", {})
+    dense, _ = mean_nll("dense", None)
     rise = torch.zeros(len(layers), len(candidates), dtype=torch.float64)
     density = torch.ones_like(rise)
     with progress() as bar:

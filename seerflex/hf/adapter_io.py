@@ -12,6 +12,7 @@ Loading never unpickles: safetensors here, ``torch.load(weights_only=True)`` for
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -21,10 +22,11 @@ from typing import Any, Callable
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+import torch
 from torch import Tensor
 
 from seerflex.config import SeerFlexConfig
-from seerflex.files import atomic_write, sha256
+from seerflex.files import atomic_write
 from seerflex.gates.gate_type import GateType
 from seerflex.hf.families import ModelSpec
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS
@@ -33,11 +35,12 @@ from seerflex.version import __version__
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_TYPE = "SEERFLEX"
+DIGEST = "seerflex_sha256"  # safetensors metadata key: checksum of the gate tensors
 FORMAT_VERSION = 1
 GEOMETRY = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
 REQUIRED_META = (*GEOMETRY, "gated_layers", "project_q")
 OPTIONAL_META = ("peft_type", "format_version", "seerflex_version", "model_type", "base_model_name_or_path",
-                 "revision", "weights_sha256")
+                 "revision")
 
 
 def gate_key(layer_idx: int, param: str) -> str:
@@ -116,8 +119,8 @@ def write_adapter(directory: str | os.PathLike, config: SeerFlexConfig, meta: di
     body |= {"peft_type": PEFT_TYPE, "format_version": FORMAT_VERSION, "seerflex_version": __version__}
     body |= config.to_dict()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-    body["weights_sha256"] = sha256(out / ADAPTER_WEIGHTS)  # verified on load: a flipped bit is an error
+    metadata = {"format": "pt", DIGEST: tensors_digest(weights)}  # in the file itself: no window between two files
+    atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: save_file(weights, tmp, metadata=metadata))
     atomic_write(out / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n"))
 
 
@@ -143,13 +146,25 @@ def read_adapter(source: str, config_path: Path, weights_path: Path) -> GateChec
         config = SeerFlexConfig.from_dict(raw)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{config_path}: {err}") from None
-    expected = meta.get("weights_sha256")
-    if expected is not None and sha256(weights_path) != expected:
-        raise ValueError(f"{weights_path} does not match the checksum in {ADAPTER_CONFIG}: the file was changed or "
-                         "damaged after it was saved")
     try:
         with safe_open(str(weights_path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            expected = (f.metadata() or {}).get(DIGEST)
+        tensors = load_file(str(weights_path)) if expected else None  # gates are small: verify before use
     except Exception as err:  # noqa: BLE001 -- safetensors raises its own error types for damaged files
         raise ValueError(f"{weights_path} is not a readable safetensors file ({err})") from None
-    return GateCheckpoint(source, config, meta, shapes, lambda: load_file(str(weights_path)), legacy_runtime)
+    if tensors is not None and tensors_digest(tensors) != expected:
+        raise ValueError(f"{weights_path} does not match the checksum it was saved with: the weights were changed "
+                         "or damaged after saving")
+    load = (lambda: tensors) if tensors is not None else (lambda: load_file(str(weights_path)))  # older adapters
+    return GateCheckpoint(source, config, meta, shapes, load, legacy_runtime)
+
+
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

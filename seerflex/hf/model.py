@@ -173,6 +173,7 @@ class SeerFlexModel(nn.Module):
         policy as the adapter's default (or as per-layer overrides).
         """
         policy = as_policy(policy)
+        layers = None if layers is None else [int(i) for i in layers]
         name = self._active if adapter_name is None else adapter_name
         self._require(name)
         gated = self._adapter_meta[name]["gated_layers"]
@@ -245,6 +246,9 @@ class SeerFlexModel(nn.Module):
                  self._runtime.scorer, self._runtime.sparse_layers, self._runtime.options)
         try:
             if isinstance(policy, dict) and "type" not in policy:
+                if not policy:
+                    raise ValueError("overrides(policy={}) names no layer; pass None to keep each layer's policy")
+                policy = {int(layer): p for layer, p in policy.items()}
                 for layer, p in policy.items():
                     self.set_policy(p, layers=[layer])
                 if sparse_layers is None:

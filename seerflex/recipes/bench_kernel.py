@@ -138,7 +138,7 @@ def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[
             "policy_ms": timed(lambda: layer.policy.select(scores, layout, compile=mode)),
             "build_ms": timed(build),
             "kernel": kernel_backend(args.backend, dev, compiled=compiles(mode, dev),
-                                     plain_mask=block_mask.mask_mod is causal_mask_mod),
+                                     plain_mask=block_mask.mask_mod is causal_mask_mod, dtype=dtype),
             "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, compile=mode, backend=args.backend)),
             "total_ms": timed(lambda: layer(q, k, v)),
         }

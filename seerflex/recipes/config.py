@@ -24,6 +24,7 @@ from rich.table import Table
 from seerflex.console import console
 
 T = TypeVar("T")
+NONE = ("none", "null", "")
 KEY_VALUE = re.compile(r"^[A-Za-z_][\w.-]*=")  # "steps=10", not "topp:density=0.1"
 
 
@@ -78,19 +79,26 @@ def parse_recipe(cls: type[T], argv: list[str], *, prog: str, positional: tuple[
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` (a string from the command line or a YAML value) as type ``hint``, or a one-line error."""
-    if isinstance(value, str) and hint is not str:
-        value = _scalar(value)
+    """``value`` (a string from the command line or a YAML value) as type ``hint``, or a one-line error.
+
+    Text fields keep what was typed (``no``, ``0123``); ``none``/``null`` empty an optional field.
+    """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in NONE)):
             return None
         inner = [a for a in args if a is not type(None)]
         return coerce(value, inner[0], where) if len(inner) == 1 else value
+    if hint is str:
+        return value if isinstance(value, str) else str(value)
     if origin is list:
-        items = value.split(",") if isinstance(value, str) else value
+        items = value.split(",") if isinstance(value, str) and args and args[0] is str else value
+        items = _scalar(items) if isinstance(items, str) else items
+        items = items.split(",") if isinstance(items, str) else items
         items = items if isinstance(items, (list, tuple)) else [items]
         return [coerce(item, args[0] if args else Any, where) for item in items]
+    if isinstance(value, str):
+        value = _scalar(value)
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping (YAML {{key: value}}), got {value!r}")
@@ -107,8 +115,6 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: expected a number, got {value!r}")
         return float(value)
-    if hint is str:
-        return value if isinstance(value, str) else str(value)
     return value
 
 
@@ -128,10 +134,17 @@ def print_help(cls: type, prog: str, positional: tuple[str, ...] = ()) -> None:
 
 
 def _scalar(text: str) -> Any:
+    """A YAML scalar, with numbers such as ``1e-3`` that YAML 1.1 leaves as text read as numbers."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:

@@ -53,6 +53,7 @@ class DistillRecipe:
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
     output_dir: str = knob("runs/distill", "folder for metrics, checkpoint and the adapter")
     resume: bool = knob(False, "continue from output_dir/checkpoint")
+    overwrite: bool = knob(False, "start over in an output_dir that holds a run (its metrics and checkpoint go)")
     seerflex: dict = knob({}, "SeerFlexConfig fields: gate_type, block_size, gate_hidden_size, policy, layer_policies")
     runtime: dict = knob({}, "RuntimeOptions fields (compile, backend, check_finite); every call is scored, "
                              "so dense_below is 0")
@@ -105,9 +106,13 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
     out = Path(recipe.output_dir)
     ckpt_dir, start = out / "checkpoint", 0
-    if recipe.resume and (ckpt_dir / checkpoint.STATE).is_file():
-        gates, state = checkpoint.load(ckpt_dir)
-        check_resumable(ckpt_dir, state, gates, params, config, recipe)
+    found = checkpoint.latest(ckpt_dir)
+    if not recipe.resume and not recipe.overwrite and (found or (out / "metrics.jsonl").is_file()):
+        raise ValueError(f"{out} already holds a run; resume=true continues it, overwrite=true starts it over, "
+                         "or choose another output_dir")
+    if recipe.resume and found:
+        gates, state = checkpoint.load(found)
+        check_resumable(found, state, gates, params, config, recipe)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(gates[name])
@@ -172,9 +177,10 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
 def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torch.Tensor],
                     params: dict[str, torch.nn.Parameter], config: SeerFlexConfig, recipe: DistillRecipe) -> None:
     """Refuse a checkpoint of other gates; warn about training settings that changed since it was made."""
-    saved = state.get("config")
-    if saved is not None and saved != config.to_dict():
-        changed = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
+    saved, now = state.get("config"), config.to_dict()
+    architecture = ("gate_type", "block_size", "gate_hidden_size")  # the policy only changes the logged recall
+    if saved is not None and any(saved.get(k) != now.get(k) for k in architecture):
+        changed = [k for k in architecture if saved.get(k) != now.get(k)]
         raise ValueError(f"the checkpoint in {ckpt_dir} is for another gate config (differs in {', '.join(changed)}); "
                          "resume with the recipe that made it, or use another output_dir")
     wrong = sorted(n for n, p in params.items() if n not in gates or tuple(gates[n].shape) != tuple(p.shape))
@@ -192,7 +198,13 @@ def keep_metrics_until(path: Path, step: int) -> None:
     """Drop metric lines after ``step`` (all of them for a fresh run): a resumed run writes each step once."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    def step_of(line: str) -> int | None:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            return None
+
+    lines = [line for line in path.read_text().splitlines() if (step_of(line) or step + 1) <= step]
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in lines)))
 
 
