@@ -7,7 +7,7 @@ import torch
 
 from reference import dense_attention_f64, relative_error, token_mask
 from seerflex import BlockLayout, ScorerInputs, SeerFlexConfig, TopK
-from seerflex.scorers import SCORERS, PooledQKScores, RecencyScores
+from seerflex.scorers import SCORERS, PooledQKScores, RecencyScores, XAttentionScores
 from test_attention import sparse_layer
 
 
@@ -44,3 +44,35 @@ def test_every_scorer_drives_exact_sparse_attention(name):
     layer.policy = TopK(density=1.0)  # any scorer at density 1 is plain causal attention
     full = dense_attention_f64(q, k, v, token_mask(None, 200, 32, mask))
     assert relative_error(layer(q, k, v, attention_mask=mask), full, mask.double()) < 1e-5
+
+
+def xattention_direct(q, k, bs, stride, valid):
+    """XAttention's block mass in float64 as a sum over the antidiagonal offsets (not the concat trick)."""
+    q, k = q.double(), k.double().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    b, h, s, d = q.shape
+    n = -(-s // bs)
+    pad = n * bs - s
+    q, k = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (q, k))
+    real = torch.nn.functional.pad(valid, (0, pad)).view(b, -1, stride).any(-1)  # per strided group
+    scores = sum(q[:, :, stride - 1 - t::stride] @ k[:, :, t::stride].transpose(-1, -2) for t in range(stride))
+    scores = scores / d ** 0.5 / stride
+    g = scores.shape[-1]
+    allowed = torch.ones(g, g, dtype=torch.bool).tril()[None, None] & real[:, None, None, :]
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0) * real[:, None, :, None]
+    per = bs // stride
+    return probs.view(b, h, n, per, n, per).sum((3, 5))
+
+
+@pytest.mark.parametrize("left_pad", [0, 45])
+def test_xattention_scores_equal_a_direct_float64_implementation(left_pad):
+    q, k = torch.randn(2, 4, 200, 16) * 2, torch.randn(2, 2, 200, 16) * 2
+    mask = torch.ones(2, 200, dtype=torch.long)
+    mask[1, :left_pad] = 0
+    layout = BlockLayout.from_attention_mask(mask, 200, 32)
+    scores = XAttentionScores(stride=8).score_blocks(ScorerInputs(q, k, q, k, layout))
+    direct = xattention_direct(q, k, 32, 8, mask.bool())
+    selectable = layout.selectable_blocks(torch.device("cpu")).expand_as(scores)
+    assert torch.isinf(scores[~selectable]).all() and (scores[~selectable] < 0).all()
+    torch.testing.assert_close(scores.exp()[selectable].double(), direct[selectable], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="stride 24 must divide the block size 32"):
+        XAttentionScores(stride=24).score_blocks(ScorerInputs(q, k, q, k, layout))

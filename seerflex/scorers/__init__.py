@@ -1,7 +1,7 @@
 """Block scorers: the learned gate's protocol and the training-free baselines it has to beat.
 
 A new scorer is one small file with a class that has ``name`` and ``score_blocks`` (see
-``base.py``), added to ``SCORERS`` below; ``SeerFlexModel.set_scorer(name)`` and the eval recipes
+``seerflex.scorer``), added to ``SCORERS`` below; ``SeerFlexModel.set_scorer(name)`` and the eval recipes
 then take it by name. Baselines may look at the post-RoPE Q/K the attention itself uses.
 """
 
@@ -13,8 +13,10 @@ from seerflex.scorer import BlockScorer, ScorerInputs
 from seerflex.scorers.oracle import OracleScores
 from seerflex.scorers.pooled import PooledQKScores
 from seerflex.scorers.recency import RecencyScores
+from seerflex.scorers.xattention import XAttentionScores
 
-SCORERS: dict[str, Callable[[], BlockScorer]] = {cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores)}
+SCORERS: dict[str, Callable[[], BlockScorer]] = {
+    cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores, XAttentionScores)}
 
 
 def make_scorer(name: str) -> BlockScorer:
@@ -24,4 +26,5 @@ def make_scorer(name: str) -> BlockScorer:
     return SCORERS[name]()
 
 
-__all__ = ["SCORERS", "BlockScorer", "OracleScores", "PooledQKScores", "RecencyScores", "ScorerInputs", "make_scorer"]
+__all__ = ["SCORERS", "BlockScorer", "OracleScores", "PooledQKScores", "RecencyScores", "ScorerInputs",
+           "XAttentionScores", "make_scorer"]
