@@ -76,3 +76,41 @@ def test_xattention_scores_equal_a_direct_float64_implementation(left_pad):
     torch.testing.assert_close(scores.exp()[selectable].double(), direct[selectable], rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="stride 24 must divide the block size 32"):
         XAttentionScores(stride=24).score_blocks(ScorerInputs(q, k, q, k, layout))
+
+
+def vertical_slash_direct(q, k, bs, last_q, valid):
+    """The vertical-slash block estimate with explicit loops over tiles, lines and the last queries (float64)."""
+    q, k = q.double(), k.double().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    b, h, s, d = q.shape
+    n = -(-s // bs)
+    out = torch.zeros(b, h, n, n, dtype=torch.float64)
+    for bi in range(b):
+        rows = [r for r in range(s - last_q, s) if valid[bi, r]]
+        for hi in range(h):
+            vertical, slash = torch.zeros(s, dtype=torch.float64), torch.zeros(s, dtype=torch.float64)
+            for r in rows:
+                keys = [c for c in range(r + 1) if valid[bi, c]]
+                p = (q[bi, hi, r] @ k[bi, hi, keys].T / d ** 0.5).softmax(-1)
+                for c, pc in zip(keys, p):
+                    vertical[c] += pc
+                    slash[r - c] += pc
+            for i in range(n):
+                for j in range(i + 1):
+                    offsets = {x - y for x in range(i * bs, min(s, i * bs + bs))
+                               for y in range(j * bs, min(s, j * bs + bs)) if x >= y}
+                    out[bi, hi, i, j] = vertical[j * bs: j * bs + bs].sum() + sum(slash[o] for o in offsets)
+    return out
+
+
+@pytest.mark.parametrize("left_pad", [0, 21])
+def test_vertical_slash_scores_equal_a_direct_float64_implementation(left_pad):
+    from seerflex.scorers import VerticalSlashScores
+
+    q, k = torch.randn(2, 2, 90, 8) * 2, torch.randn(2, 1, 90, 8) * 2
+    mask = torch.ones(2, 90, dtype=torch.long)
+    mask[1, :left_pad] = 0
+    layout = BlockLayout.from_attention_mask(mask, 90, 32)
+    scores = VerticalSlashScores(last_q=16).score_blocks(ScorerInputs(q, k, q, k, layout))
+    direct = vertical_slash_direct(q, k, 32, 16, mask.bool())
+    selectable = layout.selectable_blocks(torch.device("cpu")).expand_as(scores)
+    torch.testing.assert_close(scores.exp()[selectable].double(), direct[selectable], rtol=1e-4, atol=1e-6)

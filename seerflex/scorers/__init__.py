@@ -13,10 +13,11 @@ from seerflex.scorer import BlockScorer, ScorerInputs
 from seerflex.scorers.oracle import OracleScores
 from seerflex.scorers.pooled import PooledQKScores
 from seerflex.scorers.recency import RecencyScores
+from seerflex.scorers.vertical_slash import VerticalSlashScores
 from seerflex.scorers.xattention import XAttentionScores
 
 SCORERS: dict[str, Callable[[], BlockScorer]] = {
-    cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores, XAttentionScores)}
+    cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores, XAttentionScores, VerticalSlashScores)}
 
 
 def make_scorer(name: str) -> BlockScorer:
@@ -27,4 +28,4 @@ def make_scorer(name: str) -> BlockScorer:
 
 
 __all__ = ["SCORERS", "BlockScorer", "OracleScores", "PooledQKScores", "RecencyScores", "ScorerInputs",
-           "XAttentionScores", "make_scorer"]
+           "VerticalSlashScores", "XAttentionScores", "make_scorer"]

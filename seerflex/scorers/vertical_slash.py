@@ -1,0 +1,53 @@
+"""MInference's vertical-slash estimate (Jiang et al. 2024, microsoft/MInference), mapped to blocks.
+
+The last ``last_q`` queries (64) attend to every key (causal softmax, post-RoPE Q/K). Their summed
+probabilities per key column are the *vertical* lines (tokens every query reads: sinks, anchors) and
+per offset q - k the *slash* lines (fixed relative distances: local windows, periodic patterns). A
+tile's score is the log of the vertical mass of its key block plus the slash mass of every offset
+that crosses the tile, so a policy keeps the tiles the strongest lines pass through. MInference
+itself keeps the top 1000 vertical and 6096 slash lines and computes every tile a kept line crosses;
+here the same estimate ranks tiles and the policy sets the budget (e.g. ``topk:0.1`` or
+``topp:0.95``). Padded query rows are left out of the estimate.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from seerflex.scorer import ScorerInputs
+
+
+class VerticalSlashScores:
+    name = "vertical_slash"
+
+    def __init__(self, last_q: int = 64) -> None:
+        self.last_q = last_q
+
+    def score_blocks(self, x: ScorerInputs) -> Tensor:
+        layout, bs = x.layout, x.layout.block_size
+        q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
+        b, h, s, d = q.shape
+        last = min(self.last_q, s)
+        valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if layout.valid_tokens is None \
+            else layout.valid_tokens
+        rows = torch.arange(s - last, s, device=q.device)
+        keys = torch.arange(s, device=q.device)
+        allowed = (keys[None, :] <= rows[:, None])[None, None] & valid[:, None, None, :]
+        scores = (q[:, :, s - last:].float() @ k.float().transpose(-1, -2)) * d ** -0.5
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+        probs = probs * valid[:, None, s - last:, None]
+        n, pad = layout.num_blocks, layout.num_blocks * bs - s
+        vertical = torch.nn.functional.pad(probs.sum(2), (0, pad)).view(b, h, n, bs).sum(-1)  # [b, h, n]
+        offsets = (rows[:, None] - keys[None, :]).clamp(min=0)  # q - k; masked entries carry no probability
+        slash = torch.zeros(b, h, s, device=q.device).scatter_add_(
+            -1, offsets.flatten().expand(b, h, -1), probs.flatten(2))  # mass per offset, [b, h, s]
+        # offsets crossing tile (i, j): first row - last key ... last row - first key (a short last block too)
+        cumulative = torch.nn.functional.pad(slash.cumsum(-1), (1, 0))  # prefix sums: mass of offsets < o
+        first = torch.arange(n, device=q.device) * bs
+        final = (first + bs).clamp(max=s) - 1
+        low = (first[:, None] - final[None, :]).clamp(0, s)
+        high = (final[:, None] - first[None, :] + 1).clamp(0, s)
+        crossing = cumulative[..., high] - cumulative[..., low]  # [b, h, n, n]
+        mass = vertical[:, :, None, :] + crossing
+        return mass.clamp(min=1e-30).log().masked_fill(~layout.selectable_blocks(q.device), float("-inf"))
