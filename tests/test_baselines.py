@@ -114,3 +114,29 @@ def test_vertical_slash_scores_equal_a_direct_float64_implementation(left_pad):
     direct = vertical_slash_direct(q, k, 32, 16, mask.bool())
     selectable = layout.selectable_blocks(torch.device("cpu")).expand_as(scores)
     torch.testing.assert_close(scores.exp()[selectable].double(), direct[selectable], rtol=1e-4, atol=1e-6)
+
+
+def test_flexprefill_picks_per_head_by_the_js_divergence_of_its_two_estimates():
+    """A direct float64 JS divergence per head decides the mode; the scores are the chosen scorer's."""
+    from seerflex.scorers import FlexPrefillScores, VerticalSlashScores
+
+    q, k = torch.randn(1, 4, 256, 16), torch.randn(1, 2, 256, 16)
+    q *= torch.tensor([0.05, 0.5, 2.0, 4.0]).view(1, 4, 1, 1)  # from near-uniform to peaked attention
+    layout = BlockLayout(256, 32)
+    x = ScorerInputs(q, k, q, k, layout)
+    kk, last = k.double().repeat_interleave(2, 1), q[:, :, -128:].double()
+    causal = torch.arange(256)[None, :] <= torch.arange(128, 256)[:, None]
+    probs = (last @ kk.transpose(-1, -2) / 4).masked_fill(~causal, float("-inf")).softmax(-1)
+    measured = probs.sum(2).view(1, 4, 8, 32).sum(-1)
+    measured = measured / measured.sum(-1, keepdim=True)
+    estimate = ((last.mean(2, keepdim=True) @ kk.view(1, 4, 8, 32, 16).mean(3).transpose(-1, -2))[:, :, 0] / 4)
+    estimate = estimate.softmax(-1)
+    m = (estimate + measured) / 2
+    distance = (0.5 * ((estimate * (estimate / m).log()).sum(-1) + (measured * (measured / m).log()).sum(-1))).sqrt()
+    tau = float(distance.min() + distance.max()) / 2  # both modes occur
+    expected = distance < tau
+    scorer = FlexPrefillScores(tau=tau)
+    assert torch.equal(scorer.query_aware(x), expected) and 0 < int(expected.sum()) < 4
+    scores = scorer.score_blocks(x)
+    pooled, lines = PooledQKScores().score_blocks(x), VerticalSlashScores(last_q=128).score_blocks(x)
+    torch.testing.assert_close(scores, torch.where(expected[:, :, None, None], pooled, lines))

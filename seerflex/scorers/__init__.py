@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from seerflex.scorer import BlockScorer, ScorerInputs
+from seerflex.scorers.flexprefill import FlexPrefillScores
 from seerflex.scorers.oracle import OracleScores
 from seerflex.scorers.pooled import PooledQKScores
 from seerflex.scorers.recency import RecencyScores
@@ -17,7 +18,8 @@ from seerflex.scorers.vertical_slash import VerticalSlashScores
 from seerflex.scorers.xattention import XAttentionScores
 
 SCORERS: dict[str, Callable[[], BlockScorer]] = {
-    cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores, XAttentionScores, VerticalSlashScores)}
+    cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores, XAttentionScores, VerticalSlashScores,
+                              FlexPrefillScores)}
 
 
 def make_scorer(name: str) -> BlockScorer:
@@ -27,5 +29,5 @@ def make_scorer(name: str) -> BlockScorer:
     return SCORERS[name]()
 
 
-__all__ = ["SCORERS", "BlockScorer", "OracleScores", "PooledQKScores", "RecencyScores", "ScorerInputs",
+__all__ = ["SCORERS", "BlockScorer", "FlexPrefillScores", "OracleScores", "PooledQKScores", "RecencyScores", "ScorerInputs",
            "VerticalSlashScores", "XAttentionScores", "make_scorer"]

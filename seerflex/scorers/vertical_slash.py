@@ -26,28 +26,36 @@ class VerticalSlashScores:
 
     def score_blocks(self, x: ScorerInputs) -> Tensor:
         layout, bs = x.layout, x.layout.block_size
-        q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
-        b, h, s, d = q.shape
-        last = min(self.last_q, s)
-        valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if layout.valid_tokens is None \
-            else layout.valid_tokens
-        rows = torch.arange(s - last, s, device=q.device)
-        keys = torch.arange(s, device=q.device)
-        allowed = (keys[None, :] <= rows[:, None])[None, None] & valid[:, None, None, :]
-        scores = (q[:, :, s - last:].float() @ k.float().transpose(-1, -2)) * d ** -0.5
-        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
-        probs = probs * valid[:, None, s - last:, None]
-        n, pad = layout.num_blocks, layout.num_blocks * bs - s
-        vertical = torch.nn.functional.pad(probs.sum(2), (0, pad)).view(b, h, n, bs).sum(-1)  # [b, h, n]
-        offsets = (rows[:, None] - keys[None, :]).clamp(min=0)  # q - k; masked entries carry no probability
-        slash = torch.zeros(b, h, s, device=q.device).scatter_add_(
-            -1, offsets.flatten().expand(b, h, -1), probs.flatten(2))  # mass per offset, [b, h, s]
+        vertical, slash = last_query_lines(x, self.last_q)
+        b, h, s = slash.shape
+        n = layout.num_blocks
+        vertical = torch.nn.functional.pad(vertical, (0, n * bs - s)).view(b, h, n, bs).sum(-1)  # [b, h, n]
         # offsets crossing tile (i, j): first row - last key ... last row - first key (a short last block too)
         cumulative = torch.nn.functional.pad(slash.cumsum(-1), (1, 0))  # prefix sums: mass of offsets < o
-        first = torch.arange(n, device=q.device) * bs
+        first = torch.arange(n, device=slash.device) * bs
         final = (first + bs).clamp(max=s) - 1
         low = (first[:, None] - final[None, :]).clamp(0, s)
         high = (final[:, None] - first[None, :] + 1).clamp(0, s)
         crossing = cumulative[..., high] - cumulative[..., low]  # [b, h, n, n]
         mass = vertical[:, :, None, :] + crossing
-        return mass.clamp(min=1e-30).log().masked_fill(~layout.selectable_blocks(q.device), float("-inf"))
+        return mass.clamp(min=1e-30).log().masked_fill(~layout.selectable_blocks(slash.device), float("-inf"))
+
+
+def last_query_lines(x: ScorerInputs, last_q: int) -> tuple[Tensor, Tensor]:
+    """(vertical [B, H, S], slash [B, H, S]): the last ``last_q`` queries' causal attention summed per key
+    column and per offset q - k (post-RoPE Q/K, GQA repeated; padded rows and keys left out)."""
+    q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
+    b, h, s, d = q.shape
+    last = min(last_q, s)
+    valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if x.layout.valid_tokens is None \
+        else x.layout.valid_tokens
+    rows = torch.arange(s - last, s, device=q.device)
+    keys = torch.arange(s, device=q.device)
+    allowed = (keys[None, :] <= rows[:, None])[None, None] & valid[:, None, None, :]
+    scores = (q[:, :, s - last:].float() @ k.float().transpose(-1, -2)) * d ** -0.5
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+    probs = probs * valid[:, None, s - last:, None]
+    offsets = (rows[:, None] - keys[None, :]).clamp(min=0)  # q - k; masked entries carry no probability
+    slash = torch.zeros(b, h, s, device=q.device).scatter_add_(-1, offsets.flatten().expand(b, h, -1),
+                                                                probs.flatten(2))
+    return probs.sum(2), slash

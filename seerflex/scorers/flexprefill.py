@@ -1,0 +1,54 @@
+"""FlexPrefill (Lai et al. 2025, ByteDance-Seed/FlexPrefill): a per-head choice between two estimates.
+
+For each head the last ``last_q`` queries give two block distributions over the key blocks: an
+*estimate* softmax(mean(q_last) . avgpool(K)^T / sqrt(d)) and the *measured* block-pooled vertical
+mass of their real attention. When the square root of their Jensen-Shannon divergence is below
+``tau`` the head is query-aware: its tiles are scored by pooled Q . pooled K (``pooled``). Otherwise
+it follows vertical and slash lines (``vertical_slash``). Published defaults: tau 0.1, 128 last
+queries, a cumulative-mass budget gamma 0.95 (``topp:0.95:local=0``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from seerflex.gates.pooling import block_pool
+from seerflex.scorer import ScorerInputs
+from seerflex.scorers.pooled import PooledQKScores
+from seerflex.scorers.vertical_slash import VerticalSlashScores, last_query_lines
+
+
+class FlexPrefillScores:
+    name = "flexprefill"
+
+    def __init__(self, tau: float = 0.1, last_q: int = 128) -> None:
+        self.tau, self.last_q = tau, last_q
+
+    def query_aware(self, x: ScorerInputs) -> Tensor:
+        """[B, H] bool: the heads whose estimate is within ``tau`` (sqrt JS) of their measured distribution."""
+        layout, bs = x.layout, x.layout.block_size
+        vertical, _ = last_query_lines(x, self.last_q)
+        b, h, s = vertical.shape
+        n = layout.num_blocks
+        measured = torch.nn.functional.pad(vertical, (0, n * bs - s)).view(b, h, n, bs).sum(-1)
+        measured = measured / measured.sum(-1, keepdim=True).clamp(min=1e-30)
+        q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
+        mean_q = q[:, :, max(0, s - self.last_q):].float().mean(2, keepdim=True)  # [b, h, 1, d]
+        pooled_k = block_pool(k, ("avg",), bs, layout.valid_tokens).float()  # [b, h, n, d]
+        logits = (mean_q @ pooled_k.transpose(-1, -2))[:, :, 0] * q.shape[-1] ** -0.5
+        real = layout.selectable_blocks(q.device)[:, 0, -1]  # key blocks the last row may see: [b or 1, n]
+        estimate = logits.masked_fill(~real[:, None, :], float("-inf")).softmax(-1)
+        middle = (estimate + measured) / 2
+        js = 0.5 * (kl(estimate, middle) + kl(measured, middle))
+        return js.clamp(min=0).sqrt() < self.tau
+
+    def score_blocks(self, x: ScorerInputs) -> Tensor:
+        pooled = PooledQKScores().score_blocks(x)
+        lines = VerticalSlashScores(last_q=self.last_q).score_blocks(x)
+        return torch.where(self.query_aware(x)[:, :, None, None], pooled, lines)
+
+
+def kl(p: Tensor, q: Tensor) -> Tensor:
+    """KL(p || q) over the last axis; zero entries of p contribute nothing."""
+    return torch.where(p > 0, p * (p.clamp(min=1e-30).log() - q.clamp(min=1e-30).log()), 0.0).sum(-1)
