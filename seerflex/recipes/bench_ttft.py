@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         raise ValueError("bench ttft needs a CUDA GPU")
     torch.manual_seed(0)
-    model = get_seerflex_model(random_llama(args.layers, "cuda"),
+    with console.status(f"building a {args.layers}-layer Llama-3.1-8B-shaped model on the GPU"):
+        base = random_llama(args.layers, "cuda")
+    model = get_seerflex_model(base,
                                SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block_size),
                                runtime=RuntimeOptions(compile=args.compile, backend=args.backend, dense_below=0,
                                                       check_finite=args.check_finite))

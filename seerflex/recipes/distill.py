@@ -96,7 +96,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
     torch.manual_seed(recipe.seed)
     if model is None:
-        with accelerator.main_process_first():  # the first load may convert/cache the model: once, not per rank
+        with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):  # once, not per rank
             model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 else torch.float32)
     config, runtime = recipe.configs()
     wrapped = get_seerflex_model(model, config, runtime=runtime)
