@@ -85,7 +85,6 @@ class SeerFlexAttention(nn.Module):
                               options.compile)
         backward = torch.is_grad_enabled() and q.requires_grad
         if fusable(self.gate, scorer, layout, options.compile, q.device):  # gate, policy, indices: one graph
-            self.gate.check_inputs(inputs.gate_q, inputs.gate_k)
             block_mask, selection, nan_scores = planned_block_mask(
                 self.gate, self.policy, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
                 compute_q_blocks=backward)

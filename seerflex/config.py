@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from seerflex.gates.gate_type import GateType
-from seerflex.policies import Policy, PolicyLike, TopK, as_policy
+from seerflex.policies import Policy, TopK, as_policy
 
 BLOCK_SIZES = (32, 64, 128)
 

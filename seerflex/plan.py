@@ -23,8 +23,7 @@ from seerflex.policies.base import BlockSelection, Policy, select_blocks
 
 def fusable(gate: AttnGate, scorer: object, layout: BlockLayout, mode: str, device: torch.device) -> bool:
     """The learned gate scores, nothing is padded, the gate does not train and the mode compiles."""
-    training = torch.is_grad_enabled() and gate.k_weight.requires_grad
-    return scorer is gate and layout.valid_tokens is None and not training and compiles(mode, device)
+    return scorer is gate and layout.valid_tokens is None and not gate.trains() and compiles(mode, device)
 
 
 def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, cos: Tensor, sin: Tensor,
@@ -40,10 +39,8 @@ def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, cos: T
 def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout, *, mode: str,
                        compute_q_blocks: bool = False) -> tuple[BlockMask, BlockSelection, Tensor]:
     """(BlockMask, the selection it encodes, a 0-d NaN flag) for pre-RoPE ``q``/``k`` of an unpadded layout."""
+    layout, cos, sin = gate.prepare(q, k, layout)
     n = layout.num_blocks
-    if layout.block_size != gate.block_size or layout.seq_len != q.shape[2]:
-        raise ValueError("layout does not match the gate's block size or the sequence length")
-    cos, sin = gate.rope_tables(n, q.device, gate.k_weight.dtype)
     fn = compiled(plan, mode, q.device)
     order, count, tail, indices, nan = fn(q, k, gate.q_weight, gate.k_weight, cos, sin, gate.gate_type.q_pools,
                                           gate.gate_type.k_pools, gate.block_size,

@@ -74,16 +74,23 @@ class AttnGate(nn.Module):
         Inference runs the math as one compiled graph under ``compile`` (``seerflex.compile``);
         training runs it eagerly.
         """
+        layout, cos, sin = self.prepare(q, k, layout)
+        scores = block_logits if self.trains() else compiled(block_logits, compile, q.device)
+        return scores(q, k, self.q_weight, self.k_weight, cos, sin, layout.valid_tokens, layout.valid_blocks,
+                      self.gate_type.q_pools, self.gate_type.k_pools, self.block_size)
+
+    def trains(self) -> bool:
+        """A gradient will flow into the weights: the math then runs eagerly, never compiled."""
+        return torch.is_grad_enabled() and self.k_weight.requires_grad
+
+    def prepare(self, q: Tensor, k: Tensor, layout: BlockLayout | None) -> tuple[BlockLayout, Tensor, Tensor]:
+        """(layout, cos, sin) for ``block_logits`` after checking q, k and the layout against the gate."""
         self.check_inputs(q, k)
         if layout is None:
             layout = BlockLayout(q.shape[2], self.block_size)
         elif layout.block_size != self.block_size or layout.seq_len != q.shape[2]:
             raise ValueError("layout does not match the gate's block size or the sequence length")
-        cos, sin = self.rope_tables(layout.num_blocks, q.device, self.k_weight.dtype)
-        training = torch.is_grad_enabled() and self.k_weight.requires_grad
-        scores = block_logits if training else compiled(block_logits, compile, q.device)
-        return scores(q, k, self.q_weight, self.k_weight, cos, sin, layout.valid_tokens, layout.valid_blocks,
-                      self.gate_type.q_pools, self.gate_type.k_pools, self.block_size)
+        return layout, *self.rope_tables(layout.num_blocks, q.device, self.k_weight.dtype)
 
     def rope_tables(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """RoPE tables at block starts, cached: no host-to-device copy per call."""

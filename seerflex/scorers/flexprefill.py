@@ -16,7 +16,7 @@ from torch import Tensor
 from seerflex.gates.pooling import block_pool
 from seerflex.scorer import ScorerInputs
 from seerflex.scorers.pooled import PooledQKScores
-from seerflex.scorers.vertical_slash import VerticalSlashScores, last_query_lines
+from seerflex.scorers.vertical_slash import block_sums, last_query_lines, tile_scores
 
 
 class FlexPrefillScores:
@@ -25,17 +25,16 @@ class FlexPrefillScores:
     def __init__(self, tau: float = 0.1, last_q: int = 128) -> None:
         self.tau, self.last_q = tau, last_q
 
-    def query_aware(self, x: ScorerInputs) -> Tensor:
-        """[B, H] bool: the heads whose estimate is within ``tau`` (sqrt JS) of their measured distribution."""
-        layout, bs = x.layout, x.layout.block_size
-        vertical, _ = last_query_lines(x, self.last_q)
-        b, h, s = vertical.shape
-        n = layout.num_blocks
-        measured = torch.nn.functional.pad(vertical, (0, n * bs - s)).view(b, h, n, bs).sum(-1)
+    def query_aware(self, x: ScorerInputs, lines: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """[B, H] bool: the heads whose estimate is within ``tau`` (sqrt JS) of their measured distribution.
+        ``lines``: ``last_query_lines`` of ``x`` when the caller already has them."""
+        layout = x.layout
+        vertical, _ = last_query_lines(x, self.last_q) if lines is None else lines
+        measured = block_sums(vertical, layout)
         measured = measured / measured.sum(-1, keepdim=True).clamp(min=1e-30)
         q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
-        mean_q = q[:, :, max(0, s - self.last_q):].float().mean(2, keepdim=True)  # [b, h, 1, d]
-        pooled_k = block_pool(k, ("avg",), bs, layout.valid_tokens).float()  # [b, h, n, d]
+        mean_q = q[:, :, max(0, q.shape[2] - self.last_q):].float().mean(2, keepdim=True)  # [b, h, 1, d]
+        pooled_k = block_pool(k, ("avg",), layout.block_size, layout.valid_tokens).float()  # [b, h, n, d]
         logits = (mean_q @ pooled_k.transpose(-1, -2))[:, :, 0] * q.shape[-1] ** -0.5
         real = layout.selectable_blocks(q.device)[:, 0, -1]  # key blocks the last row may see: [b or 1, n]
         estimate = logits.masked_fill(~real[:, None, :], float("-inf")).softmax(-1)
@@ -44,9 +43,9 @@ class FlexPrefillScores:
         return js.clamp(min=0).sqrt() < self.tau
 
     def score_blocks(self, x: ScorerInputs) -> Tensor:
-        pooled = PooledQKScores().score_blocks(x)
-        lines = VerticalSlashScores(last_q=self.last_q).score_blocks(x)
-        return torch.where(self.query_aware(x)[:, :, None, None], pooled, lines)
+        lines = last_query_lines(x, self.last_q)  # the last queries' attention, computed once for both uses
+        return torch.where(self.query_aware(x, lines)[:, :, None, None], PooledQKScores().score_blocks(x),
+                           tile_scores(*lines, x.layout))
 
 
 def kl(p: Tensor, q: Tensor) -> Tensor:

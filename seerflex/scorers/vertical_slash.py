@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seerflex.layout import BlockLayout
 from seerflex.scorer import ScorerInputs
 
 
@@ -25,20 +26,28 @@ class VerticalSlashScores:
         self.last_q = last_q
 
     def score_blocks(self, x: ScorerInputs) -> Tensor:
-        layout, bs = x.layout, x.layout.block_size
-        vertical, slash = last_query_lines(x, self.last_q)
-        b, h, s = slash.shape
-        n = layout.num_blocks
-        vertical = torch.nn.functional.pad(vertical, (0, n * bs - s)).view(b, h, n, bs).sum(-1)  # [b, h, n]
-        # offsets crossing tile (i, j): first row - last key ... last row - first key (a short last block too)
-        cumulative = torch.nn.functional.pad(slash.cumsum(-1), (1, 0))  # prefix sums: mass of offsets < o
-        first = torch.arange(n, device=slash.device) * bs
-        final = (first + bs).clamp(max=s) - 1
-        low = (first[:, None] - final[None, :]).clamp(0, s)
-        high = (final[:, None] - first[None, :] + 1).clamp(0, s)
-        crossing = cumulative[..., high] - cumulative[..., low]  # [b, h, n, n]
-        mass = vertical[:, :, None, :] + crossing
-        return mass.clamp(min=1e-30).log().masked_fill(~layout.selectable_blocks(slash.device), float("-inf"))
+        return tile_scores(*last_query_lines(x, self.last_q), x.layout)
+
+
+def tile_scores(vertical: Tensor, slash: Tensor, layout: BlockLayout) -> Tensor:
+    """Log of each tile's vertical mass (its key block) plus the slash mass of the offsets crossing it."""
+    bs, s, n = layout.block_size, slash.shape[-1], layout.num_blocks
+    # offsets crossing tile (i, j): first row - last key ... last row - first key (a short last block too)
+    cumulative = torch.nn.functional.pad(slash.cumsum(-1), (1, 0))  # prefix sums: mass of offsets < o
+    first = torch.arange(n, device=slash.device) * bs
+    final = (first + bs).clamp(max=s) - 1
+    low = (first[:, None] - final[None, :]).clamp(0, s)
+    high = (final[:, None] - first[None, :] + 1).clamp(0, s)
+    crossing = cumulative[..., high] - cumulative[..., low]  # [b, h, n, n]
+    mass = block_sums(vertical, layout)[:, :, None, :] + crossing
+    return mass.clamp(min=1e-30).log().masked_fill(~layout.selectable_blocks(slash.device), float("-inf"))
+
+
+def block_sums(lines: Tensor, layout: BlockLayout) -> Tensor:
+    """[B, H, S] per-key values summed per key block: [B, H, n]."""
+    b, h, s = lines.shape
+    n = layout.num_blocks
+    return torch.nn.functional.pad(lines, (0, n * layout.block_size - s)).view(b, h, n, -1).sum(-1)
 
 
 def last_query_lines(x: ScorerInputs, last_q: int) -> tuple[Tensor, Tensor]:
