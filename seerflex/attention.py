@@ -40,7 +40,7 @@ class SeerFlexAttention(nn.Module):
         self.config, self.layer_idx = config, layer_idx
         self.runtime = Runtime() if runtime is None else runtime
         self.gate = AttnGate(config.gate_type, num_heads, num_kv_heads, head_dim, block_size=config.block_size,
-                             hidden_size=config.gate_hidden_size, rope=rope, project_q=project_q)
+                             q_block_size=config.q_block_size, hidden_size=config.gate_hidden_size, rope=rope, project_q=project_q)
 
     @property
     def policy(self) -> Policy:
@@ -80,7 +80,8 @@ class SeerFlexAttention(nn.Module):
             out = dense_attention(q, k, v, attention_mask, scale=scale)
             return (out, None) if return_stats else out
         options, scorer = self.runtime.options, self.runtime.scorer or self.gate
-        layout = BlockLayout.from_attention_mask(attention_mask, q.shape[2], self.config.block_size)
+        layout = BlockLayout.from_attention_mask(attention_mask, q.shape[2], self.config.block_size,
+                                                 self.config.q_block_size)
         inputs = ScorerInputs(q if gate_q is None else gate_q, k if gate_k is None else gate_k, q, k, layout,
                               options.compile)
         backward = torch.is_grad_enabled() and q.requires_grad

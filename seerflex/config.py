@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from seerflex.gates.gate_type import GateType
+from seerflex.layout import check_block_shape
 from seerflex.policies import Policy, TopK, as_policy
 
 BLOCK_SIZES = (32, 64, 128)
@@ -21,12 +22,16 @@ BLOCK_SIZES = (32, 64, 128)
 class SeerFlexConfig:
     """Gate architecture plus the default block policy and per-layer overrides.
 
+    Blocks are ``q_block_size`` queries x ``block_size`` keys; 128 x 64 fills FlashAttention-4's
+    128-row tiles while keys are still chosen 64 at a time.
+
     Policies may be given as objects, ``to_dict`` dicts or spec strings (``"topk:0.1"``). Layers
     built from one config read its policies at every call: ``SeerFlexModel.set_policy`` edits them.
     """
 
     gate_type: str = "Qavg_Kmaxminavg"
     block_size: int = 64
+    q_block_size: int | None = None  # query blocks: a multiple of block_size (None: square blocks)
     gate_hidden_size: int = 128
     policy: Policy = field(default_factory=lambda: TopK(density=0.1))
     layer_policies: dict[int, Policy] = field(default_factory=dict)
@@ -35,6 +40,11 @@ class SeerFlexConfig:
         GateType.parse(self.gate_type)
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {self.block_size}")
+        if self.q_block_size is None:
+            self.q_block_size = self.block_size
+        if self.q_block_size not in BLOCK_SIZES:
+            raise ValueError(f"q_block_size must be one of {BLOCK_SIZES}, got {self.q_block_size}")
+        check_block_shape(self.q_block_size, self.block_size)
         if isinstance(self.gate_hidden_size, bool) or not isinstance(self.gate_hidden_size, int) \
                 or self.gate_hidden_size < 2 or self.gate_hidden_size % 2:
             raise ValueError(f"gate_hidden_size must be a positive even number, got {self.gate_hidden_size}")
@@ -45,7 +55,8 @@ class SeerFlexConfig:
         return self.layer_policies.get(layer_idx, self.policy) if layer_idx is not None else self.policy
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gate_type": self.gate_type, "block_size": self.block_size, "gate_hidden_size": self.gate_hidden_size,
+        return {"gate_type": self.gate_type, "block_size": self.block_size, "q_block_size": self.q_block_size,
+                "gate_hidden_size": self.gate_hidden_size,
                 "policy": self.policy.to_dict(),
                 "layer_policies": {str(i): p.to_dict() for i, p in sorted(self.layer_policies.items())}}
 

@@ -81,11 +81,12 @@ def kernel_backend(backend: str, device: torch.device, *, compiled: bool, plain_
     return "triton"
 
 
-def kernel_options(device: torch.device, head_dim: int, block_size: int, backend: str = "triton"
+def kernel_options(device: torch.device, head_dim: int, block_size: tuple[int, int], backend: str = "triton"
                    ) -> dict[str, Any] | None:
     """Kernel options of the resolved ``backend`` ("triton" or "flash", see ``kernel_backend``).
 
-    FLASH: FA4 picks its own tiles. Triton: forward tile sizes and pipelining for this block size.
+    FLASH: FA4 picks its own tiles. Triton: forward tile sizes and pipelining for this (query, key)
+    block size.
 
     On GPU the mask's block size must be a multiple of the kernel tile; the default tiles (128 x 64
     at head 128) reject 64- and 32-token blocks ("Q and KV block size must be divisible by BLOCK_M
@@ -99,7 +100,8 @@ def kernel_options(device: torch.device, head_dim: int, block_size: int, backend
         return {"BACKEND": "FLASH"}
     if device.type != "cuda":
         return None
-    return {"BLOCK_M": min(block_size, 128), "BLOCK_N": min(block_size, 64), "num_warps": 4, "num_stages": 2}
+    q_block, kv_block = block_size
+    return {"BLOCK_M": min(q_block, 128), "BLOCK_N": min(kv_block, 64), "num_warps": 4, "num_stages": 2}
 
 
 def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale: float | None = None,
@@ -114,7 +116,7 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     fn = flex_function(compile, q.device)
     kernel = kernel_backend(backend, q.device, compiled=fn is not flex_attention,
                             plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None, dtype=q.dtype)
-    options = kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE[0], kernel)
+    options = kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE, kernel)
 
     def call() -> Tensor:
         return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,

@@ -16,7 +16,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from seerflex.block_mask import causal_block_mask, selection_indices
 from seerflex.compile import compiled, compiles
-from seerflex.gates.attn_gate import AttnGate, block_logits
+from seerflex.gates.attn_gate import AttnGate, RopeTables, block_logits
 from seerflex.layout import BlockLayout
 from seerflex.policies.base import BlockSelection, Policy, select_blocks
 
@@ -26,24 +26,24 @@ def fusable(gate: AttnGate, scorer: object, layout: BlockLayout, mode: str, devi
     return scorer is gate and layout.valid_tokens is None and not gate.trains() and compiles(mode, device)
 
 
-def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, cos: Tensor, sin: Tensor,
-         q_pools: tuple[str, ...], k_pools: tuple[str, ...], block_size: int, rule: Callable[..., Tensor],
-         params: dict[str, Tensor], bound: int, dense_rows: int
+def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: RopeTables,
+         q_pools: tuple[str, ...], k_pools: tuple[str, ...], block_size: int, q_block_size: int,
+         rule: Callable[..., Tensor], params: dict[str, Tensor], bound: int, dense_rows: int, ratio: int
          ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor], Tensor]:
     """(order, count, dense tail, BlockMask indices, any NaN score) as pure tensor code."""
-    scores = block_logits(q, k, q_weight, k_weight, cos, sin, None, None, q_pools, k_pools, block_size)
-    order, count, tail = select_blocks(rule, scores, None, None, params, bound, dense_rows)
-    return order, count, tail, selection_indices(order, count, dense_rows), torch.isnan(scores).any()
+    scores = block_logits(q, k, q_weight, k_weight, rope, None, None, q_pools, k_pools, block_size, q_block_size)
+    order, count, tail = select_blocks(rule, scores, None, None, params, bound, dense_rows, ratio)
+    indices = selection_indices(order, count, dense_rows, scores.shape[-1], ratio)
+    return order, count, tail, indices, torch.isnan(scores).any()
 
 
 def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout, *, mode: str,
                        compute_q_blocks: bool = False) -> tuple[BlockMask, BlockSelection, Tensor]:
     """(BlockMask, the selection it encodes, a 0-d NaN flag) for pre-RoPE ``q``/``k`` of an unpadded layout."""
-    layout, cos, sin = gate.prepare(q, k, layout)
-    n = layout.num_blocks
+    layout, rope = gate.prepare(q, k, layout)
     fn = compiled(plan, mode, q.device)
-    order, count, tail, indices, nan = fn(q, k, gate.q_weight, gate.k_weight, cos, sin, gate.gate_type.q_pools,
-                                          gate.gate_type.k_pools, gate.block_size,
-                                          *policy.select_args(n, gate.num_heads, q.device))
+    order, count, tail, indices, nan = fn(q, k, gate.q_weight, gate.k_weight, rope, gate.gate_type.q_pools,
+                                          gate.gate_type.k_pools, gate.block_size, gate.q_block_size,
+                                          *policy.select_args(layout, gate.num_heads, q.device))
     block_mask = causal_block_mask(indices, layout, compute_q_blocks=compute_q_blocks)
-    return block_mask, BlockSelection(order, count, n, tail), nan
+    return block_mask, BlockSelection(order, count, layout.num_blocks, tail), nan

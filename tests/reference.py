@@ -6,13 +6,14 @@ import torch
 from torch import Tensor
 
 
-def token_mask(kept: Tensor | None, seq_len: int, block_size: int, valid: Tensor | None) -> Tensor:
-    """[B|1, H|1, S, S] bool: causal, inside a kept block, real key."""
+def token_mask(kept: Tensor | None, seq_len: int, block_size: int, valid: Tensor | None,
+               q_block_size: int | None = None) -> Tensor:
+    """[B|1, H|1, S, S] bool: causal, inside a kept (query block, key block) tile, real key."""
     pos = torch.arange(seq_len)
     mask = (pos[None, :] <= pos[:, None])[None, None]
     if kept is not None:
-        blk = pos // block_size
-        mask = mask & kept[:, :, blk][:, :, :, blk]
+        q_blk = pos // (q_block_size or block_size)
+        mask = mask & kept[:, :, q_blk][:, :, :, pos // block_size]
     if valid is not None:
         mask = mask & valid.bool()[:, None, None, :]
     return mask

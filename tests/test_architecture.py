@@ -117,8 +117,9 @@ def test_kernel_backend_choice(monkeypatch):
     assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=False) == "triton"  # padded route, score_mod
     assert flex.kernel_backend("auto", cuda, compiled=False, plain_mask=True) == "triton"  # eager
     assert flex.kernel_backend("triton", cuda, compiled=True, plain_mask=True) == "triton"
-    assert flex.kernel_options(cuda, 128, 64, "flash") == {"BACKEND": "FLASH"}
-    assert flex.kernel_options(cuda, 128, 64, "triton")["BLOCK_M"] == 64
+    assert flex.kernel_options(cuda, 128, (64, 64), "flash") == {"BACKEND": "FLASH"}
+    assert flex.kernel_options(cuda, 128, (64, 64), "triton")["BLOCK_M"] == 64
+    assert flex.kernel_options(cuda, 128, (128, 64), "triton")["BLOCK_M"] == 128  # query tiles follow query blocks
     with pytest.raises(ValueError, match="'flash' cannot run here: it needs a CUDA GPU"):
         flex.kernel_backend("flash", cpu, compiled=True, plain_mask=True)
     with pytest.raises(ValueError, match="runs only compiled"):

@@ -34,31 +34,35 @@ def padding_mask(b: int, s: int, side: str) -> torch.Tensor | None:
 
 
 def kept_blocks(layer: SeerFlexAttention, q, k, mask) -> torch.Tensor:
-    layout = BlockLayout.from_attention_mask(mask, q.shape[2], layer.config.block_size)
+    layout = BlockLayout.from_attention_mask(mask, q.shape[2], layer.config.block_size, layer.config.q_block_size)
     return layer.policy.select(layer.gate(q, k, layout), layout).kept
 
 
+@pytest.mark.parametrize("ratio", [1, 2])
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize(("s", "d", "pad"), [(257, 64, "none"), (200, 128, "left"), (321, 64, "right")])
-def test_sparse_output_matches_f64_reference(density, s, d, pad):
-    cfg = SeerFlexConfig(policy=TopK(density=density), block_size=32 if d == 64 else 64)
+def test_sparse_output_matches_f64_reference(density, s, d, pad, ratio):
+    """Square blocks and query blocks twice the key block (the 128 x 64 shape, scaled down)."""
+    bs = 32 if d == 64 else 64
+    cfg = SeerFlexConfig(policy=TopK(density=density), block_size=bs, q_block_size=bs * ratio)
     layer = sparse_layer(cfg, 8, 2, d)
     q, k, v = make_inputs(2, 8, 2, s, d)
     mask = padding_mask(2, s, pad)
     out, stats = layer(q, k, v, attention_mask=mask, return_stats=True)
     kept = kept_blocks(layer, q, k, mask)
-    ref = dense_attention_f64(q, k, v, token_mask(kept, s, cfg.block_size, mask))
+    assert kept.shape[-2:] == (-(-s // (bs * ratio)), -(-s // bs))
+    ref = dense_attention_f64(q, k, v, token_mask(kept, s, cfg.block_size, mask, cfg.q_block_size))
     rows = None if mask is None else mask.double()
     assert relative_error(out, ref, rows) < 1e-5
     if density == 1.0:  # all of the causal triangle: plain causal attention
         plain = dense_attention_f64(q, k, v, token_mask(None, s, cfg.block_size, mask))
         assert relative_error(out, plain, rows) < 1e-5
         assert stats.mean_density == 1.0
-    if density == 0.0:  # only forced blocks: diagonal, one sink, two local -> at most 4 per row ...
-        assert int(kept[..., :-1, :].sum(-1).max()) <= 4
-        selectable = BlockLayout.from_attention_mask(mask, s, cfg.block_size).selectable_blocks(kept.device)
-        last = selectable.expand_as(kept)[..., -1, :].clone()
-        last[..., -1] = True  # the diagonal is kept even when padding fills it
+    if density == 0.0:  # only forced blocks: diagonal group, one sink, two local -> at most ratio + 3 per row ...
+        assert int(kept[..., :-1, :].sum(-1).max()) <= ratio + 3
+        layout = BlockLayout.from_attention_mask(mask, s, cfg.block_size, cfg.q_block_size)
+        last = layout.selectable_blocks(kept.device).expand_as(kept)[..., -1, :].clone()
+        last |= layout.diagonal(kept.device)[-1]  # the diagonal group is kept even when padding fills it
         assert torch.equal(kept[..., -1, :], last)  # ... but the last row keeps every block
     assert torch.isfinite(out).all()
 
@@ -114,17 +118,20 @@ def test_left_padded_rows_are_finite_everywhere():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("density", "policy_cls"), [(0.0, TopK), (0.3, TopK), (1.0, TopK), (0.9, TopP)])
-def test_compiled_fast_path_matches_f64_reference(density, policy_cls):
+@pytest.mark.parametrize(("density", "policy_cls", "ratio"), [(0.0, TopK, 1), (0.3, TopK, 1), (1.0, TopK, 1),
+                                                         (0.9, TopP, 1), (0.0, TopK, 2), (0.3, TopK, 2)])
+def test_compiled_fast_path_matches_f64_reference(density, policy_cls, ratio):
     """Compiled flex (CPU inductor here, Triton on GPU) with the BlockMask built straight from the
-    policy's order: odd length, GQA, batch 2, no padding."""
+    policy's order (the fused plan): odd length, GQA, batch 2, no padding, square and 2:1 blocks."""
     policy = TopK(density=density) if policy_cls is TopK else TopP(density)
-    layer = sparse_layer(SeerFlexConfig(policy=policy, block_size=32), 4, 2, 32, compile="dynamic")
-    s = 32 * 9 + 7
+    cfg = SeerFlexConfig(policy=policy, block_size=32, q_block_size=32 * ratio)
+    layer = sparse_layer(cfg, 4, 2, 32, compile="dynamic")
+    s = 32 * 9 + 7 if ratio == 1 else 64 * 4 + 20  # 2:1: a short last query block holding one key block
     q, k, v = make_inputs(2, 4, 2, s, 32)
     out = layer(q, k, v)
     kept = kept_blocks(layer, q, k, None)
-    assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, s, 32, None))) < 1e-5
+    ref = dense_attention_f64(q, k, v, token_mask(kept, s, cfg.block_size, None, cfg.q_block_size))
+    assert relative_error(out, ref) < 1e-5
 
 
 @pytest.mark.slow

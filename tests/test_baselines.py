@@ -29,28 +29,33 @@ def test_pooled_qk_scores_are_block_mean_dot_products():
     torch.testing.assert_close(scores, expected)
 
 
+@pytest.mark.parametrize("qbs", [32, 64])
 @pytest.mark.parametrize("name", sorted(SCORERS))
-def test_every_scorer_drives_exact_sparse_attention(name):
-    layer = sparse_layer(SeerFlexConfig(policy=TopK(density=0.3), block_size=32), 4, 2, 32)
+def test_every_scorer_drives_exact_sparse_attention(name, qbs):
+    layer = sparse_layer(SeerFlexConfig(policy=TopK(density=0.3), block_size=32, q_block_size=qbs), 4, 2, 32)
     layer.runtime.scorer = SCORERS[name]()
     q, k, v = (torch.randn(2, h, 200, 32) for h in (4, 2, 2))
     mask = torch.ones(2, 200, dtype=torch.long)
     mask[1, :50] = 0
     out = layer(q, k, v, attention_mask=mask)
-    layout = BlockLayout.from_attention_mask(mask, 200, 32)
-    kept = layer.policy.select(layer.runtime.scorer.score_blocks(ScorerInputs(q, k, q, k, layout)), layout).kept
-    ref = dense_attention_f64(q, k, v, token_mask(kept, 200, 32, mask))
+    layout = BlockLayout.from_attention_mask(mask, 200, 32, qbs)
+    scores = layer.runtime.scorer.score_blocks(ScorerInputs(q, k, q, k, layout))
+    assert scores.shape == (2, 4, *layout.shape)
+    kept = layer.policy.select(scores, layout).kept
+    ref = dense_attention_f64(q, k, v, token_mask(kept, 200, 32, mask, qbs))
     assert relative_error(out, ref, mask.double()) < 1e-5
     layer.policy = TopK(density=1.0)  # any scorer at density 1 is plain causal attention
     full = dense_attention_f64(q, k, v, token_mask(None, 200, 32, mask))
     assert relative_error(layer(q, k, v, attention_mask=mask), full, mask.double()) < 1e-5
 
 
-def xattention_direct(q, k, bs, stride, valid):
-    """XAttention's block mass in float64 as a sum over the antidiagonal offsets (not the concat trick)."""
+def xattention_direct(q, k, bs, stride, valid, qbs=None):
+    """XAttention's block mass in float64 as a sum over the antidiagonal offsets (not the concat trick),
+    tiles of ``qbs`` (default ``bs``) strided query rows by ``bs`` keys."""
+    qbs = qbs or bs
     q, k = q.double(), k.double().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     b, h, s, d = q.shape
-    n = -(-s // bs)
+    n = -(-s // qbs) * qbs // bs  # key blocks padded to whole query blocks: one square strided grid
     pad = n * bs - s
     q, k = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (q, k))
     real = torch.nn.functional.pad(valid, (0, pad)).view(b, -1, stride).any(-1)  # per strided group
@@ -59,18 +64,19 @@ def xattention_direct(q, k, bs, stride, valid):
     g = scores.shape[-1]
     allowed = torch.ones(g, g, dtype=torch.bool).tril()[None, None] & real[:, None, None, :]
     probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0) * real[:, None, :, None]
-    per = bs // stride
-    return probs.view(b, h, n, per, n, per).sum((3, 5))
+    per, per_q = bs // stride, qbs // stride
+    return probs.view(b, h, n * bs // qbs, per_q, n, per).sum((3, 5))[..., : -(-s // bs)]
 
 
+@pytest.mark.parametrize("qbs", [32, 64])
 @pytest.mark.parametrize("left_pad", [0, 45])
-def test_xattention_scores_equal_a_direct_float64_implementation(left_pad):
+def test_xattention_scores_equal_a_direct_float64_implementation(left_pad, qbs):
     q, k = torch.randn(2, 4, 200, 16) * 2, torch.randn(2, 2, 200, 16) * 2
     mask = torch.ones(2, 200, dtype=torch.long)
     mask[1, :left_pad] = 0
-    layout = BlockLayout.from_attention_mask(mask, 200, 32)
+    layout = BlockLayout.from_attention_mask(mask, 200, 32, qbs)
     scores = XAttentionScores(stride=8).score_blocks(ScorerInputs(q, k, q, k, layout))
-    direct = xattention_direct(q, k, 32, 8, mask.bool())
+    direct = xattention_direct(q, k, 32, 8, mask.bool(), qbs)
     selectable = layout.selectable_blocks(torch.device("cpu")).expand_as(scores)
     assert torch.isinf(scores[~selectable]).all() and (scores[~selectable] < 0).all()
     torch.testing.assert_close(scores.exp()[selectable].double(), direct[selectable], rtol=1e-4, atol=1e-6)
@@ -78,12 +84,13 @@ def test_xattention_scores_equal_a_direct_float64_implementation(left_pad):
         XAttentionScores(stride=24).score_blocks(ScorerInputs(q, k, q, k, layout))
 
 
-def vertical_slash_direct(q, k, bs, last_q, valid):
+def vertical_slash_direct(q, k, bs, last_q, valid, qbs=None):
     """The vertical-slash block estimate with explicit loops over tiles, lines and the last queries (float64)."""
+    qbs = qbs or bs
     q, k = q.double(), k.double().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     b, h, s, d = q.shape
-    n = -(-s // bs)
-    out = torch.zeros(b, h, n, n, dtype=torch.float64)
+    n, nq = -(-s // bs), -(-s // qbs)
+    out = torch.zeros(b, h, nq, n, dtype=torch.float64)
     for bi in range(b):
         rows = [r for r in range(s - last_q, s) if valid[bi, r]]
         for hi in range(h):
@@ -94,24 +101,24 @@ def vertical_slash_direct(q, k, bs, last_q, valid):
                 for c, pc in zip(keys, p):
                     vertical[c] += pc
                     slash[r - c] += pc
-            for i in range(n):
-                for j in range(i + 1):
-                    offsets = {x - y for x in range(i * bs, min(s, i * bs + bs))
+            for i in range(nq):
+                for j in range(-(-min(s, i * qbs + qbs) // bs)):
+                    offsets = {x - y for x in range(i * qbs, min(s, i * qbs + qbs))
                                for y in range(j * bs, min(s, j * bs + bs)) if x >= y}
                     out[bi, hi, i, j] = vertical[j * bs: j * bs + bs].sum() + sum(slash[o] for o in offsets)
     return out
 
 
-@pytest.mark.parametrize("left_pad", [0, 21])
-def test_vertical_slash_scores_equal_a_direct_float64_implementation(left_pad):
+@pytest.mark.parametrize(("left_pad", "qbs"), [(0, 32), (21, 32), (21, 64)])
+def test_vertical_slash_scores_equal_a_direct_float64_implementation(left_pad, qbs):
     from seerflex.scorers import VerticalSlashScores
 
     q, k = torch.randn(2, 2, 90, 8) * 2, torch.randn(2, 1, 90, 8) * 2
     mask = torch.ones(2, 90, dtype=torch.long)
     mask[1, :left_pad] = 0
-    layout = BlockLayout.from_attention_mask(mask, 90, 32)
+    layout = BlockLayout.from_attention_mask(mask, 90, 32, qbs)
     scores = VerticalSlashScores(last_q=16).score_blocks(ScorerInputs(q, k, q, k, layout))
-    direct = vertical_slash_direct(q, k, 32, 16, mask.bool())
+    direct = vertical_slash_direct(q, k, 32, 16, mask.bool(), qbs)
     selectable = layout.selectable_blocks(torch.device("cpu")).expand_as(scores)
     torch.testing.assert_close(scores.exp()[selectable].double(), direct[selectable], rtol=1e-4, atol=1e-6)
 

@@ -19,6 +19,10 @@ def test_bench_kernel_on_cpu_checks_and_times(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["method"] for r in rows] == ["sdpa dense", "flex dense", "seerflex", "seerflex"]
     assert all(r["max_rel_err"] < 1e-4 and r["total_ms"] > 0 for r in rows[2:])
+    assert bench_kernel.main(["lengths=[300]", "densities=[0.3]", "heads=4", "kv_heads=2", "head_dim=32",
+                              "block_size=32", "q_block_size=64", "dtype=float32", "device=cpu", f"out={out}"]) == 0
+    row = json.loads(out.read_text())["results"][-1]
+    assert (row["q_block_size"], row["block_size"]) == (64, 32) and row["max_rel_err"] < 1e-4
 
 
 def test_demo_with_bundled_style_adapter(tmp_path, monkeypatch, recipe_model):

@@ -19,27 +19,31 @@ def test_compact_indices_lists_true_columns_first_in_order():
     assert idx.dtype == count.dtype == torch.int32
 
 
+@pytest.mark.parametrize("ratio", [1, 2])
 @pytest.mark.parametrize("pad", [False, True])
-def test_block_mask_keeps_exactly_the_decisions_with_disjoint_full_and_partial(pad):
+def test_block_mask_keeps_exactly_the_decisions_with_disjoint_full_and_partial(pad, ratio):
     s, bs = 10 * 32 - 5, 32
     mask = torch.ones(2, s, dtype=torch.long)
     if pad:
         mask[0, :45] = 0
-    layout = BlockLayout.from_attention_mask(mask, s, bs)
-    kept = torch.rand(2, 3, 10, 10) > 0.6
-    kept = (kept & layout.selectable_blocks(torch.device("cpu"))) | torch.eye(10, dtype=torch.bool)
+    layout = BlockLayout.from_attention_mask(mask, s, bs, bs * ratio)
+    nq, nk = layout.shape
+    diagonal = layout.diagonal(torch.device("cpu"))
+    kept = torch.rand(2, 3, nq, nk) > 0.6
+    kept = (kept & layout.selectable_blocks(torch.device("cpu"))) | diagonal
     bm = build_block_mask(kept, layout)
+    assert bm.BLOCK_SIZE == (bs * ratio, bs)
     assert torch.equal(bm.to_dense().bool(), kept)
     full = torch.zeros_like(kept)
-    for b, h, i in torch.cartesian_prod(torch.arange(2), torch.arange(3), torch.arange(10)).tolist():
+    for b, h, i in torch.cartesian_prod(torch.arange(2), torch.arange(3), torch.arange(nq)).tolist():
         partial_cols = bm.kv_indices[b, h, i, : bm.kv_num_blocks[b, h, i]].tolist()
         full_cols = bm.full_kv_indices[b, h, i, : bm.full_kv_num_blocks[b, h, i]].tolist()
         assert not set(partial_cols) & set(full_cols)
-        assert i in partial_cols  # the causal diagonal tile always needs mask_mod
+        assert set(diagonal[i].nonzero().flatten().tolist()) <= set(partial_cols)  # causal tiles need mask_mod
         if pad and b == 0:
-            assert 1 not in full_cols  # block 1 mixes padding and real tokens
+            assert 1 not in full_cols  # key block 1 mixes padding and real tokens
         full[b, h, i, full_cols] = True
-    assert not full.diagonal(dim1=-2, dim2=-1).any()
+    assert not (full & diagonal).any()
     assert bm.q_num_blocks is None and build_block_mask(kept, layout, compute_q_blocks=True).q_num_blocks is not None
 
 
@@ -74,20 +78,22 @@ def test_compiled_flex_equals_reference_and_policy_swaps_do_not_recompile():
 
 
 @pytest.mark.parametrize("policy", [TopK(density=0.3), TopK(k=2, sink=0, local=0), Threshold(0.05), TopP(0.7),
-                                    TopK.original(0.4)])
-def test_mask_from_selection_lists_the_same_tiles(policy):
-    """Fast-path indices (the policy's order) cover exactly the kept tiles, diagonal as the only partial one."""
-    layout = BlockLayout(64 * 13 + 5, 64)
-    n = layout.num_blocks
-    scores = torch.randn(2, 3, n, n).masked_fill(~layout.selectable_blocks(torch.device("cpu")), float("-inf"))
+                                    TopK.original(0.4), TopK(density=0.3, dense_last_rows=0)])
+@pytest.mark.parametrize(("s", "ratio"), [(64 * 13 + 5, 1), (64 * 13 + 5, 2), (64 * 14 + 5, 2), (64 * 13 + 5, 4)])
+def test_mask_from_selection_lists_the_same_tiles(policy, s, ratio):
+    """Fast-path indices (the policy's order) cover exactly the kept tiles, the diagonal group as the only
+    partial ones (a short last query block has fewer)."""
+    layout = BlockLayout(s, 64, None, 64 * ratio)
+    (nq, n), cpu = layout.shape, torch.device("cpu")
+    scores = torch.randn(2, 3, nq, n).masked_fill(~layout.selectable_blocks(cpu), float("-inf"))
     selection = policy.select(scores, layout)
     fast = block_mask_from_selection(selection, layout)
-    full = torch.zeros(2, 3, n, n + 1, dtype=torch.int32)
+    full = torch.zeros(2, 3, nq, n + 1, dtype=torch.int32)
     rank = torch.arange(n)
     full.scatter_(-1, fast.full_kv_indices.long().masked_fill(rank >= fast.full_kv_num_blocks[..., None], n), 1)
     partial = torch.zeros_like(full).scatter_(-1, fast.kv_indices.long().masked_fill(
         rank >= fast.kv_num_blocks[..., None], n), 1)
-    assert torch.equal(partial[..., :n].bool(), torch.eye(n, dtype=torch.bool).expand(2, 3, n, n))
+    assert torch.equal(partial[..., :n].bool(), layout.diagonal(cpu).expand(2, 3, nq, n))
     assert torch.equal((full + partial)[..., :n].bool(), selection.kept)
     assert int((full + partial)[..., :n].max()) == 1  # no tile listed twice
     with pytest.raises(ValueError, match="unpadded"):

@@ -42,6 +42,18 @@ def test_kl_matches_float64_by_hand():
     assert torch.isclose(gate_recall(kept, target), torch.tensor(1.0))
 
 
+def test_rectangular_blocks_distil_and_save_their_shape(tmp_path, text_file):
+    """Query blocks of 64 over key blocks of 32: logits and target are [nq, nk], the adapter keeps the shape."""
+    import json
+
+    adapter = train(recipe(tmp_path, text_file, steps=2, checkpoint_every=100, seerflex=SEERFLEX | {"q_block_size": 64}),
+                    small_llama(), CharTokenizer())
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(0 < x < float("inf") for x in losses)
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert (saved["q_block_size"], saved["block_size"]) == (64, 32)
+
+
 @pytest.mark.slow
 def test_training_lowers_kl_and_leaves_the_base_model_alone(tmp_path, text_file):
     model = small_llama()

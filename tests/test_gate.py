@@ -38,15 +38,14 @@ def rope_rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, scal
 
 def original_gate_scores(gate: AttnGate, q, k, valid=None) -> torch.Tensor:
     """SeerAttention prefill gate math for one sequence (q [Hq,S,D], k [Hkv,S,D]), float64."""
-    bs, hid = gate.block_size, gate.hidden_size
-    qb = naive_pool(q, gate.gate_type.q_pools, bs, valid)
+    bs, qbs, hid = gate.block_size, gate.q_block_size, gate.hidden_size
+    qb = naive_pool(q, gate.gate_type.q_pools, qbs, valid)
     kb = naive_pool(k, gate.gate_type.k_pools, bs, valid)
     kb = kb.repeat_interleave(q.shape[0] // k.shape[0], 0)
     if gate.q_weight is not None:
         qb = torch.stack([qb[h] @ gate.q_weight[h].double() for h in range(q.shape[0])])
     kb = torch.stack([kb[h] @ gate.k_weight[h].double() for h in range(q.shape[0])])
-    n = qb.shape[1]
-    pos = torch.arange(n) * bs
+    nq, n = qb.shape[1], kb.shape[1]
     if gate.rope.rope_type == "default":
         inv = 1.0 / gate.rope.theta ** (torch.arange(0, hid, 2).double() / hid)
         scale = 1.0
@@ -54,9 +53,9 @@ def original_gate_scores(gate: AttnGate, q, k, valid=None) -> torch.Tensor:
         cfg = LlamaConfig(hidden_size=hid * 2, num_attention_heads=2, head_dim=hid, max_position_embeddings=131072,
                           rope_parameters={"rope_theta": gate.rope.theta, **gate.rope.scaling})
         inv, scale = ROPE_INIT_FUNCTIONS[gate.rope.rope_type](cfg, "cpu")
-    qb, kb = rope_rotate(qb, pos, inv, scale), rope_rotate(kb, pos, inv, scale)
+    qb, kb = rope_rotate(qb, torch.arange(nq) * qbs, inv, scale), rope_rotate(kb, torch.arange(n) * bs, inv, scale)
     logits = qb @ kb.transpose(-1, -2) / math.sqrt(hid)
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    causal = torch.arange(n)[None, :] * bs < (torch.arange(nq)[:, None] + 1) * qbs  # key block starts by query block end
     return logits.masked_fill(~causal, float("-inf"))
 
 
@@ -65,15 +64,17 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
 
 
-@pytest.mark.parametrize(("gate_type", "hq", "hkv", "d", "hidden", "bs", "s", "scaling"), [
-    ("Qavg_Kmaxminavg", 8, 2, 64, 128, 64, 300, {}),
-    ("Qavg_Kmaxminavg", 4, 4, 128, 128, 32, 97, LLAMA3),    # hidden == head_dim: Q not projected
-    ("Qmaxavg_Kavg", 6, 3, 64, 64, 128, 257, YARN),
-    ("Qmin_Kmax", 4, 1, 64, 32, 64, 64, {}),
+@pytest.mark.parametrize(("gate_type", "hq", "hkv", "d", "hidden", "bs", "s", "scaling", "qbs"), [
+    ("Qavg_Kmaxminavg", 8, 2, 64, 128, 64, 300, {}, None),
+    ("Qavg_Kmaxminavg", 4, 4, 128, 128, 32, 97, LLAMA3, None),    # hidden == head_dim: Q not projected
+    ("Qmaxavg_Kavg", 6, 3, 64, 64, 128, 257, YARN, None),
+    ("Qmin_Kmax", 4, 1, 64, 32, 64, 64, {}, None),
+    ("Qavg_Kmaxminavg", 8, 2, 64, 128, 64, 300, {}, 128),  # 128 x 64: Q pooled over 128, K over 64
+    ("Qavg_Kmaxminavg", 4, 1, 64, 64, 32, 97, YARN, 128),
 ])
-def test_gate_scores_match_original_math(gate_type, hq, hkv, d, hidden, bs, s, scaling):
+def test_gate_scores_match_original_math(gate_type, hq, hkv, d, hidden, bs, s, scaling, qbs):
     rope = RopeSpec(theta=500000.0 if scaling else 10000.0, scaling=scaling, max_position_embeddings=131072)
-    gate = AttnGate(gate_type, hq, hkv, d, block_size=bs, hidden_size=hidden, rope=rope).double()
+    gate = AttnGate(gate_type, hq, hkv, d, block_size=bs, q_block_size=qbs, hidden_size=hidden, rope=rope).double()
     assert (gate.q_weight is None) == (gate_type == "Qavg_Kmaxminavg" and hidden == d)
     q, k = torch.randn(2, hq, s, d, dtype=torch.float64), torch.randn(2, hkv, s, d, dtype=torch.float64)
     scores = gate(q, k)
@@ -135,7 +136,8 @@ def test_gate_math_compiles_as_one_graph_with_the_same_logits():
     gate = AttnGate("Qavgmax_Kmaxmin", 4, 2, 32, block_size=16, hidden_size=16)
     q, k = torch.randn(2, 4, 16 * 5 + 3, 32), torch.randn(2, 2, 16 * 5 + 3, 32)
     layout = BlockLayout(q.shape[2], 16)
-    cos, sin = gate.rope_tables(layout.num_blocks, q.device, torch.float32)
+    rope = gate.rope_tables(layout.seq_len, q.device, torch.float32)
     compiled = torch.compile(block_logits, fullgraph=True, backend="aot_eager")
-    args = (q, k, gate.q_weight, gate.k_weight, cos, sin, None, None, gate.gate_type.q_pools, gate.gate_type.k_pools, 16)
+    args = (q, k, gate.q_weight, gate.k_weight, rope, None, None, gate.gate_type.q_pools, gate.gate_type.k_pools,
+            16, 16)
     assert torch.equal(compiled(*args), gate(q, k, layout))

@@ -125,23 +125,24 @@ def test_gate_sees_pre_rope_qk_after_norm(family, monkeypatch):
 
 
 def kept_blocks(sm: SeerFlexModel, q, k) -> dict[int, torch.Tensor]:
-    layout = BlockLayout(q.shape[2], 32)
+    layout = BlockLayout(q.shape[2], 32, None, sm.peft_config[sm.active_adapter].q_block_size)
     return {s.layer_idx: s.active().policy.select(s.active().gate(q, k, layout), layout).kept for s in sm._states}
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_save_load_round_trip_is_bit_exact(family, tmp_path):
+@pytest.mark.parametrize(("family", "qbs"), [("llama", 32), ("gemma2", 32), ("llama", 64)])
+def test_save_load_round_trip_is_bit_exact(family, qbs, tmp_path):
     base = make_model(family)
     twin = copy.deepcopy(base)
     policy = Threshold(threshold=0.02)
-    sm = get_seerflex_model(base, seer_config(policy, gate_type="Qavgmax_Kmaxminavg"), revision="abc123",
-                            runtime=SPARSE_ALWAYS)
+    sm = get_seerflex_model(base, seer_config(policy, gate_type="Qavgmax_Kmaxminavg", q_block_size=qbs),
+                            revision="abc123", runtime=SPARSE_ALWAYS)
     sm.set_policy(TopK(k=2), layers=[1])
     sm.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     gated = [1] if family == "gemma2" else [0, 1]
     assert cfg["peft_type"] == "SEERFLEX" and cfg["gated_layers"] == gated and cfg["revision"] == "abc123"
-    assert (cfg["gate_type"], cfg["block_size"], cfg["gate_hidden_size"]) == ("Qavgmax_Kmaxminavg", 32, 32)
+    assert (cfg["gate_type"], cfg["block_size"], cfg["q_block_size"], cfg["gate_hidden_size"]) == (
+        "Qavgmax_Kmaxminavg", 32, qbs, 32)
     assert cfg["policy"]["type"] == "threshold" and cfg["layer_policies"]["1"]["k"] == 2
     assert (cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["head_dim"]) == (2, 4, 32)
     with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as f:

@@ -11,24 +11,30 @@ from seerflex import BlockLayout, SeerFlexConfig, Threshold, TopK, TopP
 from seerflex.policies import as_policy
 
 
-def random_scores(b=2, h=3, n=12):
-    layout = BlockLayout(n * 64, 64)
-    scores = torch.randn(b, h, n, n).masked_fill(~layout.selectable_blocks(torch.device("cpu")), float("-inf"))
+def random_scores(b=2, h=3, n=12, ratio=1):
+    """Scores for n query blocks of ``ratio`` key blocks each."""
+    layout = BlockLayout(n * 64 * ratio, 64, None, 64 * ratio)
+    scores = torch.randn(b, h, *layout.shape).masked_fill(~layout.selectable_blocks(torch.device("cpu")), float("-inf"))
     return scores, layout
 
 
 def forced_of(policy, layout, shape):
-    """Reference always-on blocks of an unpadded layout: diagonal, local previous, first sink blocks."""
-    i, j = torch.arange(layout.num_blocks)[:, None], torch.arange(layout.num_blocks)[None, :]
-    return ((j <= i) & ((j >= i - policy.local) | (j < policy.sink))).expand(shape)
+    """Reference always-on blocks of an unpadded layout: diagonal group, local previous, first sink blocks."""
+    r = layout.ratio
+    i, j = torch.arange(layout.num_q_blocks)[:, None], torch.arange(layout.num_blocks)[None, :]
+    return ((j < (i + 1) * r) & ((j >= i * r - policy.local) | (j < policy.sink))).expand(shape)
 
 
-def test_exact_k_keeps_forced_then_best_scores():
-    scores, layout = random_scores()
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_exact_k_keeps_forced_then_best_scores(ratio):
+    scores, layout = random_scores(ratio=ratio)
     policy = TopK(k=5, sink=1, local=1, dense_last_rows=0)
-    kept = policy.select(scores, layout).kept
-    n_avail = torch.arange(1, 13)
+    selection = policy.select(scores, layout)
+    kept = selection.kept
+    n_avail = torch.arange(1, 13) * ratio
     assert torch.equal(kept.sum(-1), torch.minimum(n_avail, torch.tensor(5)).expand(2, 3, 12))
+    group = torch.arange(12)[:, None] * ratio + torch.arange(ratio)  # the order starts with the diagonal group
+    assert torch.equal(selection.order[..., :ratio].sort(-1).values, group.expand(2, 3, 12, ratio))
     forced = forced_of(policy, layout, kept.shape)
     assert not (forced & ~kept).any()
     # among the non-forced blocks, every kept one scores at least as high as every dropped one
@@ -38,8 +44,9 @@ def test_exact_k_keeps_forced_then_best_scores():
     assert (lowest_kept >= highest_dropped).all()
 
 
-def test_density_zero_keeps_only_forced_blocks():
-    scores, layout = random_scores()
+@pytest.mark.parametrize("ratio", [1, 2, 4])
+def test_density_zero_keeps_only_forced_blocks(ratio):
+    scores, layout = random_scores(ratio=ratio)
     policy = TopK(density=0.0, sink=2, local=3, dense_last_rows=0)
     kept = policy.select(scores, layout).kept
     assert torch.equal(kept, forced_of(policy, layout, kept.shape))

@@ -100,11 +100,12 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     if not usable:
         raise ValueError("distillation needs causal attention with key padding only (no packed/custom masks)")
     gate_q, gate_k = state.capture.take(query, key)
-    layout = BlockLayout.from_attention_mask(padding, query.shape[2], layer.config.block_size)
+    layout = BlockLayout.from_attention_mask(padding, query.shape[2], layer.config.block_size, layer.config.q_block_size)
     mode = layer.runtime.options.compile
     logits = layer.gate(gate_q, gate_k, layout, compile=mode)
     with torch.no_grad():
-        target = block_attention_map(query, key, block_size=layout.block_size, mode=_active.target,
+        target = block_attention_map(query, key, block_size=layout.block_size, q_block_size=layout.q_block_size,
+                                     mode=_active.target,
                                      scale=kwargs.get("scaling"), attention_mask=padding)
         kept = layer.policy.select(logits.detach(), layout, compile=mode).kept
     _active.add(state.layer_idx, logits, target, kept, layout)

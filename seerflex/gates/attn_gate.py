@@ -1,9 +1,10 @@
 """AttnGate: scores every (query-block, key-block) pair from pooled, projected Q and K.
 
-Data path: pre-RoPE Q [B, Hq, S, D] and K [B, Hkv, S, D] -> block pooling -> per-head projections
-(K repeated from KV heads to query heads first, as in the original) -> RoPE at block starts ->
-q_blk . k_blk^T / sqrt(hidden) -> block-causal logits [B, Hq, nq, nk] in float32, with -inf where
-a key block may not be chosen (above the diagonal, or padding only).
+Data path: pre-RoPE Q [B, Hq, S, D] and K [B, Hkv, S, D] -> block pooling (Q over ``q_block_size``
+tokens, K over ``block_size``) -> per-head projections (K repeated from KV heads to query heads
+first, as in the original) -> RoPE at block starts -> q_blk . k_blk^T / sqrt(hidden) -> block-causal
+logits [B, Hq, nq, nk] in float32, with -inf where a key block may not be chosen (after the query
+block's diagonal group, or padding only).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from seerflex.compile import compiled
 from seerflex.gates.gate_type import GateType
 from seerflex.gates.pooling import block_pool
 from seerflex.gates.rope import RopeSpec, apply_rope
-from seerflex.layout import BlockLayout, selectable_blocks
+from seerflex.layout import BlockLayout, check_block_shape, selectable_blocks
 from seerflex.scorer import ScorerInputs
+
+RopeTables = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class AttnGate(nn.Module):
@@ -30,6 +33,7 @@ class AttnGate(nn.Module):
         head_dim: int,
         *,
         block_size: int = 64,
+        q_block_size: int | None = None,
         hidden_size: int = 128,
         rope: RopeSpec | None = None,
         project_q: bool | None = None,
@@ -47,6 +51,8 @@ class AttnGate(nn.Module):
         self.gate_type = gate_type if isinstance(gate_type, GateType) else GateType.parse(gate_type)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.block_size, self.hidden_size = block_size, hidden_size
+        self.q_block_size = block_size if q_block_size is None else q_block_size
+        check_block_shape(self.q_block_size, self.block_size)
         self.rope = rope if rope is not None else RopeSpec()
         if project_q is None:  # the original skips Q's map when it could only be a square matrix
             project_q = len(self.gate_type.q_pools) > 1 or hidden_size != head_dim
@@ -74,30 +80,34 @@ class AttnGate(nn.Module):
         Inference runs the math as one compiled graph under ``compile`` (``seerflex.compile``);
         training runs it eagerly.
         """
-        layout, cos, sin = self.prepare(q, k, layout)
+        layout, rope = self.prepare(q, k, layout)
         scores = block_logits if self.trains() else compiled(block_logits, compile, q.device)
-        return scores(q, k, self.q_weight, self.k_weight, cos, sin, layout.valid_tokens, layout.valid_blocks,
-                      self.gate_type.q_pools, self.gate_type.k_pools, self.block_size)
+        return scores(q, k, self.q_weight, self.k_weight, rope, layout.valid_tokens, layout.valid_blocks,
+                      self.gate_type.q_pools, self.gate_type.k_pools, self.block_size, self.q_block_size)
 
     def trains(self) -> bool:
         """A gradient will flow into the weights: the math then runs eagerly, never compiled."""
         return torch.is_grad_enabled() and self.k_weight.requires_grad
 
-    def prepare(self, q: Tensor, k: Tensor, layout: BlockLayout | None) -> tuple[BlockLayout, Tensor, Tensor]:
-        """(layout, cos, sin) for ``block_logits`` after checking q, k and the layout against the gate."""
+    def prepare(self, q: Tensor, k: Tensor, layout: BlockLayout | None) -> tuple[BlockLayout, RopeTables]:
+        """(layout, RoPE tables) for ``block_logits`` after checking q, k and the layout against the gate."""
         self.check_inputs(q, k)
         if layout is None:
-            layout = BlockLayout(q.shape[2], self.block_size)
-        elif layout.block_size != self.block_size or layout.seq_len != q.shape[2]:
-            raise ValueError("layout does not match the gate's block size or the sequence length")
-        return layout, *self.rope_tables(layout.num_blocks, q.device, self.k_weight.dtype)
+            layout = BlockLayout(q.shape[2], self.block_size, None, self.q_block_size)
+        elif (layout.block_size, layout.q_block_size) != (self.block_size, self.q_block_size) \
+                or layout.seq_len != q.shape[2]:
+            raise ValueError("layout does not match the gate's block sizes or the sequence length")
+        return layout, self.rope_tables(layout.seq_len, q.device, self.k_weight.dtype)
 
-    def rope_tables(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """RoPE tables at block starts, cached: no host-to-device copy per call."""
-        key = (n, device, dtype)
+    def rope_tables(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> RopeTables:
+        """(q cos, q sin, k cos, k sin) at query- and key-block starts, cached: no host-to-device copy per call."""
+        key = (seq_len, device, dtype)
         if key not in self._rope_tables:
-            starts = torch.arange(n, device=device) * self.block_size
-            self._rope_tables = {key: self.rope.cos_sin(starts, self.hidden_size, dtype)}
+            tables = ()
+            for size in (self.q_block_size, self.block_size):
+                starts = torch.arange(-(-seq_len // size), device=device) * size
+                tables += self.rope.cos_sin(starts, self.hidden_size, dtype)
+            self._rope_tables = {key: tables}
         return self._rope_tables[key]
 
     def check_inputs(self, q: Tensor, k: Tensor) -> None:
@@ -115,20 +125,22 @@ class AttnGate(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.gate_type.name}, heads={self.num_heads}/{self.num_kv_heads}, head_dim={self.head_dim}, "
-                f"block_size={self.block_size}, hidden={self.hidden_size}, rope={self.rope.rope_type}")
+                f"blocks={self.q_block_size}x{self.block_size}, hidden={self.hidden_size}, rope={self.rope.rope_type}")
 
 
-def block_logits(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, cos: Tensor, sin: Tensor,
+def block_logits(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: RopeTables,
                  valid_tokens: Tensor | None, valid_blocks: Tensor | None, q_pools: tuple[str, ...],
-                 k_pools: tuple[str, ...], block_size: int) -> Tensor:
+                 k_pools: tuple[str, ...], block_size: int, q_block_size: int) -> Tensor:
     """The gate's math as a pure function of its weights, so one compiled graph serves every layer."""
     heads, hidden = k_weight.shape[0], k_weight.shape[-1]
-    qb = block_pool(q, q_pools, block_size, valid_tokens).to(k_weight.dtype)
+    qb = block_pool(q, q_pools, q_block_size, valid_tokens).to(k_weight.dtype)
     kb = block_pool(k, k_pools, block_size, valid_tokens).to(k_weight.dtype)
     kb = kb.repeat_interleave(heads // k.shape[1], dim=1)
     if q_weight is not None:
         qb = torch.einsum("bhnd,hde->bhne", qb, q_weight)
     kb = torch.einsum("bhnd,hde->bhne", kb, k_weight)
-    qb, kb = apply_rope(qb, cos, sin), apply_rope(kb, cos, sin)
+    qb, kb = apply_rope(qb, *rope[:2]), apply_rope(kb, *rope[2:])
     logits = (qb @ kb.transpose(-1, -2)).float() * hidden**-0.5
-    return logits.masked_fill(~selectable_blocks(logits.shape[-1], valid_blocks, q.device), float("-inf"))
+    nq, nk = logits.shape[-2:]
+    return logits.masked_fill(~selectable_blocks(nq, nk, q_block_size // block_size, valid_blocks, q.device),
+                              float("-inf"))

@@ -31,17 +31,22 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from seerflex.ground_truth.reference import chunk_map, torch_block_map
+from seerflex.ground_truth.reference import chunk_map, merge_query_blocks, normalise, torch_block_map
 from seerflex.ground_truth.triton_kernels import triton_block_map, triton_supported
+from seerflex.layout import check_block_shape
 
 MODES = ("max", "mass")
 BACKEND_ENV = "SEERFLEX_GT_BACKEND"
 
 
-def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, mode: Literal["max", "mass"] = "max",
-                        scale: float | None = None, attention_mask: Tensor | None = None,
-                        lse: Tensor | None = None) -> Tensor:
-    """Block map [B, Hq, n, n] (float32, n = ceil(S / block_size), zeros above the diagonal).
+def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, q_block_size: int | None = None,
+                        mode: Literal["max", "mass"] = "max", scale: float | None = None,
+                        attention_mask: Tensor | None = None, lse: Tensor | None = None) -> Tensor:
+    """Block map [B, Hq, nq, nk] (float32, nk = ceil(S / block_size), nq = ceil(S / q_block_size), zeros
+    after each query block's diagonal group).
+
+    ``q_block_size`` (default ``block_size``, else a multiple of it): the map is computed on square
+    key-size tiles and their rows merged (``max``: the largest; ``mass``: the real-query-weighted mean).
 
     q [B, Hq, S, D] and k [B, Hkv, S, D] as the attention sees them (post-RoPE); GQA: query head h
     uses KV head h // (Hq // Hkv). ``attention_mask`` [B, S], 1 = real token: padded keys get no
@@ -51,14 +56,18 @@ def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, mode: Lit
     Runs without autograd (the target of a distillation loss needs no gradient).
     """
     _check(q, k, block_size, mode, attention_mask, lse)
+    q_block_size = block_size if q_block_size is None else q_block_size
+    check_block_shape(q_block_size, block_size)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive finite number, got {scale}")
     valid = None if attention_mask is None else attention_mask.to(device=q.device, dtype=torch.bool)
     with torch.no_grad():
-        if _backend(q, k, block_size) == "triton":
-            return triton_block_map(q, k, valid, lse, scale, block_size, mode)
-        return torch_block_map(q, k, valid, lse, scale, block_size, mode)
+        route = triton_block_map if _backend(q, k, block_size) == "triton" else torch_block_map
+        raw = route(q, k, valid, lse, scale, block_size, mode)
+        if q_block_size != block_size:
+            raw = merge_query_blocks(raw, q_block_size // block_size, mode, valid, q.shape[2], block_size)
+        return normalise(raw) if mode == "max" else raw
 
 
 def _backend(q: Tensor, k: Tensor, block_size: int) -> str:
@@ -111,4 +120,5 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(torch.stack([t.amax(), t.amin()])).all())
 
 
-__all__ = ["MODES", "block_attention_map", "chunk_map", "torch_block_map", "triton_block_map", "triton_supported"]
+__all__ = ["MODES", "block_attention_map", "chunk_map", "merge_query_blocks", "normalise", "torch_block_map",
+           "triton_block_map", "triton_supported"]

@@ -14,7 +14,8 @@ CHUNK_ELEMENTS = 1 << 27  # scores per chunk (512 MB in float32)
 
 def torch_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | None, scale: float,
                     block_size: int, mode: str) -> Tensor:
-    """Chunked PyTorch map; computes in float64 when q is float64 (the references use that)."""
+    """Chunked PyTorch map, square blocks, ``max`` tiles not yet normalised; computes in float64 when q is
+    float64 (the references use that)."""
     b, hq, s, d = q.shape
     hkv, n = k.shape[1], -(-s // block_size)
     if valid is None:
@@ -30,7 +31,7 @@ def torch_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | No
                           None if lse_g is None else lse_g[:, :, :, start:stop], start, scale, block_size,
                           mode == "max")
         out[:, :, start // block_size: -(-stop // block_size), : block.shape[-1]] = block.flatten(1, 2)
-    return normalise(out) if mode == "max" else out
+    return out
 
 
 def chunk_map(q: Tensor, k: Tensor, q_valid: Tensor, k_valid: Tensor, lse: Tensor | None, start: int,
@@ -59,3 +60,21 @@ def chunk_map(q: Tensor, k: Tensor, q_valid: Tensor, k_valid: Tensor, lse: Tenso
 
 def normalise(out: Tensor) -> Tensor:
     return out / out.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+
+
+def merge_query_blocks(raw: Tensor, ratio: int, mode: str, valid: Tensor | None, seq_len: int,
+                       block_size: int) -> Tensor:
+    """Square-block map [B, H, nk, nk] -> [B, H, nq, nk] for query blocks of ``ratio`` key blocks.
+
+    ``max``: the largest probability of the merged tiles; ``mass``: the average over the query block's
+    real queries, i.e. the sub-rows' averages weighted by their real-query counts.
+    """
+    b, h, nk, _ = raw.shape
+    nq = -(-nk // ratio)
+    rows = torch.nn.functional.pad(raw, (0, 0, 0, nq * ratio - nk)).view(b, h, nq, ratio, nk)
+    if mode == "max":
+        return rows.amax(3)
+    real = torch.ones(b, seq_len, device=raw.device) if valid is None else valid.float()
+    counts = torch.nn.functional.pad(real, (0, nq * ratio * block_size - seq_len)).view(b, 1, nq, ratio, 1, block_size)
+    counts = counts.sum(-1)
+    return (rows * counts).sum(3) / counts.sum(3).clamp(min=1)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from seerflex.compile import compiled
-from seerflex.layout import BlockLayout, selectable_blocks
+from seerflex.layout import BlockLayout, block_grid, selectable_blocks
 
 PerHead = Union[float, Sequence[float]]
 
@@ -54,7 +54,7 @@ class BlockSelection:
         out = torch.zeros(*self.order.shape[:-1], self.num_blocks, dtype=torch.bool, device=self.order.device)
         out.scatter_(-1, self.order, in_prefix)
         if self.dense_rows:
-            out[..., self.num_blocks - self.dense_rows:, :] |= self.dense_tail
+            out[..., out.shape[-2] - self.dense_rows:, :] |= self.dense_tail
         return out
 
 
@@ -83,32 +83,37 @@ class Policy:
     def select(self, scores: Tensor, layout: BlockLayout, *, compile: str = "auto") -> BlockSelection:
         """Choose blocks from gate scores [B, H, nq, nk] (logits; -inf = not selectable).
 
-        The returned order starts with the diagonal block in every row, then the other always-on
+        The returned order starts with the diagonal group in every row, then the other always-on
         blocks, then blocks by score. Compiled (``seerflex.compile``), the selection is one graph:
         ~40 small launches become a few fused kernels plus the top-k.
         """
-        n = layout.num_blocks
-        if scores.dim() != 4 or scores.shape[-2:] != (n, n):
-            raise ValueError(f"scores must be [B, H, {n}, {n}] for this layout, got {tuple(scores.shape)}")
-        rule, params, bound, dense_rows = self.select_args(n, scores.shape[1], scores.device)
+        nq, nk = layout.shape
+        if scores.dim() != 4 or scores.shape[-2:] != (nq, nk):
+            raise ValueError(f"scores must be [B, H, {nq}, {nk}] for this layout, got {tuple(scores.shape)}")
+        args = self.select_args(layout, scores.shape[1], scores.device)
         core = compiled(select_blocks, compile, scores.device)
-        order, count, tail = core(rule, scores, layout.valid_blocks, layout.first_block, params, bound, dense_rows)
-        return BlockSelection(order, count, n, tail)
+        order, count, tail = core(args[0], scores, layout.valid_blocks, layout.first_block, *args[1:])
+        return BlockSelection(order, count, nk, tail)
 
-    def select_args(self, n: int, heads: int, device: torch.device) -> tuple[Callable[..., Tensor], dict[str, Tensor], int, int]:
-        """What ``select_blocks`` takes besides the scores: (row rule, parameter tensors, order width, dense rows)."""
-        return type(self).row_counts, policy_tensors(self, n, heads, device), self.max_row_count(n), min(self.dense_last_rows, n)
+    def select_args(self, layout: BlockLayout, heads: int, device: torch.device
+                    ) -> tuple[Callable[..., Tensor], dict[str, Tensor], int, int, int]:
+        """What ``select_blocks`` takes besides the scores and padding: (row rule, parameter tensors, order
+        width, dense rows, key blocks per query block)."""
+        (nq, nk), r = layout.shape, layout.ratio
+        return (type(self).row_counts, policy_tensors(self, nk, heads, device), self.max_row_count(nk, r),
+                min(self.dense_last_rows, nq), r)
 
-    def max_row_count(self, n: int) -> int:
-        """An upper bound on any sparse row's count, from the parameters alone (no look at the data)."""
-        forced = 1 + self.local + self.sink
-        bound = max(self.count_bound(n), forced, self.min_blocks)
+    def max_row_count(self, n: int, ratio: int = 1) -> int:
+        """An upper bound on any sparse row's count of ``n`` key blocks, from the parameters alone (no look
+        at the data); ``ratio`` key blocks per query block are its diagonal group."""
+        forced = ratio + self.local + self.sink
+        bound = max(self.count_bound(n, ratio), forced, self.min_blocks)
         if self.max_blocks is not None:
             bound = min(bound, max(self.max_blocks, forced))
         return min(bound, n)
 
-    def count_bound(self, n: int) -> int:
-        """How many blocks the policy's own rule can ask for in a row of ``n`` blocks."""
+    def count_bound(self, n: int, ratio: int = 1) -> int:
+        """How many blocks the policy's own rule can ask for in a row of ``n`` blocks (diagonal group of ``ratio``)."""
         return n
 
     @staticmethod
@@ -116,7 +121,7 @@ class Policy:
                    params: dict[str, Tensor]) -> Tensor:
         """How many blocks each row keeps, forced ones included ([B, H, nq] or broadcastable).
 
-        Pure tensor code (it is compiled): ``forced`` and ``selectable`` are [B or 1, 1, n, n]
+        Pure tensor code (it is compiled): ``forced`` and ``selectable`` are [B or 1, 1, nq, nk]
         masks, ``params`` holds ``rule_parameters`` as [1, H, 1] float32 tensors."""
         raise NotImplementedError
 
@@ -159,33 +164,33 @@ def policy_tensors(policy: Policy, n: int, heads: int, device: torch.device) -> 
 
 def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_blocks: Tensor | None,
                   first_block: Tensor | None, params: dict[str, Tensor], bound: int,
-                  dense_rows: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """(order [B, H, n, bound] int64, count [B, H, n], dense tail [B or 1, 1, dense_rows, n] bool):
-    the selection as pure tensor code.
+                  dense_rows: int = 0, ratio: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """(order [B, H, nq, bound] int64, count [B, H, nq], dense tail [B or 1, 1, dense_rows, nk] bool):
+    the selection as pure tensor code (``ratio`` key blocks per query block).
 
-    Priorities: the diagonal +inf (so it is always first), other always-on blocks the largest
+    Priorities: the diagonal group +inf (so it is always first), other always-on blocks the largest
     float, selectable blocks their score, the rest -inf; a partial top-k of ``bound`` columns
     is much cheaper than sorting whole rows. The last ``dense_rows`` rows keep every available block.
     """
-    n = scores.shape[-1]
-    i = torch.arange(n, device=scores.device)[:, None]
-    j = torch.arange(n, device=scores.device)[None, :]
-    diagonal = j == i
-    # masks stay [B or 1, 1, n, n] and broadcast: per-head copies would dominate the cost
-    selectable = selectable_blocks(n, valid_blocks, scores.device)
+    nq, nk = scores.shape[-2:]
+    i, group = block_grid(nq, nk, ratio, scores.device)
+    j = torch.arange(nk, device=scores.device)[None, :]
+    diagonal = group == i
+    # masks stay [B or 1, 1, nq, nk] and broadcast: per-head copies would dominate the cost
+    selectable = selectable_blocks(nq, nk, ratio, valid_blocks, scores.device)
     first = 0 if first_block is None else first_block.view(-1, 1, 1, 1)
     sink = (j >= first) & (j < first + params["sink"])
-    forced = (((j >= i - params["local"]) | sink) & selectable) | diagonal
+    forced = (((j >= i * ratio - params["local"]) | sink) & selectable) | diagonal
     scores = scores.float().masked_fill(~selectable, float("-inf"))
     priority = scores.masked_fill(forced, torch.finfo(torch.float32).max).masked_fill(diagonal, float("inf"))
-    order = priority.topk(bound, dim=-1).indices if bound < n else priority.argsort(dim=-1, descending=True)
+    order = priority.topk(bound, dim=-1).indices if bound < nk else priority.argsort(dim=-1, descending=True)
     n_forced = forced.sum(-1)
     n_available = (selectable | forced).sum(-1)
     count = row_counts(scores, order, forced, selectable, params).float()
     count = count.maximum(params["min_blocks"]).minimum(params["max_blocks"])
     count = count.maximum(n_forced.float()).minimum(n_available.float()).clamp(max=bound)
-    count = torch.where(i[:, 0] >= n - dense_rows, n_available.float(), count)
-    return order, count.long().expand(scores.shape[:-1]), (selectable | diagonal)[..., n - dense_rows:, :]
+    count = torch.where(i[:, 0] >= nq - dense_rows, n_available.float(), count)
+    return order, count.long().expand(scores.shape[:-1]), (selectable | diagonal)[..., nq - dense_rows:, :]
 
 
 def softmax_probs(scores: Tensor) -> Tensor:

@@ -19,8 +19,8 @@ class SparsityStats:
     @classmethod
     def of(cls, kept: Tensor, layout: BlockLayout) -> "SparsityStats":
         available = layout.selectable_blocks(kept.device)
-        if layout.valid_blocks is not None:  # rows of padding-only query blocks do not count
-            available = available & layout.valid_blocks[:, None, :, None]
+        if layout.valid_q_blocks is not None:  # rows of padding-only query blocks do not count
+            available = available & layout.valid_q_blocks[:, None, :, None]
         available = available.expand_as(kept)
         return cls((kept & available).sum((-1, -2)), available.sum((-1, -2)))
 

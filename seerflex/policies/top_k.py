@@ -45,7 +45,7 @@ class TopK(Policy):
         """The original SeerAttention nz_ratio policy: uniform k, last two rows dense, nothing forced."""
         return cls(density=nz_ratio, uniform=True, dense_last_rows=2, sink=0, local=0)
 
-    def count_bound(self, n: int) -> int:
+    def count_bound(self, n: int, ratio: int = 1) -> int:
         if self.k is not None:
             return int(max(torch.as_tensor(self.k, dtype=torch.float64).reshape(-1)))
         d = float(max(torch.as_tensor(self.density, dtype=torch.float64).reshape(-1)))

@@ -79,7 +79,8 @@ class BenchTtftArgs:
     densities: list[float] = knob([0.2, 0.1, 0.05], "top-k densities")
     layers: int = knob(32, "decoder layers (fewer for a quick look)")
     repeats: int = knob(2, "timed prefills per point (after one warm-up)")
-    block_size: int = knob(64, "gate block size")
+    block_size: int = knob(64, "key block size")
+    q_block_size: int | None = knob(None, "query block size, a multiple of block_size; default block_size")
     compile: str = knob("auto", "runtime compile mode: auto, dynamic, static, eager")
     backend: str = knob("auto", "flex kernel: auto, triton, flash (FlashAttention-4, sm90+)")
     check_finite: bool = knob(True, "layers check scores for NaN (one host sync per layer)")
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     with console.status(f"building a {args.layers}-layer Llama-3.1-8B-shaped model on the GPU"):
         base = random_llama(args.layers, "cuda")
     model = get_seerflex_model(base,
-                               SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block_size),
+                               SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block_size,
+                                              q_block_size=args.q_block_size),
                                runtime=RuntimeOptions(compile=args.compile, backend=args.backend, dense_below=0,
                                                       check_finite=args.check_finite))
     model.to(torch.bfloat16)
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                     model.set_policy(TopK(density=d))
                     t, mem = time_prefill(model, ids, args.repeats)
                     results.append({"seq_len": s, "method": "seerflex", "backend": args.backend,
-                                    "block_size": args.block_size, "density": d,
+                                    "block_size": args.block_size,
+                                    "q_block_size": args.q_block_size or args.block_size, "density": d,
                                     "ttft_s": t, "peak_gb": mem, "speedup_vs_dense": dense_s / t})
                     console.log(f"S={s} density={d}: {t:.3f} s vs dense {dense_s:.3f} s")
             except torch.OutOfMemoryError:

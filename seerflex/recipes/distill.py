@@ -54,7 +54,8 @@ class DistillRecipe:
     output_dir: str = knob("runs/distill", "folder for metrics, checkpoint and the adapter")
     resume: bool = knob(False, "continue from output_dir/checkpoint")
     overwrite: bool = knob(False, "start over in an output_dir that holds a run (its metrics and checkpoint go)")
-    seerflex: dict = knob({}, "SeerFlexConfig fields: gate_type, block_size, gate_hidden_size, policy, layer_policies")
+    seerflex: dict = knob({}, "SeerFlexConfig fields: gate_type, block_size, q_block_size, gate_hidden_size, policy, "
+                                  "layer_policies")
     runtime: dict = knob({}, "RuntimeOptions fields (compile, backend, check_finite); every call is scored, "
                              "so dense_below is 0")
 
@@ -178,7 +179,9 @@ def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torc
                     params: dict[str, torch.nn.Parameter], config: SeerFlexConfig, recipe: DistillRecipe) -> None:
     """Refuse a checkpoint of other gates; warn about training settings that changed since it was made."""
     saved, now = state.get("config"), config.to_dict()
-    architecture = ("gate_type", "block_size", "gate_hidden_size")  # the policy only changes the logged recall
+    if saved is not None:  # checkpoints from before rectangular blocks had square ones
+        saved = {"q_block_size": saved.get("block_size")} | saved
+    architecture = ("gate_type", "block_size", "q_block_size", "gate_hidden_size")  # the policy only changes the logged recall
     if saved is not None and any(saved.get(k) != now.get(k) for k in architecture):
         changed = [k for k in architecture if saved.get(k) != now.get(k)]
         raise ValueError(f"the checkpoint in {ckpt_dir} is for another gate config (differs in {', '.join(changed)}); "

@@ -13,7 +13,7 @@ class PooledQKScores:
 
     def score_blocks(self, x: ScorerInputs) -> Tensor:
         q, k, layout = x.q, x.k, x.layout
-        qb = block_pool(q, ("avg",), layout.block_size, layout.valid_tokens).float()
+        qb = block_pool(q, ("avg",), layout.q_block_size, layout.valid_tokens).float()
         kb = block_pool(k, ("avg",), layout.block_size, layout.valid_tokens).float()
         kb = kb.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         scores = qb @ kb.transpose(-1, -2) * q.shape[-1] ** -0.5

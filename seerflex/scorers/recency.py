@@ -13,7 +13,9 @@ class RecencyScores:
     name = "recency"
 
     def score_blocks(self, x: ScorerInputs) -> Tensor:
-        n, q = x.layout.num_blocks, x.q
-        pos = torch.arange(n, device=q.device, dtype=torch.float32)
-        scores = (pos[None, :] - pos[:, None]).expand(q.shape[0], q.shape[1], n, n)
+        layout, q = x.layout, x.q
+        (nq, nk), r = layout.shape, layout.ratio
+        keys = torch.arange(nk, device=q.device, dtype=torch.float32)
+        queries = torch.arange(nq, device=q.device, dtype=torch.float32) * r
+        scores = (keys[None, :] - queries[:, None]).expand(q.shape[0], q.shape[1], nq, nk)
         return scores.masked_fill(~x.layout.selectable_blocks(q.device), float("-inf"))

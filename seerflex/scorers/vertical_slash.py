@@ -31,16 +31,22 @@ class VerticalSlashScores:
 
 def tile_scores(vertical: Tensor, slash: Tensor, layout: BlockLayout) -> Tensor:
     """Log of each tile's vertical mass (its key block) plus the slash mass of the offsets crossing it."""
-    bs, s, n = layout.block_size, slash.shape[-1], layout.num_blocks
+    s = slash.shape[-1]
     # offsets crossing tile (i, j): first row - last key ... last row - first key (a short last block too)
     cumulative = torch.nn.functional.pad(slash.cumsum(-1), (1, 0))  # prefix sums: mass of offsets < o
-    first = torch.arange(n, device=slash.device) * bs
-    final = (first + bs).clamp(max=s) - 1
-    low = (first[:, None] - final[None, :]).clamp(0, s)
-    high = (final[:, None] - first[None, :] + 1).clamp(0, s)
-    crossing = cumulative[..., high] - cumulative[..., low]  # [b, h, n, n]
+    (q_first, q_final), (k_first, k_final) = (_spans(size, s, slash.device)
+                                              for size in (layout.q_block_size, layout.block_size))
+    low = (q_first[:, None] - k_final[None, :]).clamp(0, s)
+    high = (q_final[:, None] - k_first[None, :] + 1).clamp(0, s)
+    crossing = cumulative[..., high] - cumulative[..., low]  # [b, h, nq, nk]
     mass = block_sums(vertical, layout)[:, :, None, :] + crossing
     return mass.clamp(min=1e-30).log().masked_fill(~layout.selectable_blocks(slash.device), float("-inf"))
+
+
+def _spans(size: int, s: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """First and last token of every block of ``size`` tokens."""
+    first = torch.arange(-(-s // size), device=device) * size
+    return first, (first + size).clamp(max=s) - 1
 
 
 def block_sums(lines: Tensor, layout: BlockLayout) -> Tensor:

@@ -31,25 +31,26 @@ class XAttentionScores:
             raise ValueError(f"XAttention's stride {s} must divide the block size {layout.block_size}")
         q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
         b, h, seq, d = q.shape
-        n, per_block = layout.num_blocks, layout.block_size // s
-        pad = n * layout.block_size - seq
+        (nq, nk), per_q, per_k = layout.shape, layout.q_block_size // s, layout.block_size // s
         valid = torch.ones(b, seq, dtype=torch.bool, device=q.device) if layout.valid_tokens is None \
             else layout.valid_tokens
-        valid = torch.nn.functional.pad(valid, (0, pad)).view(b, n * per_block, s).any(-1)  # strided groups
-        q, k = (torch.nn.functional.pad(t.float(), (0, 0, 0, pad)) for t in (q, k))
-        qs = torch.cat([q[:, :, s - 1 - t::s] for t in range(s)], dim=-1)  # [b, h, n * per_block, d * s]
-        ks = torch.cat([k[:, :, t::s] for t in range(s)], dim=-1)
-        mass = torch.zeros(b, h, n, n, dtype=torch.float32, device=q.device)
-        rows_per_chunk = max(1, CHUNK_ELEMENTS // (b * h * n * per_block * per_block)) * per_block
-        cols = torch.arange(n * per_block, device=q.device)
-        for start in range(0, n * per_block, rows_per_chunk):
-            stop = min(n * per_block, start + rows_per_chunk)
+        q_len, k_len = nq * layout.q_block_size, nk * layout.block_size  # each padded to its own blocks
+        q_valid, k_valid = (torch.nn.functional.pad(valid, (0, size - seq)).view(b, size // s, s).any(-1)
+                            for size in (q_len, k_len))  # stride groups holding a real token
+        q, k = (torch.nn.functional.pad(t.float(), (0, 0, 0, size - seq)) for t, size in ((q, q_len), (k, k_len)))
+        qs = torch.cat([q[:, :, s - 1 - t::s] for t in range(s)], dim=-1)  # [b, h, nq * per_q, d * s]
+        ks = torch.cat([k[:, :, t::s] for t in range(s)], dim=-1)  # [b, h, nk * per_k, d * s]
+        mass = torch.zeros(b, h, nq, nk, dtype=torch.float32, device=q.device)
+        rows_per_chunk = max(1, CHUNK_ELEMENTS // (b * h * nk * per_k * per_q)) * per_q
+        cols = torch.arange(nk * per_k, device=q.device)
+        for start in range(0, nq * per_q, rows_per_chunk):
+            stop = min(nq * per_q, start + rows_per_chunk)
             scores = qs[:, :, start:stop] @ ks.transpose(-1, -2) * (d ** -0.5 / s)
             rows = torch.arange(start, stop, device=q.device)
-            allowed = (cols[None, :] <= rows[:, None])[None, None] & valid[:, None, None, :]
+            allowed = (cols[None, :] <= rows[:, None])[None, None] & k_valid[:, None, None, :]
             probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
-            probs = probs * valid[:, None, start:stop, None]
-            tiles = probs.view(b, h, (stop - start) // per_block, per_block, n, per_block)
-            mass[:, :, start // per_block: stop // per_block] = tiles.sum((3, 5))
+            probs = probs * q_valid[:, None, start:stop, None]
+            tiles = probs.view(b, h, (stop - start) // per_q, per_q, nk, per_k)
+            mass[:, :, start // per_q: stop // per_q] = tiles.sum((3, 5))
         scores = mass.clamp(min=1e-30).log()
         return scores.masked_fill(~layout.selectable_blocks(q.device), float("-inf"))
