@@ -18,8 +18,9 @@ from seerflex.config import SeerFlexConfig
 from seerflex.flex import dense_attention, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
 from seerflex.layout import BlockLayout
-from seerflex.plan import fusable, planned_block_mask
+from seerflex.plan import fusable, planned_attention, planned_block_mask
 from seerflex.policies import Policy, PolicyLike, SparsityStats, as_policy
+from seerflex.policies.base import BlockSelection
 from seerflex.runtime import Runtime
 from seerflex.scorer import ScorerInputs
 
@@ -85,7 +86,14 @@ class SeerFlexAttention(nn.Module):
         inputs = ScorerInputs(q if gate_q is None else gate_q, k if gate_k is None else gate_k, q, k, layout,
                               options.compile)
         backward = torch.is_grad_enabled() and q.requires_grad
-        if fusable(self.gate, scorer, layout, options.compile, q.device):  # gate, policy, indices: one graph
+        fuse = fusable(self.gate, scorer, layout, options.compile, q.device)
+        if fuse and not backward:  # gate, policy, indices, BlockMask and kernel: one compiled graph
+            out, selection, nan_scores = planned_attention(
+                self.gate, self.policy, q, k, v, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
+                backend=options.backend, scale=scale, score_mod=score_mod)
+            self._check_finite(nan_scores, v)  # after the kernel: a NaN output is never returned either way
+            return self._finish(out, selection, layout, return_stats)
+        if fuse:  # gate, policy, indices: one graph
             block_mask, selection, nan_scores = planned_block_mask(
                 self.gate, self.policy, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
                 compute_q_blocks=backward)
@@ -94,12 +102,20 @@ class SeerFlexAttention(nn.Module):
             nan_scores = torch.isnan(scores).any()
             selection = self.policy.select(scores, layout, compile=options.compile)
             block_mask = block_mask_for(selection, layout, compile=options.compile, compute_q_blocks=backward)
-        if options.check_finite and bool(nan_scores | torch.isnan(v).any()):  # one host sync
+        self._check_finite(nan_scores, v)
+        out = sparse_attention(q, k, v, block_mask, scale=scale, compile=options.compile, backend=options.backend,
+                               score_mod=score_mod)
+        return self._finish(out, selection, layout, return_stats)
+
+    def _check_finite(self, nan_scores: Tensor, v: Tensor) -> None:
+        if self.runtime.options.check_finite and bool(nan_scores | torch.isnan(v).any()):  # one host sync
             where = "V" if bool(torch.isnan(v).any()) else "the gate's block scores"
             raise ValueError(f"layer {self.layer_idx}: NaN in {where}; check the inputs and the gate weights for "
                              "non-finite values (RuntimeOptions(check_finite=False) skips this check)")
-        out = sparse_attention(q, k, v, block_mask, scale=scale, compile=options.compile, backend=options.backend,
-                               score_mod=score_mod)
+
+    def _finish(self, out: Tensor, selection: BlockSelection, layout: BlockLayout,
+                return_stats: bool) -> Tensor | tuple[Tensor, SparsityStats | None]:
+        """Record and return the achieved sparsity."""
         stats = SparsityStats.of(selection.kept, layout) if return_stats or self.runtime.stats is not None else None
         if self.runtime.stats is not None:
             self.runtime.stats.append((self.layer_idx, stats))

@@ -114,9 +114,8 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     past ``RECOMPILE_LIMIT`` shapes it raises instead. ``backend``: ``RuntimeOptions.backend``.
     """
     fn = flex_function(compile, q.device)
-    kernel = kernel_backend(backend, q.device, compiled=fn is not flex_attention,
-                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None, dtype=q.dtype)
-    options = kernel_options(q.device, q.shape[-1], block_mask.BLOCK_SIZE, kernel)
+    options = flex_options(q, block_mask.BLOCK_SIZE, backend, compiled=fn is not flex_attention,
+                           plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None)
 
     def call() -> Tensor:
         return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
@@ -126,12 +125,24 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return call()
+    return within_recompile_limit(call, compile)
+
+
+def flex_options(q: Tensor, block_size: tuple[int, int], backend: str, *, compiled: bool,
+                 plain_mask: bool) -> dict[str, Any] | None:
+    """The ``kernel_options`` of one call: the resolved backend's (``kernel_backend``, ``kernel_options``)."""
+    kernel = kernel_backend(backend, q.device, compiled=compiled, plain_mask=plain_mask, dtype=q.dtype)
+    return kernel_options(q.device, q.shape[-1], block_size, kernel)
+
+
+def within_recompile_limit(call: Callable[[], Any], mode: str) -> Any:
+    """Run a compiled call that holds flex_attention; past ``RECOMPILE_LIMIT`` shapes raise, never run eager."""
     try:
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
             return call()
     except torch._dynamo.exc.FailOnRecompileLimitHit as err:
         raise RuntimeError(f"flex_attention was compiled for {RECOMPILE_LIMIT} different shapes in compile mode "
-                           f"{compile!r} (static compiles once per sequence length); use compile='auto' for "
+                           f"{mode!r} (static compiles once per sequence length); use compile='auto' for "
                            "workloads with many lengths") from err
 
 

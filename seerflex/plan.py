@@ -1,24 +1,30 @@
-"""The pre-kernel work of a sparse call as one compiled graph: gate logits -> policy -> BlockMask indices.
+"""The pre-kernel work of a sparse call as one compiled graph: gate logits -> policy -> BlockMask indices,
+and at inference the kernel too.
 
 Run one after the other, the gate, the policy and the index builder are three compiled graphs with
-Python, guards and float32 [B, H, n, n] scores between them. For the common case (learned gate at
+Python, guards and float32 [B, H, nq, nk] scores between them. For the common case (learned gate at
 inference, no padding, compiled) ``planned_block_mask`` runs them as one graph, so inductor fuses
-the masked logits into the policy's priorities and one call replaces three.
+the masked logits into the policy's priorities and one call replaces three. ``planned_attention``
+adds the BlockMask and flex_attention to that graph: one dynamo call per layer, which is what short
+prompts (launch- and Python-bound) pay for.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.nn.attention.flex_attention import BlockMask
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from seerflex.block_mask import causal_block_mask, selection_indices
+from seerflex.block_mask import causal_block_mask, causal_mask_mod, selection_indices
 from seerflex.compile import compiled, compiles
+from seerflex.flex import flex_options, within_recompile_limit
 from seerflex.gates.attn_gate import AttnGate, RopeTables, block_logits
 from seerflex.layout import BlockLayout
 from seerflex.policies.base import BlockSelection, Policy, select_blocks
+
+Plan = tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def fusable(gate: AttnGate, scorer: object, layout: BlockLayout, mode: str, device: torch.device) -> bool:
@@ -28,8 +34,7 @@ def fusable(gate: AttnGate, scorer: object, layout: BlockLayout, mode: str, devi
 
 def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: RopeTables,
          q_pools: tuple[str, ...], k_pools: tuple[str, ...], block_size: int, q_block_size: int,
-         rule: Callable[..., Tensor], params: dict[str, Tensor], bound: int, dense_rows: int, ratio: int
-         ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor], Tensor]:
+         rule: Callable[..., Tensor], params: dict[str, Tensor], bound: int, dense_rows: int, ratio: int) -> Plan:
     """(order, count, dense tail, BlockMask indices, any NaN score) as pure tensor code."""
     scores = block_logits(q, k, q_weight, k_weight, rope, None, None, q_pools, k_pools, block_size, q_block_size)
     order, count, tail = select_blocks(rule, scores, None, None, params, bound, dense_rows, ratio)
@@ -37,13 +42,42 @@ def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: 
     return order, count, tail, indices, torch.isnan(scores).any()
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, plan_args: tuple, scale: float | None,
+           score_mod: Callable[..., Tensor] | None, options: dict[str, Any] | None) -> tuple[Tensor, Plan]:
+    """``plan`` over ``plan_args`` (gate Q/K first), its BlockMask and flex_attention, as one function."""
+    planned = plan(*plan_args)
+    s = q.shape[2]
+    block_mask = BlockMask.from_kv_blocks(*planned[3], BLOCK_SIZE=(plan_args[8], plan_args[7]),
+                                          mask_mod=causal_mask_mod, seq_lengths=(s, s))
+    out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                         enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
+    return out, planned
+
+
+def plan_args(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout) -> tuple:
+    """``plan``'s arguments for pre-RoPE ``q``/``k`` of an unpadded layout (checked against the gate)."""
+    layout, rope = gate.prepare(q, k, layout)
+    return (q, k, gate.q_weight, gate.k_weight, rope, gate.gate_type.q_pools, gate.gate_type.k_pools,
+            gate.block_size, gate.q_block_size, *policy.select_args(layout, gate.num_heads, q.device))
+
+
 def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout, *, mode: str,
                        compute_q_blocks: bool = False) -> tuple[BlockMask, BlockSelection, Tensor]:
     """(BlockMask, the selection it encodes, a 0-d NaN flag) for pre-RoPE ``q``/``k`` of an unpadded layout."""
-    layout, rope = gate.prepare(q, k, layout)
-    fn = compiled(plan, mode, q.device)
-    order, count, tail, indices, nan = fn(q, k, gate.q_weight, gate.k_weight, rope, gate.gate_type.q_pools,
-                                          gate.gate_type.k_pools, gate.block_size, gate.q_block_size,
-                                          *policy.select_args(layout, gate.num_heads, q.device))
+    order, count, tail, indices, nan = compiled(plan, mode, q.device)(*plan_args(gate, policy, q, k, layout))
     block_mask = causal_block_mask(indices, layout, compute_q_blocks=compute_q_blocks)
     return block_mask, BlockSelection(order, count, layout.num_blocks, tail), nan
+
+
+def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: Tensor, gate_q: Tensor,
+                      gate_k: Tensor, layout: BlockLayout, *, mode: str, backend: str, scale: float | None = None,
+                      score_mod: Callable[..., Tensor] | None = None) -> tuple[Tensor, BlockSelection, Tensor]:
+    """(output, selection, NaN flag): the whole inference layer after the projections as one compiled graph
+    (no backward: the BlockMask has no transposed indices)."""
+    options = flex_options(q, (layout.q_block_size, layout.block_size), backend, compiled=True,
+                           plain_mask=score_mod is None)
+    fn = compiled(attend, mode, q.device, dynamic=mode != "static")
+    args = plan_args(gate, policy, gate_q, gate_k, layout)
+    out, (order, count, tail, _, nan) = within_recompile_limit(
+        lambda: fn(q, k, v, args, scale, score_mod, options), mode)
+    return out, BlockSelection(order, count, layout.num_blocks, tail), nan

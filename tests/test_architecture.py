@@ -87,10 +87,10 @@ def counted_compiles(monkeypatch):
 
 @pytest.mark.parametrize(("mode", "expected"), [
     ("eager", []), ("auto", []),  # auto is eager on a CPU
-    ("dynamic", ["flex_attention", "plan"]),  # the gate, policy and indices fused (seerflex/plan.py)
+    ("dynamic", ["attend"]),  # inference: gate, policy, indices, BlockMask and flex as one graph (seerflex/plan.py)
 ])
 def test_one_compile_decision_for_gate_policy_indices_and_flex(mode, expected, counted_compiles):
-    """What compiles follows the runtime mode alone; with a baseline scorer the unfused graphs compile."""
+    """What compiles follows the runtime mode alone."""
     layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.3), block_size=32), 4, 2, 16,
                               runtime=Runtime(RuntimeOptions(compile=mode, dense_below=0)))
     q, k, v = (torch.randn(1, h, 200, 16) for h in (4, 2, 2))

@@ -94,13 +94,19 @@ class SeerFlexModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default", *,
                         is_trainable: bool = False, revision: str | None = None, token: str | bool | None = None,
-                        runtime: RuntimeOptions | None = None) -> "SeerFlexModel":
+                        runtime: RuntimeOptions | None = None,
+                        block_shape: tuple[int, int] | None = None) -> "SeerFlexModel":
         """Wrap ``model`` with gates from a folder or hub repo (seerflex adapter or original SeerAttention).
 
         Every shape and layer count is checked before the model is changed in any way. ``runtime``:
         how the layers run (default: ``RuntimeOptions()``, or the options an older adapter stored).
+        ``block_shape`` (query block, key block) runs the gates on other blocks than they were trained
+        on (their weights do not depend on it), e.g. 64 x 64 gates as 128 x 64; measure before trusting it.
         """
         checkpoint = load_checkpoint(model_id, revision=revision, token=token)
+        if block_shape is not None:
+            checkpoint.config = SeerFlexConfig.from_dict(
+                checkpoint.config.to_dict() | {"q_block_size": block_shape[0], "block_size": block_shape[1]})
         checkpoint.check_fits(inspect_model(model))
         options = RuntimeOptions(**checkpoint.runtime) if runtime is None else runtime
         wrapped = cls(model, revision=checkpoint.meta.get("revision"), runtime=options)

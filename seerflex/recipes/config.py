@@ -92,7 +92,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is str:
         return value if isinstance(value, str) else str(value)
     if origin is list:
-        items = value.split(",") if isinstance(value, str) and args and args[0] is str else value
+        plain = isinstance(value, str) and not value.lstrip().startswith("[")  # "a,b" or a YAML list "[a, b]"
+        items = value.split(",") if plain and args and args[0] is str else value
         items = _scalar(items) if isinstance(items, str) else items
         items = items.split(",") if isinstance(items, str) else items
         items = items if isinstance(items, (list, tuple)) else [items]

@@ -54,6 +54,8 @@ class EvalArgs:
     device: str = knob("cuda" if GPU else "cpu", "torch device")
     dtype: str = knob("bfloat16" if GPU else "float32", "model dtype")
     compile: str = knob("auto", "runtime compile mode: auto, dynamic, static, eager")
+    block_shape: list[int] | None = knob(None, "[query block, key block] to run the adapter's gates on (default: "
+                                               "the shape they were trained on), e.g. [128,64]")
     out: str = knob("results/eval", "folder for the JSON results and plots")
 
 
@@ -117,15 +119,21 @@ def load_seerflex_model(args: EvalArgs) -> tuple[Any, Any]:
     Every prefill runs sparse (``dense_below=0``): short evaluation windows count too."""
     from seerflex.hf.model import SeerFlexModel, get_seerflex_model
 
+    runtime = RuntimeOptions(compile=args.compile, dense_below=0)
+    shape = None if args.block_shape is None else tuple(args.block_shape)
+    if shape is not None:  # a bad shape fails before the model loads
+        if len(shape) != 2:
+            raise ValueError(f"block_shape must be [query block, key block], got {list(shape)}")
+        SeerFlexConfig(q_block_size=shape[0], block_size=shape[1])
     with console.status(f"loading {args.model} ({args.dtype}, {args.device})"):
         base, tokenizer = load_model(args.model, getattr(torch, args.dtype))
         base = base.to(args.device).eval()
-    runtime = RuntimeOptions(compile=args.compile, dense_below=0)
     if args.adapter:
-        wrapped = SeerFlexModel.from_pretrained(base, args.adapter, runtime=runtime)
+        wrapped = SeerFlexModel.from_pretrained(base, args.adapter, runtime=runtime, block_shape=shape)
     else:
         warn("no adapter: the 'gate' scorer uses untrained gates; baselines are unaffected")
-        wrapped = get_seerflex_model(base, SeerFlexConfig(), runtime=runtime)
+        blocks = {} if shape is None else {"q_block_size": shape[0], "block_size": shape[1]}
+        wrapped = get_seerflex_model(base, SeerFlexConfig(**blocks), runtime=runtime)
     return wrapped.to(args.device), tokenizer
 
 
