@@ -9,6 +9,8 @@
 #   ttft3:   TTFT with 128-token blocks (not run yet)
 #   fa4a, fa4b, flash: FlashAttention-4 wheels in three calls, then Triton vs FLASH (v7); fused: the same install,
 #            then v8 (gate + policy + indices in one compiled graph)
+#   rect, rect2: after fa4a/fa4b (2026-12-01, H200): 128 x 64 vs 128 x 128 vs 64 x 64 blocks, the whole inference
+#            layer as one compiled graph; then TTFT, Triton at 128 x 64 and a kernel profile of the layer
 #   arch:    after the runtime/compile refactor (2026-11-30, H200): static, auto and eager layers checked against
 #            the float64 masked reference, and the HF path end to end (TTFT, 4 layers)
 # On 2026-11-25 each of these calls was chained with gpu_smollm2.sh stash (one GGUF part per call).
@@ -40,13 +42,20 @@ fa4a)  # FlashAttention-4 wheels in three carried parts (../shared/tools/fa4_whe
   mkdir -p /tmp/wh && cp .whl/a/* /tmp/wh/ && ls -la /tmp/wh ;;  # b1 = the cu13.* files, b2 = the other wheels,
 fa4b)  # so that each call's tree stays under 64 MiB)
   cp .whl/b1/* /tmp/wh/ && ls -la /tmp/wh ;;
-flash|fused)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
+flash|fused|rect)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
   cp .whl/b2/* /tmp/wh/ && cat /tmp/wh/cu13.part.* > /tmp/wh/"$(cat /tmp/wh/cu13.name)" && rm /tmp/wh/cu13.part.*
   (cd /tmp/wh && echo "$(cat cu13.sha256)  $(cat cu13.name)" | sha256sum -c) && rm /tmp/wh/cu13.name /tmp/wh/cu13.sha256
   pip install -q --no-index --no-deps --target /tmp/site /tmp/wh/*.whl
   mkdir -p /tmp/sc && echo 'import site; site.addsitedir("/tmp/site")' > /tmp/sc/sitecustomize.py
   export PYTHONPATH=/tmp/sc:$PWD
   python -c "import flash_attn.cute, seerflex.flex as f, torch; print('flash:', f.flash_unavailable(torch.device('cuda')) or 'available')"
+  if [ "$1" = rect ]; then  # v9: 128 x 64 blocks, the whole layer as one compiled graph, FLASH
+    for shape in "128 64" "128 128" "64 64"; do set -- $shape
+      python -m seerflex.cli bench kernel lengths=[4096,8192,32768,131072] densities=[0.1] compile=static \
+        backend=flash q_block_size=$1 block_size=$2 --no-check-finite out="$OUT"/bench_kernel_rect_flash_$1x$2.json
+    done
+    exit 0
+  fi
   if [ "$1" = fused ]; then  # v8: gate + policy + indices as one compiled graph (seerflex/plan.py)
     for cfg in "flash 128" "flash 64" "triton 64"; do set -- $cfg
       python -m seerflex.cli bench kernel lengths=[8192,32768,131072] densities=[0.1] compile=static backend=$1 \
@@ -69,6 +78,15 @@ arch)
   python -m seerflex.cli bench kernel lengths=[8192] densities=[0.1] compile=eager out="$OUT"/bench_kernel_arch_eager.json
   python -m seerflex.cli bench ttft lengths=[32768] densities=[0.1] layers=4 repeats=2 --no-check-finite \
     out="$OUT"/bench_ttft_arch_4layers.json ;;
+rect2)  # after rect (same warm machine, FA4 in /tmp/site): TTFT, the Triton kernel at 128 x 64, a profile
+  export PYTHONPATH=/tmp/sc:$PWD
+  python -m seerflex.cli bench ttft lengths=[65536,131072] densities=[0.1,0.05] backend=flash block_size=64 \
+    q_block_size=128 --no-check-finite out="$OUT"/bench_ttft_rect_flash_128x64.json
+  python -m seerflex.cli bench kernel lengths=[32768,131072] densities=[0.1] compile=static backend=triton \
+    q_block_size=128 block_size=64 --no-check-finite out="$OUT"/bench_kernel_rect_triton_128x64.json
+  for s in 32768 131072; do
+    python benchmarks/profile_overhead.py --seq-len $s --q-block-size 128 --backend flash | tee "$OUT"/profile_rect_$s.txt
+  done ;;
 ttft)
   python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
     --out "$OUT"/bench_ttft_v2.json ;;

@@ -1,6 +1,6 @@
-"""Where the gate and the policy spend their time at one length: top CUDA kernels (torch.profiler).
+"""Where a sparse layer spends its GPU time at one length: top CUDA kernels of whole layer calls (torch.profiler).
 
-    python benchmarks/profile_overhead.py --seq-len 131072 --density 0.1
+    python benchmarks/profile_overhead.py --seq-len 32768 --density 0.1 --block-size 64 --q-block-size 128 --backend flash
 """
 
 from __future__ import annotations
@@ -10,33 +10,34 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from seerflex import BlockLayout, SeerFlexAttention, SeerFlexConfig, TopK
+from seerflex import RuntimeOptions, SeerFlexAttention, SeerFlexConfig, TopK
+from seerflex.runtime import Runtime
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--seq-len", type=int, default=131072)
+    p.add_argument("--seq-len", type=int, default=32768)
     p.add_argument("--density", type=float, default=0.1)
     p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--q-block-size", type=int, default=None)
+    p.add_argument("--backend", default="auto")
     args = p.parse_args()
     s, dev = args.seq_len, torch.device("cuda")
     q = torch.randn(1, 32, s, 128, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(1, 8, s, 128, device=dev, dtype=torch.bfloat16)
-    cfg = SeerFlexConfig(policy=TopK(density=args.density), block_size=args.block_size)
-    layer = SeerFlexAttention(cfg, 32, 8, 128).to(dev, torch.bfloat16)
-    layout = BlockLayout(s, args.block_size)
+    k, v = (torch.randn(1, 8, s, 128, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    cfg = SeerFlexConfig(policy=TopK(density=args.density), block_size=args.block_size, q_block_size=args.q_block_size)
+    runtime = Runtime(RuntimeOptions(compile="static", backend=args.backend, dense_below=0, check_finite=False))
+    layer = SeerFlexAttention(cfg, 32, 8, 128, runtime=runtime).to(dev, torch.bfloat16)
     with torch.no_grad():
         for _ in range(3):  # compile and warm up
-            scores = layer.gate(q, k, layout)
-            layer.policy.select(scores, layout)
+            layer(q, k, v)
         torch.cuda.synchronize()
-        for name, fn in (("gate", lambda: layer.gate(q, k, layout)), ("policy", lambda: layer.policy.select(scores, layout))):
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    fn()
-                torch.cuda.synchronize()
-            print(f"== {name}, S={s}, 5 calls")
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=70))
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                layer(q, k, v)
+            torch.cuda.synchronize()
+    print(f"== layer {cfg.q_block_size}x{cfg.block_size}, backend {args.backend}, S={s}, d={args.density}, 5 calls")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=80))
 
 
 if __name__ == "__main__":
