@@ -1,8 +1,8 @@
 """AttnGate: scores every (query-block, key-block) pair from pooled, projected Q and K.
 
 Data path: pre-RoPE Q [B, Hq, S, D] and K [B, Hkv, S, D] -> block pooling (Q over ``q_block_size``
-tokens, K over ``block_size``) -> per-head projections (each KV head's pooled K by its query heads' maps: the original's repeat
-first, as in the original) -> RoPE at block starts -> q_blk . k_blk^T / sqrt(hidden) -> block-causal
+tokens, K over ``block_size``) -> per-head projections (each KV head's pooled K by its query heads' maps:
+the original's repeat to query heads, without the copy) -> RoPE at block starts -> q_blk . k_blk^T / sqrt(hidden) -> block-causal
 logits [B, Hq, nq, nk] in float32, with -inf where a key block may not be chosen (after the query
 block's diagonal group, or padding only).
 """
