@@ -34,10 +34,11 @@ def fusable(gate: AttnGate, scorer: object, layout: BlockLayout, mode: str, devi
 
 def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: RopeTables,
          q_pools: tuple[str, ...], k_pools: tuple[str, ...], block_size: int, q_block_size: int,
-         rule: Callable[..., Tensor], params: dict[str, Tensor], bound: int, dense_rows: int, ratio: int) -> Plan:
+         rule: Callable[..., Tensor], params: dict[str, Tensor], bound: int, dense_rows: int, ratio: int,
+         rank_dtype: torch.dtype) -> Plan:
     """(order, count, dense tail, BlockMask indices, any NaN score) as pure tensor code."""
     scores = block_logits(q, k, q_weight, k_weight, rope, None, None, q_pools, k_pools, block_size, q_block_size)
-    order, count, tail = select_blocks(rule, scores, None, None, params, bound, dense_rows, ratio)
+    order, count, tail = select_blocks(rule, scores, None, None, params, bound, dense_rows, ratio, rank_dtype)
     indices = selection_indices(order, count, dense_rows, scores.shape[-1], ratio)
     return order, count, tail, indices, torch.isnan(scores).any()
 

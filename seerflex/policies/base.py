@@ -69,6 +69,10 @@ class Policy:
     dense_last_rows: int = 1
 
     name: ClassVar[str] = ""
+    # keys of the priority top-k: float16 needs half the radix passes of float32 (H200, 32 heads: 0.25 -> 0.16 ms
+    # at 32k, 2.0 -> 1.2 ms at 128k, 128 x 64 blocks; benchmarks/results/2026-12-01_h200_perf_select.json);
+    # scores closer than its resolution (~1e-3 relative) may swap places
+    rank_dtype: ClassVar[torch.dtype] = torch.float16
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # per-head lists become tuples: policies stay immutable
@@ -96,12 +100,12 @@ class Policy:
         return BlockSelection(order, count, nk, tail)
 
     def select_args(self, layout: BlockLayout, heads: int, device: torch.device
-                    ) -> tuple[Callable[..., Tensor], dict[str, Tensor], int, int, int]:
+                    ) -> tuple[Callable[..., Tensor], dict[str, Tensor], int, int, int, torch.dtype]:
         """What ``select_blocks`` takes besides the scores and padding: (row rule, parameter tensors, order
-        width, dense rows, key blocks per query block)."""
+        width, dense rows, key blocks per query block, ranking dtype)."""
         (nq, nk), r = layout.shape, layout.ratio
         return (type(self).row_counts, policy_tensors(self, nk, heads, device), self.max_row_count(nk, r),
-                min(self.dense_last_rows, nq), r)
+                min(self.dense_last_rows, nq), r, self.rank_dtype)
 
     def max_row_count(self, n: int, ratio: int = 1) -> int:
         """An upper bound on any sparse row's count of ``n`` key blocks, from the parameters alone (no look
@@ -164,13 +168,15 @@ def policy_tensors(policy: Policy, n: int, heads: int, device: torch.device) -> 
 
 def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_blocks: Tensor | None,
                   first_block: Tensor | None, params: dict[str, Tensor], bound: int,
-                  dense_rows: int = 0, ratio: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+                  dense_rows: int = 0, ratio: int = 1, rank_dtype: torch.dtype = torch.float32
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """(order [B, H, nq, bound] int64, count [B, H, nq], dense tail [B or 1, 1, dense_rows, nk] bool):
     the selection as pure tensor code (``ratio`` key blocks per query block).
 
-    Priorities: the diagonal group +inf (so it is always first), other always-on blocks the largest
-    float, selectable blocks their score, the rest -inf; a partial top-k of ``bound`` columns
-    is much cheaper than sorting whole rows. The last ``dense_rows`` rows keep every available block.
+    Priorities (in ``rank_dtype``): the diagonal group +inf (so it is always first), other always-on
+    blocks the largest finite value, selectable blocks their score, the rest -inf; a partial top-k of
+    ``bound`` columns is much cheaper than sorting whole rows. The last ``dense_rows`` rows keep every
+    available block.
     """
     nq, nk = scores.shape[-2:]
     i, group = block_grid(nq, nk, ratio, scores.device)
@@ -182,7 +188,8 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     sink = (j >= first) & (j < first + params["sink"])
     forced = (((j >= i * ratio - params["local"]) | sink) & selectable) | diagonal
     scores = scores.float().masked_fill(~selectable, float("-inf"))
-    priority = scores.masked_fill(forced, torch.finfo(torch.float32).max).masked_fill(diagonal, float("inf"))
+    top = torch.finfo(rank_dtype).max
+    priority = scores.clamp(max=top / 2).to(rank_dtype).masked_fill(forced, top).masked_fill(diagonal, float("inf"))
     order = priority.topk(bound, dim=-1).indices if bound < nk else priority.argsort(dim=-1, descending=True)
     n_forced = forced.sum(-1)
     n_available = (selectable | forced).sum(-1)

@@ -19,6 +19,7 @@ class Threshold(Policy):
     threshold: PerHead = 1e-3
 
     name = "threshold"
+    rank_dtype = torch.float32  # the kept set is exactly the blocks above t: no ties from 16-bit keys
 
     def __post_init__(self) -> None:
         super().__post_init__()
