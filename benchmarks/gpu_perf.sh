@@ -11,6 +11,7 @@
 #            then v8 (gate + policy + indices in one compiled graph)
 #   rect, rect2: after fa4a/fa4b (2026-12-01, H200): 128 x 64 vs 128 x 128 vs 64 x 64 blocks, the whole inference
 #            layer as one compiled graph; then TTFT, Triton at 128 x 64 and a kernel profile of the layer
+#   TAG=v10 rect, rect3: the same after float16 ranking and the grouped K projection, TTFT of 128 x 64 and 128 x 128
 #   arch:    after the runtime/compile refactor (2026-11-30, H200): static, auto and eager layers checked against
 #            the float64 masked reference, and the HF path end to end (TTFT, 4 layers)
 # On 2026-11-25 each of these calls was chained with gpu_smollm2.sh stash (one GGUF part per call).
@@ -52,7 +53,7 @@ flash|fused|rect)  # the other wheels (carry .whl/b2), install into /tmp/site, t
   if [ "$1" = rect ]; then  # v9: 128 x 64 blocks, the whole layer as one compiled graph, FLASH
     for shape in "128 64" "128 128" "64 64"; do set -- $shape
       python -m seerflex.cli bench kernel lengths=[4096,8192,32768,131072] densities=[0.1] compile=static \
-        backend=flash q_block_size=$1 block_size=$2 --no-check-finite out="$OUT"/bench_kernel_rect_flash_$1x$2.json
+        backend=flash q_block_size=$1 block_size=$2 --no-check-finite out="$OUT"/bench_kernel_${TAG:-rect}_flash_$1x$2.json
     done
     exit 0
   fi
@@ -78,6 +79,12 @@ arch)
   python -m seerflex.cli bench kernel lengths=[8192] densities=[0.1] compile=eager out="$OUT"/bench_kernel_arch_eager.json
   python -m seerflex.cli bench ttft lengths=[32768] densities=[0.1] layers=4 repeats=2 --no-check-finite \
     out="$OUT"/bench_ttft_arch_4layers.json ;;
+rect3)  # after rect with float16 ranking and the grouped K projection: TTFT of both 128-row shapes
+  export PYTHONPATH=/tmp/sc:$PWD
+  for shape in "128 64" "128 128"; do set -- $shape
+    python -m seerflex.cli bench ttft lengths=[65536,131072] densities=[0.1] backend=flash q_block_size=$1 \
+      block_size=$2 --no-check-finite out="$OUT"/bench_ttft_v10_flash_$1x$2.json
+  done ;;
 rect2)  # after rect (same warm machine, FA4 in /tmp/site): TTFT, the Triton kernel at 128 x 64, a profile
   export PYTHONPATH=/tmp/sc:$PWD
   python -m seerflex.cli bench ttft lengths=[65536,131072] densities=[0.1,0.05] backend=flash block_size=64 \
