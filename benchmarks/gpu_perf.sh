@@ -12,6 +12,7 @@
 #   rect, rect2: after fa4a/fa4b (2026-12-01, H200): 128 x 64 vs 128 x 128 vs 64 x 64 blocks, the whole inference
 #            layer as one compiled graph; then TTFT, Triton at 128 x 64 and a kernel profile of the layer
 #   TAG=v10 rect, rect3: the same after float16 ranking and the grouped K projection, TTFT of 128 x 64 and 128 x 128
+#   pool:    after fa4a/fa4b: the Triton pooling op checked on GPU, then 128 x 128 and 128 x 64 at 32k/128k (v11)
 #   arch:    after the runtime/compile refactor (2026-11-30, H200): static, auto and eager layers checked against
 #            the float64 masked reference, and the HF path end to end (TTFT, 4 layers)
 # On 2026-11-25 each of these calls was chained with gpu_smollm2.sh stash (one GGUF part per call).
@@ -43,13 +44,21 @@ fa4a)  # FlashAttention-4 wheels in three carried parts (../shared/tools/fa4_whe
   mkdir -p /tmp/wh && cp .whl/a/* /tmp/wh/ && ls -la /tmp/wh ;;  # b1 = the cu13.* files, b2 = the other wheels,
 fa4b)  # so that each call's tree stays under 64 MiB)
   cp .whl/b1/* /tmp/wh/ && ls -la /tmp/wh ;;
-flash|fused|rect)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
+flash|fused|rect|pool)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
   cp .whl/b2/* /tmp/wh/ && cat /tmp/wh/cu13.part.* > /tmp/wh/"$(cat /tmp/wh/cu13.name)" && rm /tmp/wh/cu13.part.*
   (cd /tmp/wh && echo "$(cat cu13.sha256)  $(cat cu13.name)" | sha256sum -c) && rm /tmp/wh/cu13.name /tmp/wh/cu13.sha256
   pip install -q --no-index --no-deps --target /tmp/site /tmp/wh/*.whl
   mkdir -p /tmp/sc && echo 'import site; site.addsitedir("/tmp/site")' > /tmp/sc/sitecustomize.py
   export PYTHONPATH=/tmp/sc:$PWD
   python -c "import flash_attn.cute, seerflex.flex as f, torch; print('flash:', f.flash_unavailable(torch.device('cuda')) or 'available')"
+  if [ "$1" = pool ]; then  # v11: Triton pooling in the gate: its GPU check, then the 128-row shapes again
+    python benchmarks/check_triton_pool.py --out "$OUT"/check_triton_pool.json
+    for shape in "128 128" "128 64"; do set -- $shape
+      python -m seerflex.cli bench kernel lengths=[32768,131072] densities=[0.1] compile=static backend=flash \
+        q_block_size=$1 block_size=$2 --no-check-finite out="$OUT"/bench_kernel_v11_flash_$1x$2.json
+    done
+    exit 0
+  fi
   if [ "$1" = rect ]; then  # v9: 128 x 64 blocks, the whole layer as one compiled graph, FLASH
     for shape in "128 64" "128 128" "64 64"; do set -- $shape
       python -m seerflex.cli bench kernel lengths=[4096,8192,32768,131072] densities=[0.1] compile=static \

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seerflex.gates import triton_pool
+
 
 def pad_to_blocks(x: Tensor, block_size: int) -> Tensor:
     """Right-pad dim 2 of [B, H, S, D] with zeros to a multiple of ``block_size``."""
@@ -23,6 +25,8 @@ def block_pool(x: Tensor, pools: tuple[str, ...], block_size: int, valid: Tensor
     """
     b, h, s, d = x.shape
     n = -(-s // block_size)
+    if valid is None and triton_pool.usable(x, block_size):  # CUDA inference: one pass, every pool
+        return triton_pool.block_pool_op(x, ",".join(pools), block_size)
     if valid is None and s % block_size == 0:  # common case: plain reductions, no masked copies
         tiles = x.view(b, h, n, block_size, d)
         reduce = {"avg": lambda t: t.mean(3), "max": lambda t: t.amax(3), "min": lambda t: t.amin(3)}

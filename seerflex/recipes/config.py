@@ -20,6 +20,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from seerflex.console import console
 
@@ -130,7 +131,7 @@ def print_help(cls: type, prog: str, positional: tuple[str, ...] = ()) -> None:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        table.add_row(f.name, repr(default), f.metadata.get("help", ""))
+        table.add_row(*(Text(x) for x in (f.name, repr(default), f.metadata.get("help", ""))))  # no markup: "[a, b]"
     console.print(table)
 
 
