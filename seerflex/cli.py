@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "bench": "seerflex.recipes.bench",
     "convert": "seerflex.recipes.convert",
+    "corpus": "seerflex.recipes.corpus",
     "demo": "seerflex.recipes.demo",
     "distill": "seerflex.recipes.distill",
     "eval": "seerflex.recipes.eval",

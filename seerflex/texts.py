@@ -1,8 +1,9 @@
 """Text sources by name: the bundled novels, local files or folders, or a hub dataset.
 
 ``austen`` / ``austen:exclude=Emma`` / ``austen:Emma`` (the bundled novels, ``seerflex.assets``),
-local ``.txt``/``.json``/``.jsonl``/``.parquet`` files or folders of them (through ``datasets``),
-or a hub dataset name. Distillation trains on them and evaluation reads them.
+``corpus:FOLDER[:split=heldout][:domains=code,docs]`` (a corpus built by ``seerflex corpus``; the
+train split by default), local ``.txt``/``.json``/``.jsonl``/``.parquet`` files or folders of them
+(through ``datasets``), or a hub dataset name. Distillation trains on them and evaluation reads them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,25 @@ from pathlib import Path
 FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
+def load_domains(source: str, text_field: str = "text") -> dict[str, list[str]]:
+    """Documents by domain: a corpus's domains, or everything under the one name ``all``."""
+    if source.startswith("corpus:"):
+        from seerflex.corpus import load_corpus
+
+        folder, *options = source[len("corpus:"):].split(":")
+        opts = dict(o.partition("=")[::2] for o in options)
+        unknown = set(opts) - {"split", "domains"}
+        if unknown:
+            raise ValueError(f"unknown corpus option(s) {sorted(unknown)} in {source!r}; use split= and domains=")
+        domains = opts["domains"].split(",") if opts.get("domains") else None
+        return load_corpus(folder, opts.get("split", "train"), domains)
+    return {"all": load_texts(source, text_field)}
+
+
 def load_texts(source: str, text_field: str = "text") -> list[str]:
     """Documents from a source spec (see module docstring)."""
+    if source.startswith("corpus:"):
+        return [text for texts in load_domains(source).values() for text in texts]
     if source == "austen" or source.startswith("austen:"):
         from seerflex.assets import austen_novels
 

@@ -38,9 +38,10 @@ def test_numbers_text_and_empty_values_read_as_meant(tmp_path):
     assert knobs.lr == 1e-3 and knobs.lengths == [2000]
     assert parse_recipe(Knobs, ["--lr", "-1e-4", "name=none"], prog="t") == Knobs(lr=-1e-4, name=None)
     assert parse_recipe(Knobs, ["name=0123", "policies=no"], prog="t") == Knobs(name="0123", policies=["no"])
+    assert parse_recipe(Knobs, ["policies=[topk:0.1,topp:0.9]"], prog="t").policies == ["topk:0.1", "topp:0.9"]
 
 
-HELP = [["--help"], ["eval", "--help"], ["bench", "--help"], ["distill", "--help"], ["convert", "--help"],
+HELP = [["--help"], ["eval", "--help"], ["bench", "--help"], ["distill", "--help"], ["convert", "--help"], ["corpus", "--help"],
         ["demo", "--help"], ["bench", "kernel", "--help"], ["bench", "ttft", "--help"],
         *(["eval", sub, "--help"] for sub in ("ppl", "passkey", "needle", "sparsity", "budget"))]
 
@@ -50,5 +51,5 @@ def test_every_command_has_help_that_exits_0(argv, capsys):
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert out.lower().startswith("usage: seerflex") and "[key=value" in out
-    if len(argv) > 2 or argv[0] in ("distill", "convert", "demo"):  # a recipe: its keys with their meaning
+    if len(argv) > 2 or argv[0] in ("distill", "convert", "demo", "corpus"):  # a recipe: its keys with their meaning
         assert "key" in out and "meaning" in out

@@ -2,7 +2,8 @@
 
 Every document is tokenized, followed by EOS, concatenated and cut into ``seq_len`` pieces; the tail that
 does not fill a piece is dropped. The order of pieces per epoch is a seeded permutation, so a
-step number alone says which pieces come next (exact resume).
+step number alone says which pieces come next (exact resume). A corpus with domains is packed per
+domain and mixed by weight (``mixed_pieces``).
 """
 
 from __future__ import annotations
@@ -34,3 +35,26 @@ def batch_indices(step: int, batch_size: int, num_pieces: int, seed: int) -> Ten
         perm = torch.randperm(num_pieces, generator=torch.Generator().manual_seed(seed + epoch))
         out.append(int(perm[offset]))
     return torch.tensor(out)
+
+
+def mixed_pieces(domains: dict[str, list[str]], tokenizer: Any, seq_len: int, mixture: dict[str, float],
+                 seed: int) -> tuple[Tensor, dict[str, int]]:
+    """Pieces of every domain with a positive weight, repeated or subsampled so that domain d makes up
+    mixture[d] / (sum of the weights) of as many pieces as those domains hold (seeded, fixed for the run);
+    with an empty ``mixture`` every domain's pieces once. Returns the pieces and how many of each domain."""
+    weights = mixture or {d: None for d in domains}
+    unknown = sorted(set(weights) - set(domains))
+    if unknown:
+        raise ValueError(f"mixture names unknown domain(s) {unknown}; the data has {sorted(domains)}")
+    packed = {d: pack(domains[d], tokenizer, seq_len) for d in sorted(weights) if weights[d] != 0}
+    if not mixture:
+        return torch.cat(list(packed.values())), {d: len(p) for d, p in packed.items()}
+    total, norm = sum(len(p) for p in packed.values()), sum(mixture[d] for d in packed)
+    out, counts = [], {}
+    for i, (d, pieces) in enumerate(packed.items()):
+        want = max(1, round(total * mixture[d] / norm))
+        g = torch.Generator().manual_seed(seed + 7919 * (i + 1))
+        reps = torch.cat([torch.randperm(len(pieces), generator=g) for _ in range(-(-want // len(pieces)))])
+        out.append(pieces[reps[:want]])
+        counts[d] = want
+    return torch.cat(out), counts

@@ -23,12 +23,12 @@ from seerflex.config import SeerFlexConfig
 from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
-from seerflex.distill.data import batch_indices, pack
+from seerflex.distill.data import batch_indices, mixed_pieces
 from seerflex.files import atomic_write
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
-from seerflex.texts import load_texts
+from seerflex.texts import load_domains
 
 
 @dataclass
@@ -36,7 +36,9 @@ class DistillRecipe:
     """Train gates by self-distillation; every key can come from the YAML file or a key=value override."""
 
     model: str = knob("smollm2", "'smollm2' (bundled, seerflex.assets) or a transformers folder / hub id")
-    data: str = knob("austen:exclude=Emma", "text source (seerflex.texts): austen[:...], files, folders or a hub dataset")
+    data: str = knob("austen:exclude=Emma", "text source (seerflex.texts): austen[:...], corpus:FOLDER, files, "
+                                            "folders or a hub dataset")
+    mixture: dict = knob({}, "domain -> weight for a corpus: source (empty: every document once per epoch)")
     text_field: str = knob("text", "column holding the text in json/parquet/hub data")
     seq_len: int = knob(8192, "tokens per training sequence")
     batch_size: int = knob(1, "sequences per step and device")
@@ -72,6 +74,11 @@ class DistillRecipe:
                              f"{self.reduction!r}")
         if not 0 <= self.skip_first_rows < 1:
             raise ValueError(f"skip_first_rows must be in [0, 1), got {self.skip_first_rows}")
+        if self.mixture and not self.data.startswith("corpus:"):
+            raise ValueError(f"mixture weights domains of a corpus: data must be corpus:FOLDER, got {self.data!r}")
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in self.mixture.values()) \
+                or (self.mixture and sum(self.mixture.values()) <= 0):
+            raise ValueError(f"mixture weights must be non-negative numbers with a positive sum, got {self.mixture}")
         self.configs()
 
     def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
@@ -81,7 +88,7 @@ class DistillRecipe:
         return config, RuntimeOptions(**{**legacy, **self.runtime, "dense_below": 0})
 
 
-RESUME_KEYS = ("data", "seq_len", "batch_size", "steps", "lr", "weight_decay", "warmup_steps", "seed", "target",
+RESUME_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "lr", "weight_decay", "warmup_steps", "seed", "target",
                "reduction", "skip_first_rows", "loss_scale")
 
 
@@ -101,7 +108,9 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
             model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 else torch.float32)
     config, runtime = recipe.configs()
     wrapped = get_seerflex_model(model, config, runtime=runtime)
-    pieces = pack(load_texts(recipe.data, recipe.text_field), tokenizer, recipe.seq_len)
+    pieces, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
+                                  recipe.mixture, recipe.seed)
+    console.log(f"training pieces of {recipe.seq_len} tokens: {counts}")
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)

@@ -1,0 +1,128 @@
+"""The offline corpus: local package archives -> domains, a stable held-out split, manifest, mixing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import zipfile
+
+import pytest
+import torch
+
+from models import CharTokenizer, small_llama
+from seerflex.corpus import CorpusSpec, Source, build, held_out, load_corpus
+from seerflex.distill.data import mixed_pieces
+from seerflex.texts import load_domains, load_texts
+
+
+def sdist(path, files: dict[str, bytes], top="pkg-1.0"):
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def text(tag: str, n: int = 400) -> bytes:
+    return (f"{tag} " * (n // (len(tag) + 1) + 1)).encode()
+
+
+@pytest.fixture
+def archives(tmp_path):
+    files = {f"docs/page{i}.rst": text(f"doc{i}") for i in range(12)}
+    files |= {f"src/pkg/mod{i}.py": text(f"def f{i}(): pass\n") for i in range(15)}
+    files |= {"src/pkg/blob.py": b"\xff\xfe\x00binary" * 100, "src/pkg/tiny.py": b"x = 1\n", "README": text("r")}
+    tar = sdist(tmp_path / "pkg-1.0.tar.gz", files)
+    zpath = tmp_path / "novels.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"books-2/book{i}.txt", text(f"chapter{i}", 2000).decode())
+    return tar, zpath
+
+
+def spec_of(tar, zpath, fraction=0.3, order=1) -> CorpusSpec:
+    sources = [
+        {"name": "pkg-docs", "domain": "docs", "fetch": f"file:{tar}", "include": ["docs/*.rst"], "licence": "MIT"},
+        {"name": "pkg-src", "domain": "code", "fetch": f"file:{tar}", "include": ["src/*.py"], "licence": "MIT"},
+        {"name": "books", "domain": "prose", "fetch": f"file:{zpath}", "include": ["*.txt"], "licence": "public domain",
+         "heldout": ["book0.txt"]},
+    ]
+    return CorpusSpec(sources[::order], fraction)
+
+
+def test_build_splits_every_domain_stably_and_writes_a_manifest(tmp_path, archives):
+    manifest = build(spec_of(*archives), tmp_path / "a", tmp_path / "cache")
+    assert sorted(manifest["domains"]) == ["code", "docs", "prose"]
+    by_name = {s["name"]: s for s in manifest["sources"]}
+    assert by_name["pkg-src"]["documents"] == 15  # the binary and the too-short file are left out
+    assert by_name["books"]["sha256"] == hashlib.sha256(archives[1].read_bytes()).hexdigest()
+    assert "book0.txt" in by_name["books"]["heldout"] and by_name["books"]["licence"] == "public domain"
+    for name, src in by_name.items():  # the split is the hash rule plus the listed documents, nothing else
+        assert all(held_out(name, path, 0.3) or path == "book0.txt" for path in src["heldout"])
+    train, heldout = load_corpus(tmp_path / "a"), load_corpus(tmp_path / "a", "heldout")
+    for domain in train:
+        assert train[domain] and not set(train[domain]) & set(heldout[domain])
+        assert len(train[domain]) + len(heldout[domain]) == {"docs": 12, "code": 15, "prose": 5}[domain]
+    again = build(spec_of(*archives, order=-1), tmp_path / "b", tmp_path / "cache")  # other source order
+    assert {s["name"]: s["heldout"] for s in again["sources"]} == {n: s["heldout"] for n, s in by_name.items()}
+
+
+def test_texts_read_a_corpus_by_split_and_domain(tmp_path, archives):
+    build(spec_of(*archives), tmp_path / "c", tmp_path / "cache")
+    code = load_texts(f"corpus:{tmp_path / 'c'}:domains=code")
+    assert code and all("def f" in t for t in code)
+    held = load_domains(f"corpus:{tmp_path / 'c'}:split=heldout:domains=prose")
+    assert list(held) == ["prose"] and any("chapter0" in t for t in held["prose"])
+    with pytest.raises(ValueError, match="unknown domain"):
+        load_texts(f"corpus:{tmp_path / 'c'}:domains=poetry")
+    with pytest.raises(ValueError, match="unknown corpus option"):
+        load_texts(f"corpus:{tmp_path / 'c'}:part=1")
+    with pytest.raises(ValueError, match="not a built corpus"):
+        load_texts(f"corpus:{tmp_path}")
+
+
+def test_mixture_sets_each_domains_share_of_the_pieces():
+    tok = CharTokenizer()
+    domains = {"prose": ["a" * 95] * 1, "code": ["b" * 95] * 3}  # 96 tokens per doc (EOS) -> 3 and 9 pieces of 32
+    pieces, counts = mixed_pieces(domains, tok, 32, {}, seed=0)
+    assert counts == {"code": 9, "prose": 3} and len(pieces) == 12
+    pieces, counts = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 1}, seed=0)
+    assert counts == {"code": 6, "prose": 6}
+    prose_rows = (pieces == tok("a")["input_ids"][0]).any(-1)
+    assert int(prose_rows.sum()) == 6  # the small domain's pieces repeat to reach its share
+    again, _ = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 1}, seed=0)
+    assert torch.equal(pieces, again)
+    _, counts = mixed_pieces(domains, tok, 32, {"prose": 0, "code": 1}, seed=0)
+    assert counts == {"code": 9}  # a zero weight leaves the domain out
+    with pytest.raises(ValueError, match="unknown domain"):
+        mixed_pieces(domains, tok, 32, {"poetry": 1}, seed=0)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ({"name": "x", "domain": "code", "fetch": "http://x", "include": ["*"], "licence": "MIT"}, "fetch must start"),
+    ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": [], "licence": "MIT"}, "include needs"),
+    ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": ["*"], "licence": "MIT", "reader": "pdf"},
+     "reader must be"),
+])
+def test_bad_sources_are_named(source, message):
+    with pytest.raises(ValueError, match=message):
+        Source(**source)
+
+
+def test_distill_trains_on_a_mixed_corpus(tmp_path, archives):
+    from seerflex.recipes.distill import DistillRecipe, train
+
+    build(spec_of(*archives), tmp_path / "corpus", tmp_path / "cache")
+    recipe = DistillRecipe(model="unused", data=f"corpus:{tmp_path / 'corpus'}", mixture={"prose": 2, "code": 1},
+                           seq_len=128, batch_size=2, steps=2, warmup_steps=1, checkpoint_every=100,
+                           output_dir=str(tmp_path / "run"),
+                           seerflex={"block_size": 32, "gate_hidden_size": 16, "policy": "topk:0.3"})
+    adapter = train(recipe, small_llama(), CharTokenizer())
+    assert (adapter / "adapter_model.safetensors").is_file()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(x)["loss"] > 0 for x in lines)
+    with pytest.raises(ValueError, match="data must be corpus"):
+        DistillRecipe(data="austen", mixture={"prose": 1})
