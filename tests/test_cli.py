@@ -43,7 +43,7 @@ def test_numbers_text_and_empty_values_read_as_meant(tmp_path):
 
 HELP = [["--help"], ["eval", "--help"], ["bench", "--help"], ["distill", "--help"], ["convert", "--help"], ["corpus", "--help"],
         ["demo", "--help"], ["bench", "kernel", "--help"], ["bench", "ttft", "--help"],
-        *(["eval", sub, "--help"] for sub in ("ppl", "passkey", "needle", "sparsity", "budget"))]
+        *(["eval", sub, "--help"] for sub in ("ppl", "passkey", "needle", "ruler", "sparsity", "budget"))]
 
 
 @pytest.mark.parametrize("argv", HELP, ids=" ".join)

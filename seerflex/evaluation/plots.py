@@ -95,3 +95,21 @@ def bars(labels: list[str], values: list[float], path: Path, title: str, ylabel:
     ax.set_ylabel(ylabel)
     ax.set_title(textwrap.fill(title, 48), fontsize=9)
     return _save(fig, path, tight=True)
+
+
+def length_curve(rows: list[dict[str, Any]], lengths: list[int], path: Path, title: str) -> Path:
+    """Average accuracy against prompt length: one line per (scorer, policy) row (``row["by_length"]``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(rows):
+        label = r["scorer"] if r["policy"] == "-" else f"{r['scorer']} {r['policy']} (d={r['density']:.3f})"
+        ax.plot(lengths, [r["by_length"][str(n)] for n in lengths], marker="o", color="black" if r["scorer"] == "dense"
+                else f"C{i}", linestyle="--" if r["scorer"] == "dense" else "-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths])
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)))
+    ax.legend(fontsize=8)
+    return _save(fig, path, tight=True)

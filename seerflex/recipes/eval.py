@@ -1,10 +1,11 @@
-"""``seerflex eval {ppl,passkey,needle,sparsity,budget}``: quality of block selections, learned gates next to baselines.
+"""``seerflex eval {ppl,passkey,needle,ruler,sparsity,budget}``: quality of block selections, learned gates next to baselines.
 
     seerflex eval ppl [CONFIG.yaml] model=smollm2 adapter=runs/distill_smollm2/adapter text=austen:Emma \
         window=8192 prefix=1024 windows=3 scorers=dense,gate,recency,pooled,oracle \
         policies=topk:0.05,topk:0.1,topk:0.2 out=results/ppl
     seerflex eval passkey adapter=... lengths=[4096,8192] depths=[0.1,0.5,0.9] trials=4
     seerflex eval needle  (same keys as passkey; a planted fact instead of a number)
+    seerflex eval ruler adapter=... lengths=[4096,8192,16384] samples=4 haystack=corpus:DIR:split=heldout:domains=prose
     seerflex eval sparsity adapter=... policy=topk:0.1 layer=10 head=3
     seerflex eval budget adapter=... density=0.1 budget_text=austen:Persuasion save_adapter=DIR
 
@@ -29,10 +30,10 @@ from seerflex.assets import load_model
 from seerflex.config import SeerFlexConfig
 from seerflex.console import console, warn
 from seerflex.distill.collector import Collector, collecting
-from seerflex.evaluation import plots
+from seerflex.evaluation import plots, ruler
 from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
 from seerflex.evaluation.nll import windows
-from seerflex.evaluation.passkey import needle_trial, passkey_prompt, passkey_trial
+from seerflex.evaluation.passkey import answer, needle_trial, passkey_prompt, passkey_trial
 from seerflex.evaluation.policy_specs import BUDGET, parse_policy, resolve_policy
 from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.evaluation.selection import achieved_density, runs, selection
@@ -90,6 +91,20 @@ class PasskeyArgs(BudgetArgs):
     scorers: list[str] = knob(["dense", "gate", "recency", "pooled"], "dense, gate, recency, pooled, oracle")
     policies: list[str] = knob(["topk:0.1"], "policy specs, as for eval ppl")
     seed: int = knob(0, "seed of the keys (the same keys for every scorer)")
+
+
+@dataclass
+class RulerArgs(BudgetArgs):
+    """RULER-style long-context tasks (needles, variable tracking, word extraction) per length."""
+
+    lengths: list[int] = knob([4096, 8192], "prompt lengths in tokens (as far as the model's context allows)")
+    tasks: list[str] = knob(list(ruler.TASKS), "tasks (seerflex.evaluation.ruler.TASKS)")
+    samples: int = knob(4, "prompts per (task, length)")
+    haystack: str = knob("austen:Emma", "filler text of the needle tasks: any text source, e.g. corpus:DIR:split=heldout")
+    scorers: list[str] = knob(["dense", "gate", "xattention"], "dense, gate or any scorer")
+    policies: list[str] = knob(["topk:0.1"], "policy specs, as for eval ppl")
+    new_tokens: int = knob(48, "tokens generated per answer")
+    seed: int = knob(0, "seed of the prompts (the same prompts for every scorer)")
 
 
 @dataclass
@@ -210,6 +225,43 @@ def passkey_main(argv: list[str], kind: str = "passkey") -> int:
     return 0
 
 
+def ruler_main(argv: list[str]) -> int:
+    args = parse_recipe(RulerArgs, argv, prog="seerflex eval ruler")
+    if args is None:
+        return 0
+    check_sweep(args.scorers, args.policies)
+    unknown = sorted(set(args.tasks) - set(ruler.TASKS))
+    if unknown or args.samples < 1:
+        raise ValueError(f"unknown RULER task(s) {unknown}; tasks: {', '.join(ruler.TASKS)}" if unknown
+                         else f"samples must be >= 1, got {args.samples}")
+    haystack = "\n".join(load_texts(args.haystack))
+    model, tokenizer = load_seerflex_model(args)
+    prompts = {(task, n): [ruler.make_sample(task, tokenizer, n, haystack, random.Random(f"{args.seed}/{task}/{n}/{i}"))
+                           for i in range(args.samples)] for task in args.tasks for n in args.lengths}
+    probe = [torch.tensor(tokenizer(prompts[(args.tasks[0], args.lengths[0])][0].prompt)["input_ids"])]
+    calibration = budget_windows(args, tokenizer, args.policies)
+    rows, out = [], Path(args.out)
+    for scorer, spec in runs(args.scorers, args.policies):
+        policy, chosen = resolve_policy(model, scorer, spec, probe, calibration, args.budget_prefix)
+        scores: dict[tuple[str, int], float] = {}
+        with selection(model, scorer, policy) as records:
+            for (task, n), samples in prompts.items():
+                scores[(task, n)] = sum(ruler.score(answer(model, tokenizer, torch.tensor(
+                    tokenizer(x.prompt)["input_ids"]), args.new_tokens), x.answers) for x in samples) / len(samples)
+            density = achieved_density(list(records))
+        by_length = {str(n): sum(scores[(t, n)] for t in args.tasks) / len(args.tasks) for n in args.lengths}
+        rows.append({"scorer": scorer, "policy": spec or "-", "calibrated": chosen,
+                     "density": 1.0 if density is None else density, "average": sum(by_length.values()) / len(by_length),
+                     "by_length": by_length, "by_task": {f"{t}@{n}": v for (t, n), v in scores.items()}})
+        console.log(f"{scorer} {spec or ''}: average {rows[-1]['average']:.3f}")
+    write_json(out / "ruler.json", {"environment": environment(), "args": asdict(args), "rows": rows})
+    plots.length_curve(rows, args.lengths, out / "ruler_vs_length.png", f"RULER-style average, {', '.join(args.tasks)}")
+    print_table("RULER-style accuracy (average over tasks)", ["scorer", "policy", "density", "average",
+                                                              *map(str, args.lengths)],
+                [[r["scorer"], r["policy"], r["density"], r["average"], *r["by_length"].values()] for r in rows])
+    return 0
+
+
 def sparsity_main(argv: list[str]) -> int:
     """Per-layer/head achieved density and gate recall on one window; block maps of one layer/head."""
     args = parse_recipe(SparsityArgs, argv, prog="seerflex eval sparsity")
@@ -284,7 +336,7 @@ def budget_main(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "budget": budget_main, "ppl": ppl_main, "passkey": passkey_main,
-    "needle": lambda argv: passkey_main(argv, "needle"), "sparsity": sparsity_main}
+    "needle": lambda argv: passkey_main(argv, "needle"), "ruler": ruler_main, "sparsity": sparsity_main}
 
 
 def main(argv: list[str]) -> int:
