@@ -100,7 +100,9 @@ class SeerFlexAttention(nn.Module):
         else:
             scores = scorer.score_blocks(inputs)
             nan_scores = torch.isnan(scores).any()
-            selection = self.policy.select(scores, layout, compile=options.compile)
+            if self.runtime.gate_loss is not None and scorer is self.gate and self.gate.trains():
+                self.runtime.gate_loss(self.layer_idx, scores, inputs)  # the gate learns from this very call
+            selection = self.policy.select(scores.detach(), layout, compile=options.compile)
             block_mask = block_mask_for(selection, layout, compile=options.compile, compute_q_blocks=backward)
         self._check_finite(nan_scores, v)
         out = sparse_attention(q, k, v, block_mask, scale=scale, compile=options.compile, backend=options.backend,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_mask, flex_attention
 
 from seerflex.block_mask import causal_mask_mod
 from seerflex.compile import compiled
@@ -113,6 +113,8 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     call to reuse the compiled kernel. A compiled mode never falls back to eager flex (S x S memory):
     past ``RECOMPILE_LIMIT`` shapes it raises instead. ``backend``: ``RuntimeOptions.backend``.
     """
+    if q.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return masked_sdpa(q, k, v, block_mask, scale=scale, score_mod=score_mod)  # flex has no CPU backward
     fn = flex_function(compile, q.device)
     options = flex_options(q, block_mask.BLOCK_SIZE, backend, compiled=fn is not flex_attention,
                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None)
@@ -126,6 +128,31 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return call()
     return within_recompile_limit(call, compile)
+
+
+def masked_sdpa(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale: float | None = None,
+                score_mod: Callable[..., Tensor] | None = None) -> Tensor:
+    """The same attention as flex over ``block_mask``, as SDPA with an S x S token mask: the training route off
+    CUDA (flex_attention has no backward on CPU). Tokens are kept where their tile is listed (partial or full)
+    and, in partial tiles, where ``mask_mod`` allows; rows with nothing kept give 0, as flex does."""
+    if score_mod is not None:
+        raise ValueError("training through sparse attention with a score_mod (logit soft-capping) needs a CUDA GPU")
+    b, h, sq, skv = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    q_block, kv_block = block_mask.BLOCK_SIZE
+    tiles = block_mask.to_dense().bool()  # [B|1, H|1, nq, nk]: listed tiles
+    full = torch.zeros_like(tiles)
+    if block_mask.full_kv_num_blocks is not None:
+        full = BlockMask.from_kv_blocks(block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
+                                        BLOCK_SIZE=block_mask.BLOCK_SIZE, seq_lengths=(sq, skv)).to_dense().bool()
+    rows, cols = torch.arange(sq, device=q.device) // q_block, torch.arange(skv, device=q.device) // kv_block
+    listed, whole = (t[:, :, rows][..., cols] for t in (tiles, full))
+    mod = create_mask(block_mask.mask_mod, tiles.shape[0], tiles.shape[1], sq, skv, device=q.device)
+    mask = (listed & mod) | whole
+    empty = ~mask.any(-1, keepdim=True)  # e.g. left-padded rows: attend to something finite, then give 0
+    safe = mask | (empty & (torch.arange(skv, device=q.device) == 0))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=safe, scale=scale,
+                                                          enable_gqa=q.shape[1] != k.shape[1])
+    return out.masked_fill(empty, 0.0)
 
 
 def flex_options(q: Tensor, block_size: tuple[int, int], backend: str, *, compiled: bool,

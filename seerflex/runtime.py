@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from torch import Tensor
 
 from seerflex.compile import check_mode
 from seerflex.flex import BACKENDS
 from seerflex.policies.stats import SparsityStats
-from seerflex.scorer import BlockScorer
+from seerflex.scorer import BlockScorer, ScorerInputs
 
 # Fields adapters saved inside their config before runtime options were split off (format 1).
 LEGACY_ADAPTER_FIELDS = ("compile", "dense_below", "check_finite")
@@ -61,9 +63,13 @@ class Runtime:
     ``scorer``: None = each layer's learned gate, else a training-free ``BlockScorer``.
     ``sparse_layers``: None = every layer with a gate, else only these layer indices.
     ``stats``: when a list, every sparse call appends (layer index, ``SparsityStats``).
+    ``gate_loss``: when set, every sparse call whose learned gate trains reports (layer index, gate logits
+    with their gradient, the call's ``ScorerInputs``) to it: gates learn while their sparse attention runs
+    the forward pass (``seerflex.finetune``).
     """
 
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
     scorer: BlockScorer | None = None
     sparse_layers: frozenset[int] | None = None
     stats: list[tuple[int | None, SparsityStats]] | None = None
+    gate_loss: Callable[[int | None, Tensor, ScorerInputs], None] | None = None
