@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "demo": "seerflex.recipes.demo",
     "distill": "seerflex.recipes.distill",
     "eval": "seerflex.recipes.eval",
+    "finetune": "seerflex.recipes.finetune",
 }
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError, OSError)
 

@@ -17,7 +17,7 @@ import warnings
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -315,6 +315,16 @@ class SeerFlexModel(nn.Module):
             yield stats
         finally:
             self._runtime.stats = None
+
+    @contextmanager
+    def gate_training(self, loss: Callable[[int | None, Tensor, Any], None]) -> Iterator[None]:
+        """Inside the block, every sparse call of a training gate reports (layer, logits with gradient, its
+        ``ScorerInputs``) to ``loss`` (``Runtime.gate_loss``; e.g. ``seerflex.finetune.GateLoss``)."""
+        self._runtime.gate_loss = loss
+        try:
+            yield
+        finally:
+            self._runtime.gate_loss = None
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable, all) parameter counts, gates included."""

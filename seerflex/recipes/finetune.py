@@ -1,0 +1,246 @@
+"""``seerflex finetune RECIPE [key=value ...]``: extend a model's context and fine-tune it with its gates'
+block-sparse attention in the forward pass (the SeerAttention paper's second use).
+
+Per step: the density follows a schedule from dense (1.0) to the target; every layer's gate scores its
+blocks, the policy keeps the top ones, and the model's attention runs block-sparse over them (flex with a
+BlockMask and its backward on CUDA; masked SDPA elsewhere). The loss is the language-model loss, which
+trains the model's trainable part (LoRA adapters through peft, or every weight), plus ``kl_weight`` x the
+gates' KL against the block attention map of the same Q/K, which trains only the gates. Differences from
+the original: the gates' target is computed by ``seerflex.ground_truth`` from the model's own post-RoPE
+Q/K (the original's fused kernel returns it from the attention itself), and the density is a top-k
+schedule rather than a fixed threshold. ``accelerate`` places devices, runs bf16 autocast and wraps the
+model for DDP or FSDP under ``accelerate launch``. Checkpoints are atomic and resume exactly; the end of
+a run exports a transformers model with its rope scaling, the seerflex gates, and the LoRA adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seerflex.assets import load_model
+from seerflex.config import SeerFlexConfig
+from seerflex.console import console, progress, warn
+from seerflex.distill import checkpoint
+from seerflex.distill.data import batch_indices, mixed_pieces
+from seerflex.finetune import GateLoss, extend_context
+from seerflex.hf.families import hf_model_of
+from seerflex.policies import TopK
+from seerflex.recipes.common import environment, print_table, write_json
+from seerflex.recipes.config import knob, parse_recipe
+from seerflex.recipes.distill import keep_metrics_until
+from seerflex.runtime import RuntimeOptions
+from seerflex.texts import load_domains
+
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+# what must match to resume a checkpoint: the trained tensors' meaning
+ARCHITECTURE = ("model", "rope_factor", "rope_type", "trainable", "lora", "seerflex")
+
+
+@dataclass
+class FinetuneRecipe:
+    """Extend the context (YaRN) and fine-tune model and gates together through sparse attention."""
+
+    model: str = knob("smollm2", "'smollm2' (bundled) or a transformers folder / hub id")
+    data: str = knob("austen:exclude=Emma", "text source (seerflex.texts): austen[:...], corpus:FOLDER, files, ...")
+    mixture: dict = knob({}, "domain -> weight for a corpus: source")
+    text_field: str = knob("text", "column holding the text in json/parquet/hub data")
+    seq_len: int = knob(32768, "tokens per training sequence (the extended context)")
+    batch_size: int = knob(1, "sequences per step and device")
+    steps: int = knob(100, "optimizer steps")
+    lr: float = knob(2e-4, "learning rate of the model's trainable part")
+    gate_lr: float = knob(1e-3, "learning rate of the gates")
+    weight_decay: float = knob(0.0, "AdamW weight decay of the model's trainable part")
+    warmup_steps: int = knob(10, "linear warm-up steps, then cosine")
+    seed: int = knob(0, "seed of initialisations and the data order")
+    bf16: bool = knob(True, "bf16 autocast on CUDA")
+    rope_factor: float = knob(4.0, "context extension factor (1: keep the model's rope)")
+    rope_type: str = knob("yarn", "rope scaling: yarn or linear")
+    trainable: str = knob("lora", "lora (peft adapters on lora.target_modules) or full (every weight)")
+    lora: dict = knob(dict(LORA), "LoRA: r, alpha, dropout, target_modules")
+    density: float = knob(0.1, "target block density (top-k) of the sparse attention")
+    schedule_steps: int = knob(50, "steps over which the density falls linearly from 1.0 to `density`")
+    kl_weight: float = knob(1.0, "weight of the gates' KL loss (summed over layers)")
+    target: str = knob("mass", "gate target: mass (block probability mass) or max (the original's 2D max)")
+    skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the KL")
+    checkpoint_every: int = knob(50, "steps between atomic checkpoints")
+    output_dir: str = knob("runs/finetune", "folder for metrics, checkpoint and the exported model")
+    resume: bool = knob(False, "continue from output_dir/checkpoint")
+    overwrite: bool = knob(False, "start over in an output_dir that holds a run")
+    seerflex: dict = knob({}, "SeerFlexConfig fields (the policy gives sink/local/dense_last_rows; the schedule "
+                              "sets its density)")
+    runtime: dict = knob({}, "RuntimeOptions fields (compile, backend); every call runs sparse (dense_below 0)")
+
+    def __post_init__(self) -> None:
+        """Every value checked before seconds of model loading."""
+        for name in ("seq_len", "batch_size", "steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.gate_lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.schedule_steps < 0:
+            raise ValueError("need lr > 0, gate_lr > 0, weight_decay >= 0, warmup_steps >= 0 and schedule_steps >= 0")
+        if not 0 < self.density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if self.rope_factor < 1 or self.rope_type not in ("yarn", "linear"):
+            raise ValueError(f"rope_factor must be >= 1 and rope_type yarn or linear, got {self.rope_factor}, "
+                             f"{self.rope_type!r}")
+        if self.trainable not in ("lora", "full"):
+            raise ValueError(f"trainable must be lora or full, got {self.trainable!r}")
+        unknown = set(self.lora) - set(LORA)
+        if unknown:
+            raise ValueError(f"unknown lora keys {sorted(unknown)}; known: {sorted(LORA)}")
+        if self.target not in ("max", "mass") or not 0 <= self.skip_first_rows < 1 or self.kl_weight < 0:
+            raise ValueError("target must be max or mass, skip_first_rows in [0, 1) and kl_weight >= 0")
+        self.configs()
+
+    def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
+        return SeerFlexConfig.from_dict(self.seerflex), RuntimeOptions(**{**self.runtime, "dense_below": 0})
+
+    def density_at(self, step: int) -> float:
+        """Linear from dense to ``density`` over ``schedule_steps`` steps, then ``density``."""
+        if self.schedule_steps == 0:
+            return self.density
+        return 1.0 - (1.0 - self.density) * min(1.0, step / self.schedule_steps)
+
+
+def with_lora(model: Any, lora: dict[str, Any]) -> Any:
+    """``model`` with peft LoRA adapters on the target modules (each must exist)."""
+    from peft import LoraConfig, get_peft_model
+
+    settings = LORA | lora
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = sorted(set(settings["target_modules"]) - names)
+    if missing:
+        raise ValueError(f"LoRA target module(s) {missing} do not exist in {type(model).__name__}; its linear layers "
+                         f"include {sorted(n for n in names if n.endswith('_proj'))}")
+    return get_peft_model(model, LoraConfig(r=settings["r"], lora_alpha=settings["alpha"],
+                                            lora_dropout=settings["dropout"],
+                                            target_modules=list(settings["target_modules"])))
+
+
+def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> Path:
+    """Run (or resume) a fine-tune; returns the export folder."""
+    from accelerate import Accelerator
+    from transformers import get_cosine_schedule_with_warmup
+
+    from seerflex.hf.model import get_seerflex_model
+
+    use_bf16 = recipe.bf16 and torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    torch.manual_seed(recipe.seed)
+    if model is None:
+        with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):
+            model, tokenizer = load_model(recipe.model, torch.float32)
+    if recipe.rope_factor > 1:
+        extend_context(model, recipe.rope_factor, recipe.rope_type)
+    base = with_lora(model, recipe.lora) if recipe.trainable == "lora" else model
+    config, runtime = recipe.configs()
+    wrapped = get_seerflex_model(base, config, runtime=runtime)
+    for name, p in hf_model_of(base).named_parameters():  # the wrapper froze the model: pick what trains
+        if "seerflex" not in name:
+            p.requires_grad_(recipe.trainable == "full" or "lora_" in name)
+    params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
+    gates = [p for n, p in params.items() if "seerflex" in n]
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in params.items() if "seerflex" not in n], "lr": recipe.lr,
+         "weight_decay": recipe.weight_decay},
+        {"params": gates, "lr": recipe.gate_lr, "weight_decay": 0.0}])
+    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+    pieces, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
+                                  recipe.mixture, recipe.seed)
+    out = Path(recipe.output_dir)
+    ckpt_dir, start = out / "checkpoint", 0
+    found = checkpoint.latest(ckpt_dir)
+    if not recipe.resume and not recipe.overwrite and (found or (out / "metrics.jsonl").is_file()):
+        raise ValueError(f"{out} already holds a run; resume=true continues it, overwrite=true starts it over, "
+                         "or choose another output_dir")
+    if recipe.resume and found:
+        tensors, state = checkpoint.load(found)
+        saved = state.get("recipe", {})
+        changed = [k for k in ARCHITECTURE if saved.get(k) != asdict(recipe)[k]]
+        if changed or set(tensors) != set(params):
+            raise ValueError(f"the checkpoint in {found} is from another fine-tune config (differs in "
+                             f"{', '.join(changed) or 'its trained tensors'}); resume with its recipe or use "
+                             "another output_dir")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+        console.log(f"resumed from {found} at step {start}")
+    elif recipe.resume:
+        warn(f"resume=true, but {ckpt_dir} holds no checkpoint: starting at step 0")
+    runner, optimizer = accelerator.prepare(wrapped, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    metrics_file = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        keep_metrics_until(metrics_file, start)
+        write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
+                                         "pieces": counts, "world_size": world,
+                                         "rope": getattr(hf_model_of(base).config, "rope_parameters", None)})
+    policy = config.policy.base_fields()
+    gate_loss = GateLoss(recipe.target, recipe.skip_first_rows)
+    last: dict[str, Any] = {}
+    with wrapped.gate_training(gate_loss), progress(transient=False, disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task("finetune", total=recipe.steps, completed=start, info="")
+        for step in range(start, recipe.steps):
+            tic = time.perf_counter()
+            density = recipe.density_at(step)
+            wrapped.set_policy(TopK(density=density, **policy))
+            chosen = batch_indices(step, recipe.batch_size * world, pieces.shape[0], recipe.seed)
+            ids = pieces[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]].to(accelerator.device)
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            with wrapped.track_sparsity() as stats, accelerator.autocast():
+                lm = runner(input_ids=ids, labels=ids, use_cache=False).loss
+            kl = gate_loss.total()
+            loss = lm + recipe.kl_weight * kl
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - tic
+            achieved = sum((s for _, s in stats[1:]), stats[0][1]).mean_density if stats else 1.0
+            last = {"step": step + 1, "loss": float(loss.detach()), "lm_loss": float(lm.detach()),
+                    "gate_kl": float(kl.detach()), "density": density, "achieved_density": achieved,
+                    "lr": scheduler.get_last_lr()[0], "step_s": seconds, "tokens_per_s": ids.numel() * world / seconds,
+                    "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+            bar.update(task, advance=1, info=f"lm {last['lm_loss']:.4f}  kl {last['gate_kl']:.4f}  "
+                                                  f"density {achieved:.3f}")
+            if accelerator.is_main_process:
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
+                    checkpoint.save(ckpt_dir, dict(params), {"step": step + 1, "optimizer": optimizer.state_dict(),
+                                                             "scheduler": scheduler.state_dict(),
+                                                             "recipe": asdict(recipe)})
+    accelerator.wait_for_everyone()
+    export = out / "export"
+    if accelerator.is_main_process:
+        export_model(accelerator.unwrap_model(runner), recipe, tokenizer, export)
+        if last:
+            print_table("fine-tune, last step", [k for k in last if last[k] is not None],
+                        [[v for v in last.values() if v is not None]])
+        console.print(f"exported to {export}: model/ (rope {recipe.rope_type} x{recipe.rope_factor}), seerflex/ "
+                      f"(gates){', lora/' if recipe.trainable == 'lora' else ''}")
+    return export
+
+
+def export_model(wrapped: Any, recipe: FinetuneRecipe, tokenizer: Any, export: Path) -> None:
+    """model/ (a plain transformers model, LoRA merged, rope scaling in its config), seerflex/ (the gates),
+    lora/ (the LoRA adapter alone, when LoRA trained)."""
+    wrapped.set_policy(TopK(density=recipe.density, **wrapped.peft_config[wrapped.active_adapter].policy.base_fields()))
+    wrapped.save_pretrained(export / "seerflex")
+    base = wrapped.unload()
+    if recipe.trainable == "lora":
+        base.save_pretrained(export / "lora")
+        base = base.merge_and_unload()
+    base.save_pretrained(export / "model")
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(export / "model")

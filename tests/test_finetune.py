@@ -1,0 +1,121 @@
+"""Fine-tuning with gates in the loop on a tiny random Llama: context extension, what trains, exact resume,
+export, and the errors a user can make."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from models import CharTokenizer, small_llama
+from seerflex.finetune import extend_context
+from seerflex.recipes.finetune import FinetuneRecipe, train
+
+SEERFLEX = {"block_size": 32, "gate_hidden_size": 16, "policy": "topk:0.3:local=1"}
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    f = tmp_path / "book.txt"
+    f.write_text("".join(f"Chapter {i}. It is a truth universally acknowledged, number {i * 7}. " for i in range(80)))
+    return f
+
+
+def recipe(out, text_file, **kw) -> FinetuneRecipe:
+    return FinetuneRecipe(**{"model": "unused", "data": str(text_file), "seq_len": 256, "batch_size": 1, "steps": 6,
+                             "lr": 1e-2, "gate_lr": 1e-2, "warmup_steps": 1, "schedule_steps": 3, "density": 0.3,
+                             "rope_factor": 2.0, "checkpoint_every": 3, "output_dir": str(out / "run"),
+                             "lora": {"r": 4, "alpha": 8}, "seerflex": SEERFLEX} | kw)
+
+
+def test_extend_context_equals_a_model_built_with_the_scaled_rope():
+    model = small_llama()
+    rope = extend_context(model, 4.0)
+    assert rope["rope_type"] == "yarn" and model.config.max_position_embeddings == 4 * 2048
+    fresh = AutoModelForCausalLM.from_config(model.config)
+    fresh.load_state_dict(model.state_dict())
+    ids = torch.randint(1, 90, (1, 300))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, fresh(ids).logits)
+    plain = small_llama()
+    with torch.no_grad():
+        assert not torch.allclose(plain(ids).logits, model(ids).logits)  # the rope really changed
+    with pytest.raises(ValueError, match="already scaled"):
+        extend_context(model, 2.0)
+    with pytest.raises(ValueError, match="must be a number > 1"):
+        extend_context(small_llama(), 1.0)
+
+
+def test_model_and_gates_train_through_sparse_attention_and_nothing_else_moves(tmp_path, text_file):
+    model = small_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export = train(recipe(tmp_path, text_file, steps=8, checkpoint_every=100), model, CharTokenizer())
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["density"] for r in rows[:4]] == pytest.approx([1.0, 1 - 0.7 / 3, 1 - 1.4 / 3, 0.3])
+    assert rows[-1]["achieved_density"] < 1.0 and rows[0]["achieved_density"] == 1.0
+    assert rows[-1]["lm_loss"] < 0.97 * rows[0]["lm_loss"] and rows[-1]["gate_kl"] < rows[0]["gate_kl"]
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # LoRA's modules (merged into them by the export)
+    for name, value in model.state_dict().items():  # everything else never moved: no gradient reached it
+        if name in before and not any(t in name for t in targets):
+            assert torch.equal(value, before[name]), name
+    lora = load_file(str(export / "lora" / "adapter_model.safetensors"))
+    assert lora and any(float(t.abs().max()) > 0 for k, t in lora.items() if "lora_B" in k)  # B starts at 0
+    merged = AutoModelForCausalLM.from_pretrained(export / "model")
+    assert merged.config.rope_parameters["rope_type"] == "yarn" and merged.config.max_position_embeddings == 4096
+    assert any(not torch.equal(merged.state_dict()[k], before[k]) for k in before if k.endswith("q_proj.weight"))
+    from seerflex import RuntimeOptions, SeerFlexModel
+
+    sparse = SeerFlexModel.from_pretrained(merged, export / "seerflex", runtime=RuntimeOptions(dense_below=0))
+    gates = load_file(str(export / "seerflex" / "adapter_model.safetensors"))
+    assert all(float(t.std()) > 0 for t in gates.values())
+    out = sparse.generate(input_ids=torch.randint(1, 90, (1, 160)), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 164)
+
+
+def test_kill_and_resume_gives_the_same_run(tmp_path, text_file, monkeypatch):
+    from seerflex.distill import checkpoint
+
+    train(recipe(tmp_path / "a", text_file), small_llama(), CharTokenizer())
+    save = checkpoint.save
+
+    def save_then_die(directory, tensors, state):
+        save(directory, tensors, state)
+        raise KeyboardInterrupt  # killed right after the step-3 checkpoint
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe(tmp_path / "b", text_file), small_llama(), CharTokenizer())
+    monkeypatch.setattr(checkpoint, "save", save)
+    torch.manual_seed(1234)  # the resumed run must not depend on the process's RNG state
+    with pytest.raises(ValueError, match="another fine-tune config"):
+        train(recipe(tmp_path / "b", text_file, resume=True, rope_factor=4.0), small_llama(), CharTokenizer())
+    train(recipe(tmp_path / "b", text_file, resume=True), small_llama(), CharTokenizer())
+    lines = {r: [json.loads(x) for x in (tmp_path / r / "run" / "metrics.jsonl").read_text().splitlines()]
+             for r in ("a", "b")}
+    assert [x["step"] for x in lines["b"]] == [1, 2, 3, 4, 5, 6]
+    assert [x["loss"] for x in lines["a"]] == [x["loss"] for x in lines["b"]]  # the same loss curve, exactly
+    a, b = (load_file(str(tmp_path / r / "run" / "checkpoint" / "gates.safetensors")) for r in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"density": 0.0}, "density must be in"), ({"density": 1.5}, "density must be in"),
+    ({"trainable": "half"}, "trainable must be lora or full"), ({"lora": {"rank": 4}}, "unknown lora keys"),
+    ({"rope_factor": 0.5}, "rope_factor must be >= 1"),
+])
+def test_bad_recipes_fail_before_loading(tmp_path, text_file, changes, message):
+    with pytest.raises(ValueError, match=message):
+        recipe(tmp_path, text_file, **changes)
+
+
+def test_missing_lora_target_and_unscalable_models_are_named(tmp_path, text_file):
+    with pytest.raises(ValueError, match=r"LoRA target module\(s\) \['wq'\] do not exist"):
+        train(recipe(tmp_path, text_file, lora={"target_modules": ["wq"]}), small_llama(), CharTokenizer())
+    scaled = small_llama()
+    extend_context(scaled, 2.0)
+    with pytest.raises(ValueError, match="already scaled"):
+        train(recipe(tmp_path / "x", text_file), copy.deepcopy(scaled), CharTokenizer())
