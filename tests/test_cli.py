@@ -42,6 +42,7 @@ def test_numbers_text_and_empty_values_read_as_meant(tmp_path):
 
 
 HELP = [["--help"], ["eval", "--help"], ["bench", "--help"], ["distill", "--help"], ["convert", "--help"], ["corpus", "--help"],
+        ["finetune", "--help"],
         ["demo", "--help"], ["bench", "kernel", "--help"], ["bench", "ttft", "--help"],
         *(["eval", sub, "--help"] for sub in ("ppl", "passkey", "needle", "ruler", "sparsity", "budget"))]
 
@@ -51,5 +52,5 @@ def test_every_command_has_help_that_exits_0(argv, capsys):
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert out.lower().startswith("usage: seerflex") and "[key=value" in out
-    if len(argv) > 2 or argv[0] in ("distill", "convert", "demo", "corpus"):  # a recipe: its keys with their meaning
+    if len(argv) > 2 or argv[0] in ("distill", "convert", "demo", "corpus", "finetune"):  # a recipe: its keys with their meaning
         assert "key" in out and "meaning" in out

@@ -244,3 +244,10 @@ def export_model(wrapped: Any, recipe: FinetuneRecipe, tokenizer: Any, export: P
     base.save_pretrained(export / "model")
     if hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(export / "model")
+
+
+def main(argv: list[str]) -> int:
+    recipe = parse_recipe(FinetuneRecipe, argv, prog="seerflex finetune")
+    if recipe is not None:
+        train(recipe)
+    return 0
