@@ -119,3 +119,12 @@ def test_missing_lora_target_and_unscalable_models_are_named(tmp_path, text_file
     extend_context(scaled, 2.0)
     with pytest.raises(ValueError, match="already scaled"):
         train(recipe(tmp_path / "x", text_file), copy.deepcopy(scaled), CharTokenizer())
+
+
+def test_full_fine_tune_trains_every_weight_and_exports_without_lora(tmp_path, text_file):
+    model = small_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export = train(recipe(tmp_path, text_file, trainable="full", steps=2, lr=1e-3), model, CharTokenizer())
+    moved = [k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    assert any("mlp" in k for k in moved) and any("embed" in k for k in moved)
+    assert not (export / "lora").exists() and (export / "model" / "config.json").is_file()
