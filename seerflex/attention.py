@@ -83,9 +83,9 @@ class SeerFlexAttention(nn.Module):
         options, scorer = self.runtime.options, self.runtime.scorer or self.gate
         layout = BlockLayout.from_attention_mask(attention_mask, q.shape[2], self.config.block_size,
                                                  self.config.q_block_size)
-        inputs = ScorerInputs(q if gate_q is None else gate_q, k if gate_k is None else gate_k, q, k, layout,
-                              options.compile)
-        backward = torch.is_grad_enabled() and q.requires_grad
+        inputs = ScorerInputs((q if gate_q is None else gate_q).detach(), (k if gate_k is None else gate_k).detach(),
+                              q.detach(), k.detach(), layout, options.compile, scale)
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         fuse = fusable(self.gate, scorer, layout, options.compile, q.device)
         if fuse and not backward:  # gate, policy, indices, BlockMask and kernel: one compiled graph
             out, selection, nan_scores = planned_attention(

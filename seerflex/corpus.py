@@ -102,7 +102,7 @@ def fetch(source: Source, cache: Path) -> Path:
         if not path.is_file():
             raise ValueError(f"source {source.name}: no archive at {path}")
         return path
-    folder = cache / "archives" / source.name
+    folder = cache / "archives" / f"{source.name}-{hashlib.sha256(source.fetch.encode()).hexdigest()[:12]}"
     found = sorted(p for p in folder.glob("*") if p.suffix in (".gz", ".zip", ".deb", ".bz2", ".xz")) \
         if folder.is_dir() else []
     if found:

@@ -21,8 +21,10 @@ class ScorerInputs:
     """One attention call, as a scorer may see it.
 
     ``gate_q``/``gate_k``: pre-RoPE Q [B, Hq, S, D] and K [B, Hkv, S, D] (what the learned gate was
-    trained on); ``q``/``k``: the post-RoPE tensors the attention itself uses. ``compile``: the
-    runtime compile mode (``seerflex.compile``), for scorers with compiled math.
+    trained on); ``q``/``k``: the post-RoPE tensors the attention itself uses (all four detached: block
+    scores never send a gradient into the model). ``compile``: the runtime compile mode
+    (``seerflex.compile``), for scorers with compiled math. ``scale``: the attention's softmax scale (None:
+    1/sqrt(head_dim)).
     """
 
     gate_q: Tensor
@@ -31,6 +33,7 @@ class ScorerInputs:
     k: Tensor
     layout: BlockLayout
     compile: str = "auto"
+    scale: float | None = None
 
 
 @runtime_checkable

@@ -168,3 +168,17 @@ def test_backward_through_sparse_attention_matches_f64_gradients(ratio, pad):
     assert float(((out.double() - ref) * rows).abs().max()) < 1e-5
     for got, want in ((q, qd), (k, kd), (v, vd)):
         assert torch.isfinite(got.grad).all() and float((got.grad.double() - want.grad).abs().max()) < 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_layer_trains_when_only_values_need_gradients():
+    """LoRA on v_proj alone: Q needs no gradient, V does; the layer must still build a backward-ready mask."""
+    cfg = SeerFlexConfig(policy=TopK(density=0.3), block_size=32)
+    layer = sparse_layer(cfg, 4, 2, 32, compile="dynamic")
+    q, k = torch.randn(1, 4, 200, 32), torch.randn(1, 2, 200, 32)
+    v = torch.randn(1, 2, 200, 32, requires_grad=True)
+    layer(q, k, v).sum().backward()
+    kept = kept_blocks(layer, q, k, None)
+    vd = v.detach().double().requires_grad_()
+    dense_attention_f64(q, k, vd, token_mask(kept, 200, 32, None)).sum().backward()
+    assert float((v.grad.double() - vd.grad).abs().max()) < 1e-5

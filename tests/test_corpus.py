@@ -88,7 +88,9 @@ def test_mixture_sets_each_domains_share_of_the_pieces():
     tok = CharTokenizer()
     domains = {"prose": ["a" * 95] * 1, "code": ["b" * 95] * 3}  # 96 tokens per doc (EOS) -> 3 and 9 pieces of 32
     pieces, counts = mixed_pieces(domains, tok, 32, {}, seed=0)
-    assert counts == {"code": 9, "prose": 3} and len(pieces) == 12
+    assert counts == {"all": 12} and len(pieces) == 12
+    _, counts = mixed_pieces(domains | {"poems": ["c" * 10]}, tok, 32, {"poems": 1, "code": 1}, seed=0)
+    assert counts == {"code": 9}  # a domain shorter than one sequence is left out (with a warning)
     pieces, counts = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 1}, seed=0)
     assert counts == {"code": 6, "prose": 6}
     prose_rows = (pieces == tok("a")["input_ids"][0]).any(-1)

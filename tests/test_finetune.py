@@ -128,3 +128,39 @@ def test_full_fine_tune_trains_every_weight_and_exports_without_lora(tmp_path, t
     moved = [k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])]
     assert any("mlp" in k for k in moved) and any("embed" in k for k in moved)
     assert not (export / "lora").exists() and (export / "model" / "config.json").is_file()
+
+
+def test_the_gate_loss_trains_only_the_gates_and_uses_the_attention_scale():
+    from seerflex import RuntimeOptions, SeerFlexConfig, get_seerflex_model
+    from seerflex.distill.loss import gate_kl
+    from seerflex.finetune import GateLoss
+    from seerflex.ground_truth import block_attention_map
+
+    model = small_llama()
+    model.requires_grad_(True)
+    wrapped = get_seerflex_model(model, SeerFlexConfig(**SEERFLEX), runtime=RuntimeOptions(dense_below=0))
+    model.requires_grad_(True)  # as a full fine-tune: every weight trains
+    loss = GateLoss()
+    with wrapped.gate_training(loss):
+        wrapped(input_ids=torch.randint(1, 90, (1, 256)), use_cache=False)
+    loss.total().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if "seerflex" not in n)
+    assert all(p.grad is not None and float(p.grad.abs().max()) > 0 for n, p in wrapped.named_parameters()
+               if "seerflex" in n)
+    from seerflex import BlockLayout, ScorerInputs
+
+    q, k = torch.randn(1, 4, 128, 16) * 3, torch.randn(1, 2, 128, 16)
+    logits = torch.randn(1, 4, 4, 4).masked_fill(~torch.ones(4, 4, dtype=torch.bool).tril(), float("-inf"))
+    scaled = GateLoss()
+    scaled(0, logits, ScorerInputs(q, k, q, k, BlockLayout(128, 32), scale=0.7))
+    target = block_attention_map(q, k, block_size=32, mode="mass", scale=0.7)
+    default = block_attention_map(q, k, block_size=32, mode="mass")
+    assert torch.isclose(scaled.total(), gate_kl(logits, target, skip_first_rows=0.25))
+    assert not torch.isclose(gate_kl(logits, default, skip_first_rows=0.25), gate_kl(logits, target, skip_first_rows=0.25))
+
+
+def test_extend_context_keeps_the_models_other_rope_parameters():
+    model = small_llama()
+    model.config.rope_parameters["partial_rotary_factor"] = 1.0
+    extend_context(model, 2.0)
+    assert model.config.rope_parameters["partial_rotary_factor"] == 1.0

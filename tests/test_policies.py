@@ -182,3 +182,15 @@ def test_selection_compiles_as_one_graph_with_the_same_result(policy):
 def test_one_policy_syntax_for_objects_dicts_and_spec_strings(spec, policy):
     assert as_policy(spec) == policy
     assert as_policy(policy.to_dict()) == policy and as_policy(policy) is policy
+
+
+@pytest.mark.parametrize("low", [-1e5, torch.finfo(torch.float32).min, float("-inf")])
+def test_sixteen_bit_ranking_never_keeps_a_block_that_may_not_be_chosen(low):
+    """Causal blocks whose scores fall below float16's range (or are -inf) still rank above non-causal ones."""
+    layout = BlockLayout(512, 64, None, 128)
+    cpu = torch.device("cpu")
+    scores = torch.full((1, 2, *layout.shape), low).masked_fill(~layout.selectable_blocks(cpu), float("-inf"))
+    kept = TopK(k=6, sink=0, local=0, dense_last_rows=0).select(scores, layout).kept
+    allowed = layout.selectable_blocks(cpu) | layout.diagonal(cpu)
+    assert not (kept & ~allowed).any()
+    assert torch.equal(kept.sum(-1), torch.tensor([2, 4, 6, 6]).expand(1, 2, 4))  # rows fill up with causal blocks

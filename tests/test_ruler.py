@@ -20,7 +20,8 @@ HAY = "It is a truth universally acknowledged, that a single man in possession o
 @pytest.mark.parametrize("length", [600, 2000])
 def test_each_task_fits_its_length_and_its_answers_are_in_the_prompt(task, length):
     tok = CharTokenizer()
-    x = ruler.make_sample(task, tok, length, HAY, random.Random(3))
+    hay = tok(HAY)["input_ids"]
+    x = ruler.make_sample(task, tok, length, hay, random.Random(3))
     n = len(tok(x.prompt)["input_ids"])
     assert 0.75 * length <= n <= length, n
     body = x.prompt.rsplit("\n", 1)[0]
@@ -31,14 +32,14 @@ def test_each_task_fits_its_length_and_its_answers_are_in_the_prompt(task, lengt
         top = [c for _, c in Counter(words).most_common(len(x.answers) + 1)]
         counts = Counter(words)
         assert min(counts[a] for a in x.answers) >= top[len(x.answers)]  # nothing outside beats an answer
-    assert ruler.make_sample(task, tok, length, HAY, random.Random(3)) == x  # same seed, same prompt
+    assert ruler.make_sample(task, tok, length, hay, random.Random(3)) == x  # same seed, same prompt
 
 
 def test_score_is_the_fraction_of_answers_found():
     assert ruler.score("the numbers are 123 and 456", ("123", "456", "789")) == pytest.approx(2 / 3)
     assert ruler.score("APPLE", ("apple",)) == 1.0
     with pytest.raises(ValueError, match="unknown RULER task"):
-        ruler.make_sample("qa_hotpot", CharTokenizer(), 100, HAY, random.Random(0))
+        ruler.make_sample("qa_hotpot", CharTokenizer(), 100, [1, 2, 3], random.Random(0))
 
 
 def test_eval_ruler_runs_every_scorer_and_writes_json_table_and_plot(recipe_model, tiny_text, tmp_path, monkeypatch):

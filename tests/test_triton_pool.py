@@ -29,6 +29,10 @@ for pools, bs, (b, h, n, d), dtype, transposed in [
     err = float((out.double() - ref).abs().max())
     assert err < tol, (pools, bs, err)
     worst = max(worst, err)
+x = torch.randn(1, 2, 64, 16)
+x[0, 1, 5, 3] = float("nan")
+out = block_pool_op(x, "max,min,avg", 32)
+assert out[0, 1, 0, [3, 19, 35]].isnan().all() and not out[0, 0].isnan().any()  # NaN reaches every pool, like torch
 print("OK", worst)
 """
 

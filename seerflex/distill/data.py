@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seerflex.console import warn
+
 
 def pack(texts: list[str], tokenizer: Any, seq_len: int) -> Tensor:
     """[N, seq_len] int64 pieces of the EOS-joined token stream."""
@@ -37,18 +39,34 @@ def batch_indices(step: int, batch_size: int, num_pieces: int, seed: int) -> Ten
     return torch.tensor(out)
 
 
+def check_mixture(mixture: dict[str, float], data: str) -> None:
+    """A mixture weights the domains of a corpus: non-negative numbers, a positive sum (checked before loading)."""
+    if mixture and not data.startswith("corpus:"):
+        raise ValueError(f"mixture weights domains of a corpus: data must be corpus:FOLDER, got {data!r}")
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in mixture.values()) \
+            or (mixture and sum(mixture.values()) <= 0):
+        raise ValueError(f"mixture weights must be non-negative numbers with a positive sum, got {mixture}")
+
+
 def mixed_pieces(domains: dict[str, list[str]], tokenizer: Any, seq_len: int, mixture: dict[str, float],
                  seed: int) -> tuple[Tensor, dict[str, int]]:
     """Pieces of every domain with a positive weight, repeated or subsampled so that domain d makes up
     mixture[d] / (sum of the weights) of as many pieces as those domains hold (seeded, fixed for the run);
     with an empty ``mixture`` every domain's pieces once. Returns the pieces and how many of each domain."""
-    weights = mixture or {d: None for d in domains}
-    unknown = sorted(set(weights) - set(domains))
+    if not mixture:  # every document once, packed together as one stream
+        pieces = pack([t for d in sorted(domains) for t in domains[d]], tokenizer, seq_len)
+        return pieces, {"all": len(pieces)}
+    unknown = sorted(set(mixture) - set(domains))
     if unknown:
         raise ValueError(f"mixture names unknown domain(s) {unknown}; the data has {sorted(domains)}")
-    packed = {d: pack(domains[d], tokenizer, seq_len) for d in sorted(weights) if weights[d] != 0}
-    if not mixture:
-        return torch.cat(list(packed.values())), {d: len(p) for d, p in packed.items()}
+    packed = {}
+    for d in sorted(d for d, w in mixture.items() if w > 0):
+        try:
+            packed[d] = pack(domains[d], tokenizer, seq_len)
+        except ValueError:  # shorter than one sequence: it cannot take a share
+            warn(f"domain {d!r} holds less than one sequence of {seq_len} tokens; left out of the mixture")
+    if not packed:
+        raise ValueError(f"no domain of the mixture holds a whole sequence of {seq_len} tokens")
     total, norm = sum(len(p) for p in packed.values()), sum(mixture[d] for d in packed)
     out, counts = [], {}
     for i, (d, pieces) in enumerate(packed.items()):

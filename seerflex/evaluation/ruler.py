@@ -48,8 +48,9 @@ def score(reply: str, answers: tuple[str, ...]) -> float:
     return sum(a.lower() in reply for a in answers) / len(answers)
 
 
-def make_sample(task: str, tokenizer: Any, length: int, haystack: str, rng: random.Random) -> Sample:
-    """A ``task`` prompt of about ``length`` tokens (haystack text as filler where the task has one)."""
+def make_sample(task: str, tokenizer: Any, length: int, haystack: list[int], rng: random.Random) -> Sample:
+    """A ``task`` prompt of about ``length`` tokens (``haystack``: filler token ids, tokenized once by the caller
+    without special tokens, for the tasks that have a haystack)."""
     if task not in TASKS:
         raise ValueError(f"unknown RULER task {task!r}; tasks: {', '.join(TASKS)}")
     if task.startswith("niah") or task == "variable_tracking":
@@ -93,11 +94,10 @@ def _needles(task: str, rng: random.Random) -> tuple[list[str], str, tuple[str, 
                    "variables are:", tuple(names))
 
 
-def _plant(tokenizer: Any, length: int, haystack: str, needles: list[str], question: str,
+def _plant(tokenizer: Any, length: int, hay: list[int], needles: list[str], question: str,
            rng: random.Random) -> str:
     """Haystack tokens up to ``length`` with the needles at random depths, in order, then the question."""
-    fixed = len(tokenizer(" ".join(needles) + "\n" + question)["input_ids"]) + 16
-    hay = tokenizer(haystack)["input_ids"]
+    fixed = _count(tokenizer, " ".join(needles) + "\n" + question) + 16
     if not hay:
         raise ValueError("the haystack text is empty")
     hay = (hay * (length // len(hay) + 1))[: max(0, length - fixed)]
@@ -131,15 +131,19 @@ def _words(task: str, tokenizer: Any, length: int, rng: random.Random) -> Sample
 
         def draw(n: int) -> list[str]:
             return rng.choices(vocab, weights=weights, k=n)
-    per_word = max(1, len(tokenizer(" 1. apple" if task == "common_words" else " apple")["input_ids"]))
-    budget = length - len(tokenizer(question)["input_ids"]) - 16
+    per_word = max(1, _count(tokenizer, " 1. apple" if task == "common_words" else " apple"))
+    budget = length - _count(tokenizer, question) - 16
     words = draw(max(len(answers) * 3, budget // per_word))
     numbered = task == "common_words"
-    while len(words) > len(answers) * 3 and len(tokenizer(_join(words, numbered))["input_ids"]) > budget:
+    while len(words) > len(answers) * 3 and _count(tokenizer, _join(words, numbered)) > budget:
         words = words[: int(len(words) * 0.95)]  # whole words only: the counts below are the prompt's
     counts = Counter(words).most_common()
     top = tuple(w for w, _ in counts[: len(answers)])
     return Sample(task, _join(words, numbered) + "\n" + question, top)
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _join(words: list[str], numbered: bool) -> str:

@@ -28,7 +28,7 @@ def extend_context(model: nn.Module, factor: float, rope_type: str = "yarn") -> 
     if params["rope_type"] != "default":
         raise ValueError(f"the model's rope is already scaled ({params['rope_type']}); extend a model with plain rope")
     original = int(config.max_position_embeddings)
-    new = {"rope_type": rope_type, "factor": float(factor), "rope_theta": params["rope_theta"]}
+    new = {**params, "rope_type": rope_type, "factor": float(factor)}  # keeps e.g. partial_rotary_factor
     if rope_type == "yarn":
         new["original_max_position_embeddings"] = original
     config.rope_parameters = new

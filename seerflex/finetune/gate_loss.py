@@ -30,7 +30,7 @@ class GateLoss:
         with torch.no_grad():
             target = block_attention_map(inputs.q.detach(), inputs.k.detach(), block_size=layout.block_size,
                                          q_block_size=layout.q_block_size, mode=self.target,
-                                         attention_mask=layout.valid_tokens)
+                                         scale=inputs.scale, attention_mask=layout.valid_tokens)
         self.losses[layer_idx] = gate_kl(logits, target, skip_first_rows=self.skip_first_rows)
 
     def total(self) -> Tensor:

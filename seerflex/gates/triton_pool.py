@@ -33,12 +33,12 @@ if TRITON:
 
     @triton.jit
     def _reduce(x, code: tl.constexpr, bs: tl.constexpr):
-        if code == 0:
-            return tl.max(x, 0)
-        elif code == 1:
-            return tl.min(x, 0)
-        else:
+        """max / min / mean over rows; max and min keep a NaN (tl.max/tl.min skip it, torch.amax does not)."""
+        if code == 2:
             return tl.sum(x, 0) / bs
+        nan = tl.max((x != x).to(tl.int32), 0) > 0
+        val = tl.max(x, 0) if code == 0 else tl.min(x, 0)
+        return tl.where(nan, float("nan"), val)
 
     @triton.jit
     def _pool_kernel(X, Out, H, NB, sb, sh, ss, sd, D: tl.constexpr, BS: tl.constexpr, NP: tl.constexpr,

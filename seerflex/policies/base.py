@@ -189,7 +189,10 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     forced = (((j >= i * ratio - params["local"]) | sink) & selectable) | diagonal
     scores = scores.float().masked_fill(~selectable, float("-inf"))
     top = torch.finfo(rank_dtype).max
-    priority = scores.clamp(max=top / 2).to(rank_dtype).masked_fill(forced, top).masked_fill(diagonal, float("inf"))
+    # clamped into rank_dtype's range, so only blocks that may not be chosen rank -inf (a -inf or huge negative
+    # score of a causal block stays finite and above them), forced blocks the largest finite value, the diagonal +inf
+    priority = scores.clamp(-top / 2, top / 2).to(rank_dtype).masked_fill(~selectable, float("-inf"))
+    priority = priority.masked_fill(forced, top).masked_fill(diagonal, float("inf"))
     order = priority.topk(bound, dim=-1).indices if bound < nk else priority.argsort(dim=-1, descending=True)
     n_forced = forced.sum(-1)
     n_available = (selectable | forced).sum(-1)

@@ -23,7 +23,7 @@ from seerflex.config import SeerFlexConfig
 from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
-from seerflex.distill.data import batch_indices, mixed_pieces
+from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
 from seerflex.files import atomic_write
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
@@ -74,11 +74,7 @@ class DistillRecipe:
                              f"{self.reduction!r}")
         if not 0 <= self.skip_first_rows < 1:
             raise ValueError(f"skip_first_rows must be in [0, 1), got {self.skip_first_rows}")
-        if self.mixture and not self.data.startswith("corpus:"):
-            raise ValueError(f"mixture weights domains of a corpus: data must be corpus:FOLDER, got {self.data!r}")
-        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in self.mixture.values()) \
-                or (self.mixture and sum(self.mixture.values()) <= 0):
-            raise ValueError(f"mixture weights must be non-negative numbers with a positive sum, got {self.mixture}")
+        check_mixture(self.mixture, self.data)
         self.configs()
 
     def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:

@@ -236,7 +236,8 @@ def ruler_main(argv: list[str]) -> int:
                          else f"samples must be >= 1, got {args.samples}")
     haystack = "\n".join(load_texts(args.haystack))
     model, tokenizer = load_seerflex_model(args)
-    prompts = {(task, n): [ruler.make_sample(task, tokenizer, n, haystack, random.Random(f"{args.seed}/{task}/{n}/{i}"))
+    hay = tokenizer(haystack, add_special_tokens=False)["input_ids"]  # once, not per prompt
+    prompts = {(task, n): [ruler.make_sample(task, tokenizer, n, hay, random.Random(f"{args.seed}/{task}/{n}/{i}"))
                            for i in range(args.samples)] for task in args.tasks for n in args.lengths}
     probe = [torch.tensor(tokenizer(prompts[(args.tasks[0], args.lengths[0])][0].prompt)["input_ids"])]
     calibration = budget_windows(args, tokenizer, args.policies)

@@ -27,7 +27,7 @@ from seerflex.assets import load_model
 from seerflex.config import SeerFlexConfig
 from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
-from seerflex.distill.data import batch_indices, mixed_pieces
+from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
 from seerflex.finetune import GateLoss, extend_context
 from seerflex.hf.families import hf_model_of
 from seerflex.policies import TopK
@@ -40,6 +40,9 @@ from seerflex.texts import load_domains
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 # what must match to resume a checkpoint: the trained tensors' meaning
 ARCHITECTURE = ("model", "rope_factor", "rope_type", "trainable", "lora", "seerflex")
+# what changes the rest of the run if it changes on resume (a warning)
+DATA_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "seed", "lr", "gate_lr", "warmup_steps", "density",
+             "schedule_steps", "kl_weight")
 
 
 @dataclass
@@ -95,6 +98,7 @@ class FinetuneRecipe:
             raise ValueError(f"unknown lora keys {sorted(unknown)}; known: {sorted(LORA)}")
         if self.target not in ("max", "mass") or not 0 <= self.skip_first_rows < 1 or self.kl_weight < 0:
             raise ValueError("target must be max or mass, skip_first_rows in [0, 1) and kl_weight >= 0")
+        check_mixture(self.mixture, self.data)
         self.configs()
 
     def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
@@ -166,6 +170,10 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
             raise ValueError(f"the checkpoint in {found} is from another fine-tune config (differs in "
                              f"{', '.join(changed) or 'its trained tensors'}); resume with its recipe or use "
                              "another output_dir")
+        moved = [f"{k} {saved.get(k)!r} -> {asdict(recipe)[k]!r}" for k in DATA_KEYS if saved.get(k) != asdict(recipe)[k]]
+        if moved:
+            warn(f"resuming with changed settings (the data order or schedule differs from the run so far): "
+                 f"{'; '.join(moved)}")
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[name])

@@ -20,7 +20,7 @@ class OracleScores:
     def score_blocks(self, x: ScorerInputs) -> Tensor:
         layout = x.layout
         truth = block_attention_map(x.q, x.k, block_size=layout.block_size, q_block_size=layout.q_block_size,
-                                    mode=self.mode,
+                                    mode=self.mode, scale=x.scale,
                                     attention_mask=layout.valid_tokens)
         scores = truth.clamp(min=1e-30).log()
         return scores.masked_fill(~layout.selectable_blocks(x.q.device), float("-inf"))
