@@ -164,3 +164,9 @@ def test_extend_context_keeps_the_models_other_rope_parameters():
     model.config.rope_parameters["partial_rotary_factor"] = 1.0
     extend_context(model, 2.0)
     assert model.config.rope_parameters["partial_rotary_factor"] == 1.0
+
+
+def test_a_launch_accelerate_would_split_into_independent_runs_is_refused(tmp_path, text_file, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun on CPU without ACCELERATE_USE_CPU: accelerate sees one process
+    with pytest.raises(ValueError, match="ACCELERATE_USE_CPU=true"):
+        train(recipe(tmp_path, text_file), small_llama(), CharTokenizer())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,3 +48,12 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for row in rows:
         table.add_row(*[f"{x:.4g}" if isinstance(x, float) else str(x) for x in row])
     console.print(table)
+
+
+def check_world(num_processes: int) -> None:
+    """Refuse a multi-process launch that accelerate runs as independent single processes (each would train
+    and write the same run): torchrun on CPU without ``ACCELERATE_USE_CPU=true`` does that."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and num_processes != launched:
+        raise ValueError(f"launched as {launched} processes but accelerate runs {num_processes}; on CPU set "
+                         "ACCELERATE_USE_CPU=true (gloo DDP), on GPUs use accelerate launch --multi_gpu")

@@ -25,7 +25,7 @@ from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
 from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
 from seerflex.files import atomic_write
-from seerflex.recipes.common import environment, print_table, write_json
+from seerflex.recipes.common import check_world, environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
 from seerflex.texts import load_domains
@@ -98,6 +98,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
 
     use_bf16 = recipe.bf16 and torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    check_world(accelerator.num_processes)
     torch.manual_seed(recipe.seed)
     if model is None:
         with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):  # once, not per rank

@@ -31,7 +31,7 @@ from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
 from seerflex.finetune import GateLoss, extend_context
 from seerflex.hf.families import hf_model_of
 from seerflex.policies import TopK
-from seerflex.recipes.common import environment, print_table, write_json
+from seerflex.recipes.common import check_world, environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.recipes.distill import keep_metrics_until
 from seerflex.runtime import RuntimeOptions
@@ -135,6 +135,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
 
     use_bf16 = recipe.bf16 and torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    check_world(accelerator.num_processes)
     torch.manual_seed(recipe.seed)
     if model is None:
         with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):
