@@ -137,7 +137,7 @@ def masked_sdpa(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale
     and, in partial tiles, where ``mask_mod`` allows; rows with nothing kept give 0, as flex does."""
     if score_mod is not None:
         raise ValueError("training through sparse attention with a score_mod (logit soft-capping) needs a CUDA GPU")
-    b, h, sq, skv = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    sq, skv = q.shape[2], k.shape[2]
     q_block, kv_block = block_mask.BLOCK_SIZE
     tiles = block_mask.to_dense().bool()  # [B|1, H|1, nq, nk]: listed tiles
     full = torch.zeros_like(tiles)

@@ -34,3 +34,24 @@ def recipe_model(monkeypatch):
     for where in ("seerflex.recipes.eval.load_model", "seerflex.recipes.distill.load_model"):
         monkeypatch.setattr(where, load_model)
     monkeypatch.setattr("seerflex.assets.load_smollm2", lambda: load_model("smollm2"))
+
+
+@pytest.fixture
+def killed_after_checkpoint(monkeypatch):
+    """``run(train_call)``: runs it with ``checkpoint.save`` raising KeyboardInterrupt right after its first write
+    (a kill just after a checkpoint), then puts ``save`` back for the resumed run."""
+    from seerflex.distill import checkpoint
+
+    save = checkpoint.save
+
+    def run(train_call) -> None:
+        def save_then_die(directory, tensors, state):
+            save(directory, tensors, state)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(checkpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_call()
+        monkeypatch.setattr(checkpoint, "save", save)
+
+    return run

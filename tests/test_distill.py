@@ -70,22 +70,11 @@ def test_training_lowers_kl_and_leaves_the_base_model_alone(tmp_path, text_file)
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_identical_gates(tmp_path, text_file, monkeypatch):
+def test_kill_and_resume_gives_identical_gates(tmp_path, text_file, killed_after_checkpoint):
     from safetensors.torch import load_file
 
-    from seerflex.distill import checkpoint
-
     train(recipe(tmp_path / "a", text_file), small_llama(), CharTokenizer())
-    save = checkpoint.save
-
-    def save_then_die(directory, gates, state):
-        save(directory, gates, state)
-        raise KeyboardInterrupt  # killed right after the step-3 checkpoint
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe(tmp_path / "b", text_file), small_llama(), CharTokenizer())
-    monkeypatch.setattr(checkpoint, "save", save)
+    killed_after_checkpoint(lambda: train(recipe(tmp_path / "b", text_file), small_llama(), CharTokenizer()))  # at step 3
     torch.manual_seed(1234)  # the resumed run must not depend on the process's RNG state
     train(recipe(tmp_path / "b", text_file, resume=True), small_llama(), CharTokenizer())
     import json

@@ -76,20 +76,9 @@ def test_model_and_gates_train_through_sparse_attention_and_nothing_else_moves(t
     assert out.shape == (1, 164)
 
 
-def test_kill_and_resume_gives_the_same_run(tmp_path, text_file, monkeypatch):
-    from seerflex.distill import checkpoint
-
+def test_kill_and_resume_gives_the_same_run(tmp_path, text_file, killed_after_checkpoint):
     train(recipe(tmp_path / "a", text_file), small_llama(), CharTokenizer())
-    save = checkpoint.save
-
-    def save_then_die(directory, tensors, state):
-        save(directory, tensors, state)
-        raise KeyboardInterrupt  # killed right after the step-3 checkpoint
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe(tmp_path / "b", text_file), small_llama(), CharTokenizer())
-    monkeypatch.setattr(checkpoint, "save", save)
+    killed_after_checkpoint(lambda: train(recipe(tmp_path / "b", text_file), small_llama(), CharTokenizer()))  # at step 3
     torch.manual_seed(1234)  # the resumed run must not depend on the process's RNG state
     with pytest.raises(ValueError, match="another fine-tune config"):
         train(recipe(tmp_path / "b", text_file, resume=True, rope_factor=4.0), small_llama(), CharTokenizer())

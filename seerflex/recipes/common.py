@@ -10,12 +10,13 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from rich.table import Table
 
-from seerflex.console import console
+from seerflex.console import console, warn
+from seerflex.distill import checkpoint
 from seerflex.files import atomic_write
 
 
@@ -57,3 +58,29 @@ def check_world(num_processes: int) -> None:
     if launched > 1 and num_processes != launched:
         raise ValueError(f"launched as {launched} processes but accelerate runs {num_processes}; on CPU set "
                          "ACCELERATE_USE_CPU=true (gloo DDP), on GPUs use accelerate launch --multi_gpu")
+
+
+def resume_step(out: Path, resume: bool, overwrite: bool, params: dict[str, torch.nn.Parameter], optimizer: Any,
+                scheduler: Any, check: Callable[[Path, dict[str, Any], dict[str, torch.Tensor]], None]) -> int:
+    """The step a training run starts at: 0, or the step of ``out/checkpoint`` after ``check(folder, state,
+    tensors)`` accepted it and the trained tensors, optimizer and scheduler were restored from it. A run already
+    in ``out`` is never overwritten unless ``overwrite`` says so."""
+    ckpt_dir = out / "checkpoint"
+    found = checkpoint.latest(ckpt_dir)
+    if not resume and not overwrite and (found or (out / "metrics.jsonl").is_file()):
+        raise ValueError(f"{out} already holds a run; resume=true continues it, overwrite=true starts it over, "
+                         "or choose another output_dir")
+    if not resume:
+        return 0
+    if not found:
+        warn(f"resume=true, but {ckpt_dir} holds no checkpoint: starting at step 0")
+        return 0
+    tensors, state = checkpoint.load(found)
+    check(found, state, tensors)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    console.log(f"resumed from {found} at step {state['step']}")
+    return state["step"]

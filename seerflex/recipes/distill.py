@@ -25,7 +25,7 @@ from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
 from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
 from seerflex.files import atomic_write
-from seerflex.recipes.common import check_world, environment, print_table, write_json
+from seerflex.recipes.common import check_world, environment, print_table, resume_step, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
 from seerflex.texts import load_domains
@@ -112,23 +112,9 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     optimizer = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
     out = Path(recipe.output_dir)
-    ckpt_dir, start = out / "checkpoint", 0
-    found = checkpoint.latest(ckpt_dir)
-    if not recipe.resume and not recipe.overwrite and (found or (out / "metrics.jsonl").is_file()):
-        raise ValueError(f"{out} already holds a run; resume=true continues it, overwrite=true starts it over, "
-                         "or choose another output_dir")
-    if recipe.resume and found:
-        gates, state = checkpoint.load(found)
-        check_resumable(found, state, gates, params, config, recipe)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(gates[name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = state["step"]
-        console.log(f"resumed from {ckpt_dir} at step {start}")
-    elif recipe.resume:
-        warn(f"resume=true, but {ckpt_dir} holds no checkpoint: starting at step 0")
+    ckpt_dir = out / "checkpoint"
+    start = resume_step(out, recipe.resume, recipe.overwrite, params, optimizer, scheduler,
+                        lambda found, state, gates: check_resumable(found, state, gates, params, config, recipe))
     # the scheduler stays unprepared: accelerate would step it once per process, and the schedule is per step
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
     collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows)

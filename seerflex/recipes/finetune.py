@@ -31,7 +31,7 @@ from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
 from seerflex.finetune import GateLoss, extend_context
 from seerflex.hf.families import hf_model_of
 from seerflex.policies import TopK
-from seerflex.recipes.common import check_world, environment, print_table, write_json
+from seerflex.recipes.common import check_world, environment, print_table, resume_step, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.recipes.distill import keep_metrics_until
 from seerflex.runtime import RuntimeOptions
@@ -158,32 +158,9 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
     pieces, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
                                   recipe.mixture, recipe.seed)
     out = Path(recipe.output_dir)
-    ckpt_dir, start = out / "checkpoint", 0
-    found = checkpoint.latest(ckpt_dir)
-    if not recipe.resume and not recipe.overwrite and (found or (out / "metrics.jsonl").is_file()):
-        raise ValueError(f"{out} already holds a run; resume=true continues it, overwrite=true starts it over, "
-                         "or choose another output_dir")
-    if recipe.resume and found:
-        tensors, state = checkpoint.load(found)
-        saved = state.get("recipe", {})
-        changed = [k for k in ARCHITECTURE if saved.get(k) != asdict(recipe)[k]]
-        if changed or set(tensors) != set(params):
-            raise ValueError(f"the checkpoint in {found} is from another fine-tune config (differs in "
-                             f"{', '.join(changed) or 'its trained tensors'}); resume with its recipe or use "
-                             "another output_dir")
-        moved = [f"{k} {saved.get(k)!r} -> {asdict(recipe)[k]!r}" for k in DATA_KEYS if saved.get(k) != asdict(recipe)[k]]
-        if moved:
-            warn(f"resuming with changed settings (the data order or schedule differs from the run so far): "
-                 f"{'; '.join(moved)}")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(tensors[name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = state["step"]
-        console.log(f"resumed from {found} at step {start}")
-    elif recipe.resume:
-        warn(f"resume=true, but {ckpt_dir} holds no checkpoint: starting at step 0")
+    ckpt_dir = out / "checkpoint"
+    start = resume_step(out, recipe.resume, recipe.overwrite, params, optimizer, scheduler,
+                        lambda found, state, tensors: check_resumable(found, state, tensors, params, recipe))
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     metrics_file = out / "metrics.jsonl"
@@ -239,6 +216,22 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         console.print(f"exported to {export}: model/ (rope {recipe.rope_type} x{recipe.rope_factor}), seerflex/ "
                       f"(gates){', lora/' if recipe.trainable == 'lora' else ''}")
     return export
+
+
+def check_resumable(found: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor],
+                    params: dict[str, torch.nn.Parameter], recipe: FinetuneRecipe) -> None:
+    """Refuse a checkpoint of another model, rope, trainable part or gate config; warn when the data order or
+    the schedule changed since it was made."""
+    saved, now = state.get("recipe", {}), asdict(recipe)
+    changed = [k for k in ARCHITECTURE if saved.get(k) != now[k]]
+    if changed or set(tensors) != set(params):
+        raise ValueError(f"the checkpoint in {found} is from another fine-tune config (differs in "
+                         f"{', '.join(changed) or 'its trained tensors'}); resume with its recipe or use another "
+                         "output_dir")
+    moved = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in DATA_KEYS if saved.get(k) != now[k]]
+    if moved:
+        warn(f"resuming with changed settings (the data order or schedule differs from the run so far): "
+             f"{'; '.join(moved)}")
 
 
 def export_model(wrapped: Any, recipe: FinetuneRecipe, tokenizer: Any, export: Path) -> None:
