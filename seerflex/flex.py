@@ -116,6 +116,8 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     if q.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return masked_sdpa(q, k, v, block_mask, scale=scale, score_mod=score_mod)  # flex has no CPU backward
     fn = flex_function(compile, q.device)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        fit_backward_tiles()
     options = flex_options(q, block_mask.BLOCK_SIZE, backend, compiled=fn is not flex_attention,
                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None)
 
@@ -128,6 +130,39 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return call()
     return within_recompile_limit(call, compile)
+
+
+def fit_backward_tiles() -> None:
+    """Let compiled flex's backward run on 64- and 32-token blocks (this thread's inductor choices).
+
+    Without max-autotune inductor offers one backward tile config per GPU and head size and drops it
+    unless the BlockMask's block sizes are multiples of its tiles; on sm90 at head dim 64-128 that is
+    (64, 128, 128, 64), so no 64-token mask had a backward ("NoValidChoicesError: No choices to select",
+    H200, torch 2.11, 2026-12-01). This adds 64- and 32-wide tiles next to it through inductor's hook
+    for heuristics (``V.set_choices_handler``); a handler the user set is left alone.
+    """
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    if type(V.choices) is InductorChoices:
+        V.set_choices_handler(_small_backward_tiles()())
+
+
+@cache
+def _small_backward_tiles() -> type:
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.template_heuristics.triton import FlexBwDConfig
+
+    class SmallBackwardTiles(InductorChoices):
+        def get_flex_attention_bwd_configs(self, head_dim: int, dtype: torch.dtype,
+                                           device_type: str | None = "cuda") -> list[Any]:
+            configs = list(super().get_flex_attention_bwd_configs(head_dim, dtype, device_type))
+            if device_type != "cuda" or dtype == torch.float32:
+                return configs
+            small = [FlexBwDConfig(t, t, t, t, 2, 4) for t in (64, 32)]
+            return configs + [c for c in small if c not in configs]
+
+    return SmallBackwardTiles
 
 
 def masked_sdpa(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale: float | None = None,

@@ -119,6 +119,31 @@ def test_full_fine_tune_trains_every_weight_and_exports_without_lora(tmp_path, t
     assert not (export / "lora").exists() and (export / "model" / "config.json").is_file()
 
 
+def test_a_dense_fine_tune_without_gates_is_the_plain_extended_model(tmp_path, text_file):
+    model = small_llama()
+    export = train(recipe(tmp_path, text_file, gates=False, steps=4), model, CharTokenizer())
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["density"] == 1.0 and r["gate_kl"] == 0.0 for r in rows) and rows[-1]["lm_loss"] < rows[0]["lm_loss"]
+    assert not (export / "seerflex").exists() and (export / "lora").is_dir()
+    assert not any("seerflex" in n for n, _ in model.named_modules())  # the model's own attention ran
+    merged = AutoModelForCausalLM.from_pretrained(export / "model")
+    assert merged.config.rope_parameters["rope_type"] == "yarn"
+
+
+def test_gates_distilled_before_start_the_fine_tune(tmp_path, text_file):
+    first = train(recipe(tmp_path / "a", text_file, steps=8, schedule_steps=0), small_llama(), CharTokenizer())
+    again = train(recipe(tmp_path / "b", text_file, steps=1, schedule_steps=0, gate_lr=1e-12,
+                         gates_from=str(first / "seerflex")), small_llama(), CharTokenizer())
+    train(recipe(tmp_path / "c", text_file, steps=1, schedule_steps=0), small_llama(), CharTokenizer())
+    start, kept = (load_file(str(f / "seerflex" / "adapter_model.safetensors")) for f in (first, again))
+    assert start.keys() == kept.keys() and all(torch.allclose(start[k], kept[k], atol=1e-6) for k in start)
+    kl = {r: json.loads((tmp_path / r / "run" / "metrics.jsonl").read_text().splitlines()[0])["gate_kl"]
+          for r in ("a", "b", "c")}
+    assert kl["b"] < kl["c"] == pytest.approx(kl["a"])  # trained gates start better than fresh ones
+    with pytest.raises(ValueError, match="another fine-tune config"):  # where the gates came from is part of a run
+        train(recipe(tmp_path / "b", text_file, steps=2, schedule_steps=0, resume=True), small_llama(), CharTokenizer())
+
+
 def test_the_gate_loss_trains_only_the_gates_and_uses_the_attention_scale():
     from seerflex import RuntimeOptions, SeerFlexConfig, get_seerflex_model
     from seerflex.distill.loss import gate_kl

@@ -101,6 +101,9 @@ def seerflex_attention(module: nn.Module, query: Tensor, key: Tensor, value: Ten
         return dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                sliding_window=sliding_window, softcap=softcap, **kwargs)
     gate_q, gate_k = state.capture.take(query, key)
+    if torch.is_autocast_enabled(query.device.type):  # as SDPA under autocast: RoPE left Q/K in float32, V not
+        dtype = torch.get_autocast_dtype(query.device.type)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     score_mod = None if softcap is None else softcap_score_mod(float(softcap), query.device)
     out = layer(query, key, value, gate_q=gate_q, gate_k=gate_k, attention_mask=padding, scale=scaling,
                 score_mod=score_mod)

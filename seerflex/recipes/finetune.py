@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from seerflex.texts import load_domains
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 # what must match to resume a checkpoint: the trained tensors' meaning
-ARCHITECTURE = ("model", "rope_factor", "rope_type", "trainable", "lora", "seerflex")
+ARCHITECTURE = ("model", "rope_factor", "rope_type", "trainable", "lora", "gates", "gates_from", "seerflex")
 # what changes the rest of the run if it changes on resume (a warning)
 DATA_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "seed", "lr", "gate_lr", "warmup_steps", "density",
              "schedule_steps", "kl_weight")
@@ -66,6 +67,10 @@ class FinetuneRecipe:
     rope_type: str = knob("yarn", "rope scaling: yarn or linear")
     trainable: str = knob("lora", "lora (peft adapters on lora.target_modules) or full (every weight)")
     lora: dict = knob(dict(LORA), "LoRA: r, alpha, dropout, target_modules")
+    gates: bool = knob(True, "train gates and run their sparse attention; false: a plain dense fine-tune of the "
+                              "extended model (its own attention), the baseline of the distil-after route")
+    gates_from: str | None = knob(None, "seerflex adapter whose gates start training (e.g. distilled on the base "
+                                        "model); its gate config replaces `seerflex`")
     density: float = knob(0.1, "target block density (top-k) of the sparse attention")
     schedule_steps: int = knob(50, "steps over which the density falls linearly from 1.0 to `density`")
     kl_weight: float = knob(1.0, "weight of the gates' KL loss (summed over layers)")
@@ -131,7 +136,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
-    from seerflex.hf.model import get_seerflex_model
+    from seerflex.hf.model import SeerFlexModel, get_seerflex_model
 
     use_bf16 = recipe.bf16 and torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
@@ -144,8 +149,14 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         extend_context(model, recipe.rope_factor, recipe.rope_type)
     base = with_lora(model, recipe.lora) if recipe.trainable == "lora" else model
     config, runtime = recipe.configs()
-    wrapped = get_seerflex_model(base, config, runtime=runtime)
-    for name, p in hf_model_of(base).named_parameters():  # the wrapper froze the model: pick what trains
+    if not recipe.gates:
+        wrapped = base
+    elif recipe.gates_from:
+        wrapped = SeerFlexModel.from_pretrained(base, recipe.gates_from, is_trainable=True, runtime=runtime)
+        config = wrapped.peft_config[wrapped.active_adapter]
+    else:
+        wrapped = get_seerflex_model(base, config, runtime=runtime)
+    for name, p in hf_model_of(base).named_parameters():  # the wrapper (or peft) froze the model: pick what trains
         if "seerflex" not in name:
             p.requires_grad_(recipe.trainable == "full" or "lora_" in name)
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
@@ -173,19 +184,20 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
     policy = config.policy.base_fields()
     gate_loss = GateLoss(recipe.target, recipe.skip_first_rows)
     last: dict[str, Any] = {}
-    with wrapped.gate_training(gate_loss), progress(transient=False, disable=not accelerator.is_main_process) as bar:
+    with (wrapped.gate_training(gate_loss) if recipe.gates else nullcontext()), progress(transient=False, disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("finetune", total=recipe.steps, completed=start, info="")
         for step in range(start, recipe.steps):
             tic = time.perf_counter()
-            density = recipe.density_at(step)
-            wrapped.set_policy(TopK(density=density, **policy))
+            density = recipe.density_at(step) if recipe.gates else 1.0
+            if recipe.gates:
+                wrapped.set_policy(TopK(density=density, **policy))
             chosen = batch_indices(step, recipe.batch_size * world, pieces.shape[0], recipe.seed)
             ids = pieces[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]].to(accelerator.device)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            with wrapped.track_sparsity() as stats, accelerator.autocast():
+            with (wrapped.track_sparsity() if recipe.gates else nullcontext([])) as stats, accelerator.autocast():
                 lm = runner(input_ids=ids, labels=ids, use_cache=False).loss
-            kl = gate_loss.total()
+            kl = gate_loss.total() if recipe.gates else torch.zeros((), device=lm.device)
             loss = lm + recipe.kl_weight * kl
             accelerator.backward(loss)
             optimizer.step()
@@ -213,8 +225,8 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         if last:
             print_table("fine-tune, last step", [k for k in last if last[k] is not None],
                         [[v for v in last.values() if v is not None]])
-        console.print(f"exported to {export}: model/ (rope {recipe.rope_type} x{recipe.rope_factor}), seerflex/ "
-                      f"(gates){', lora/' if recipe.trainable == 'lora' else ''}")
+        console.print(f"exported to {export}: model/ (rope {recipe.rope_type} x{recipe.rope_factor})"
+                      f"{', seerflex/ (gates)' if recipe.gates else ''}{', lora/' if recipe.trainable == 'lora' else ''}")
     return export
 
 
@@ -235,11 +247,14 @@ def check_resumable(found: Path, state: dict[str, Any], tensors: dict[str, torch
 
 
 def export_model(wrapped: Any, recipe: FinetuneRecipe, tokenizer: Any, export: Path) -> None:
-    """model/ (a plain transformers model, LoRA merged, rope scaling in its config), seerflex/ (the gates),
-    lora/ (the LoRA adapter alone, when LoRA trained)."""
-    wrapped.set_policy(TopK(density=recipe.density, **wrapped.peft_config[wrapped.active_adapter].policy.base_fields()))
-    wrapped.save_pretrained(export / "seerflex")
-    base = wrapped.unload()
+    """model/ (a plain transformers model, LoRA merged, rope scaling in its config), seerflex/ (the gates, when
+    they trained), lora/ (the LoRA adapter alone, when LoRA trained)."""
+    base = wrapped
+    if recipe.gates:
+        policy = wrapped.peft_config[wrapped.active_adapter].policy.base_fields()
+        wrapped.set_policy(TopK(density=recipe.density, **policy))
+        wrapped.save_pretrained(export / "seerflex")
+        base = wrapped.unload()
     if recipe.trainable == "lora":
         base.save_pretrained(export / "lora")
         base = base.merge_and_unload()

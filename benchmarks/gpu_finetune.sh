@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Long-context fine-tuning (issue 16) and the corpus-mixture gates (issue 15) on the lent GPU machine, in calls
+# that follow each other within its warm window (each may carry at most 64 MiB with the ~18 MB tree):
+#   stash: carry .whl .assets/gguf/p0   -> gguf wheel installed, GGUF part 0 kept in /tmp/parts
+#   stash: carry .assets/gguf/p1        -> part 1
+#   ft:    carry .assets/gguf/p2 .assets/corpus.tgz -> GGUF reassembled + checked, corpus unpacked, then the
+#          SmolLM2 8k -> 32k YaRN x4 fine-tunes (same data, steps, seed): seerflex at 0.1 and 0.5, dense (no gates)
+#   after: distil gates on the dense fine-tune (the distil-after route), 32k perplexity per held-out domain and
+#          passkey at 16k / 32k for every route; then the SmolLM2 gates on the corpus mixture (8k)
+# Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
+# runs out of time is continued by calling the same stage again.
+# Locally first: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 33; pip download --no-deps -d .whl gguf;
+#   tar czf .assets/corpus.tgz -C ~/.cache/seerflex/corpus .
+set -euo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=/tmp/cache COLUMNS=160
+RUN=/tmp/run
+CORPUS=/tmp/cache/corpus
+L=${LEN:-32768}  # LEN=1024 STEPS=2 SCHEDULE=1 OUT=/tmp/o: a quick local check of every command line
+FT="python -m seerflex.cli finetune recipes/finetune_smollm2.yaml data=corpus:$CORPUS seq_len=$L steps=${STEPS:-80}
+    schedule_steps=${SCHEDULE:-25} warmup_steps=10 checkpoint_every=20"
+HELD="corpus:$CORPUS:split=heldout:domains"
+
+finetune() {  # name, extra keys: run (or resume) one fine-tune, keep its metrics
+  local name=$1; shift
+  local dir=$RUN/$name
+  if [ ! -d $dir/export ]; then
+    local again=""; [ -d $dir/checkpoint ] && again="resume=true"
+    $FT output_dir=$dir $again "$@"
+  fi
+  mkdir -p "$OUT"/$name && cp $dir/metrics.jsonl $dir/recipe.json "$OUT"/$name/
+}
+
+case "$1" in
+stash)
+  if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; fi
+  mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ ;;
+ft)
+  mkdir -p /tmp/cache/smollm2 $CORPUS /tmp/parts
+  if [ -d .assets/gguf ]; then cp .assets/gguf/p*/part.* /tmp/parts/; fi
+  G=/tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  [ -f $G ] || cat /tmp/parts/part.* > $G
+  echo "$(cat .assets/gguf/sha256)  $G" | sha256sum -c
+  [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
+  python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
+    >> "$OUT"/device.txt
+  python benchmarks/check_flex_backward.py --out "$OUT"/check_flex_backward.json
+  finetune ft_d0.1 density=0.1
+  finetune ft_d0.5 density=0.5
+  finetune ft_dense gates=false ;;
+after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so many files
+  M=$RUN/ft_dense/export/model
+  EV=$RUN/eval
+  if [ ! -d $RUN/distill_after/adapter ]; then
+    python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml model=$M data=corpus:$CORPUS seq_len=$L \
+      batch_size=1 steps=${STEPS:-80} warmup_steps=10 checkpoint_every=20 output_dir=$RUN/distill_after
+  fi
+  mkdir -p "$OUT"/distill_after && cp $RUN/distill_after/metrics.jsonl $RUN/distill_after/recipe.json "$OUT"/distill_after/
+  E="python -m seerflex.cli eval ppl window=$L prefix=$((L / 32)) windows=2"
+  for d in prose docs code; do
+    $E model=$M adapter=$RUN/distill_after/adapter text=$HELD=$d scorers=dense,gate,oracle \
+      policies=topk:0.1,topk:0.5 out=$EV/ppl_dense_$d
+    for r in 0.1 0.5; do
+      $E model=$RUN/ft_d$r/export/model adapter=$RUN/ft_d$r/export/seerflex text=$HELD=$d scorers=dense,gate \
+        policies=topk:$r out=$EV/ppl_ft${r}_$d
+    done
+    $E model=smollm2 text=$HELD=$d scorers=dense out=$EV/ppl_base_$d
+  done
+  P="python -m seerflex.cli eval passkey lengths=[$((L / 2)),$L] depths=[0.1,0.3,0.5,0.7,0.9] trials=2"
+  $P model=$M adapter=$RUN/distill_after/adapter scorers=dense,gate policies=topk:0.1 out=$EV/pk_dense
+  $P model=$RUN/ft_d0.1/export/model adapter=$RUN/ft_d0.1/export/seerflex scorers=dense,gate policies=topk:0.1 \
+    out=$EV/pk_ft0.1
+  tar czf "$OUT"/eval.tgz -C $EV . ;;
+mix)  # issue 15: SmolLM2 gates distilled on the corpus mixture (8k), then kept
+  if [ ! -d $RUN/mix/adapter ]; then
+    python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/mix ${MIX_ARGS:-}
+  fi
+  mkdir -p "$OUT"/mix && cp -r $RUN/mix/adapter $RUN/mix/metrics.jsonl $RUN/mix/recipe.json "$OUT"/mix/ ;;
+esac
