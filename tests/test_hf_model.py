@@ -241,3 +241,16 @@ def test_wraps_a_peft_lora_model_and_peft_cannot_host_the_gates(tmp_path):
     sm.save_pretrained(tmp_path)
     with pytest.raises(Exception, match="SEERFLEX"):  # PeftType is a closed enum
         PeftModel.from_pretrained(make_model("llama"), tmp_path)
+
+
+def test_under_autocast_the_sparse_path_gets_one_dtype_as_sdpa_would():
+    # RoPE in float32 leaves Q/K float32 under autocast while V comes out of its projection in bfloat16
+    model = get_seerflex_model(tiny_model(), SeerFlexConfig(block_size=32, gate_hidden_size=16, policy=TopK(density=0.2)),
+                               runtime=RuntimeOptions(dense_below=0))
+    ids = torch.randint(1, 100, (2, 640))
+    with torch.no_grad():
+        exact = model(input_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16), model.track_sparsity() as stats:
+            low = model(input_ids=ids).logits
+    assert stats and all(s.mean_density < 1 for _, s in stats)  # the sparse path ran in every layer
+    assert torch.nn.functional.cosine_similarity(low.float().flatten(), exact.flatten(), dim=0) > 0.999
