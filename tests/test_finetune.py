@@ -184,3 +184,17 @@ def test_a_launch_accelerate_would_split_into_independent_runs_is_refused(tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun on CPU without ACCELERATE_USE_CPU: accelerate sees one process
     with pytest.raises(ValueError, match="ACCELERATE_USE_CPU=true"):
         train(recipe(tmp_path, text_file), small_llama(), CharTokenizer())
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_engines_that_shard_parameters_are_refused_before_training(engine, monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from seerflex.recipes.common import check_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_world(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_GPU))  # DDP runs
+    with pytest.raises(ValueError, match=f"{engine} is not supported yet"):
+        check_world(SimpleNamespace(num_processes=2, distributed_type=getattr(DistributedType, engine)))

@@ -51,13 +51,19 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console.print(table)
 
 
-def check_world(num_processes: int) -> None:
-    """Refuse a multi-process launch that accelerate runs as independent single processes (each would train
-    and write the same run): torchrun on CPU without ``ACCELERATE_USE_CPU=true`` does that."""
+def check_world(accelerator: Any) -> None:
+    """Refuse launches whose runs would be wrong: a multi-process launch that accelerate runs as independent
+    single processes (each would train and write the same run; torchrun on CPU without
+    ``ACCELERATE_USE_CPU=true`` does that), and engines that shard parameters (FSDP, DeepSpeed), which replace the
+    tensors the recipes checkpoint and export with shards (not supported yet: untested on multi-GPU machines)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and num_processes != launched:
-        raise ValueError(f"launched as {launched} processes but accelerate runs {num_processes}; on CPU set "
-                         "ACCELERATE_USE_CPU=true (gloo DDP), on GPUs use accelerate launch --multi_gpu")
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ValueError(f"launched as {launched} processes but accelerate runs {accelerator.num_processes}; on CPU "
+                         "set ACCELERATE_USE_CPU=true (gloo DDP), on GPUs use accelerate launch --multi_gpu")
+    engine = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise ValueError(f"{engine} is not supported yet (its sharded parameters would leave the checkpoints and the "
+                         "export with stale tensors); run on one device or under DDP: accelerate launch --multi_gpu")
 
 
 def resume_step(out: Path, resume: bool, overwrite: bool, params: dict[str, torch.nn.Parameter], optimizer: Any,

@@ -98,7 +98,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
 
     use_bf16 = recipe.bf16 and torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
-    check_world(accelerator.num_processes)
+    check_world(accelerator)
     torch.manual_seed(recipe.seed)
     if model is None:
         with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):  # once, not per rank

@@ -9,8 +9,9 @@ gates' KL against the block attention map of the same Q/K, which trains only the
 the original: the gates' target is computed by ``seerflex.ground_truth`` from the model's own post-RoPE
 Q/K (the original's fused kernel returns it from the attention itself), and the density is a top-k
 schedule rather than a fixed threshold. ``accelerate`` places devices, runs bf16 autocast and wraps the
-model for DDP or FSDP under ``accelerate launch``. Checkpoints are atomic and resume exactly; the end of
-a run exports a transformers model with its rope scaling, the seerflex gates, and the LoRA adapter.
+model for DDP under ``accelerate launch`` (FSDP is refused until its sharded checkpoints are supported).
+Checkpoints are atomic and resume exactly; the end of a run exports a transformers model with its rope
+scaling, the seerflex gates, and the LoRA adapter.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
 
     use_bf16 = recipe.bf16 and torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
-    check_world(accelerator.num_processes)
+    check_world(accelerator)
     torch.manual_seed(recipe.seed)
     if model is None:
         with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):
@@ -179,7 +180,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         out.mkdir(parents=True, exist_ok=True)
         keep_metrics_until(metrics_file, start)
         write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
-                                         "pieces": counts, "world_size": world,
+                                         "pieces": counts, "world_size": world, "distributed": str(accelerator.distributed_type),
                                          "rope": getattr(hf_model_of(base).config, "rope_parameters", None)})
     policy = config.policy.base_fields()
     gate_loss = GateLoss(recipe.target, recipe.skip_first_rows)
