@@ -1,6 +1,6 @@
 """GPU check of the training route: compiled flex_attention forward and backward over a seerflex BlockMask
 (top-k selection on random scores, 64 x 64 and 128 x 64 blocks, GQA 9/3, head 64, batch 2, odd and even
-lengths, with and without left padding) against the same mask as float64 masked SDPA; prints and writes JSON.
+lengths, with and without left padding, compile auto and static) against the same mask as float64 masked SDPA; prints and writes JSON.
 
     python benchmarks/check_flex_backward.py --out check.json
 """
@@ -21,7 +21,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of this
 SEQS = (4000, 8192) if DEV == "cuda" else (300,)
 
 
-def case(seq: int, q_block: int, padded: bool) -> dict:
+def case(seq: int, q_block: int, padded: bool, mode: str) -> dict:
     torch.manual_seed(seq + q_block)
     b, hq, hkv, d = 2, 9, 3, 64
     q, k, v = (torch.randn(b, h, seq, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
@@ -35,7 +35,7 @@ def case(seq: int, q_block: int, padded: bool) -> dict:
     selection = TopK(density=0.1).select(scores, layout)
     mask = block_mask_for(selection, layout, compute_q_blocks=True)
     grad = torch.randn(b, hq, seq, d, device=DEV, dtype=torch.bfloat16)
-    out = sparse_attention(q, k, v, mask, compile="auto")
+    out = sparse_attention(q, k, v, mask, compile=mode)
     got = torch.autograd.grad(out, (q, k, v), grad)
     ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
     ref = masked_sdpa(*ref_in, mask)
@@ -44,8 +44,8 @@ def case(seq: int, q_block: int, padded: bool) -> dict:
            for name, a, r in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want))}
     dense = float((out.double() - torch.nn.functional.scaled_dot_product_attention(
         *(t.double() for t in (q, k, v)), is_causal=True, enable_gqa=True)).abs().max())
-    return {"seq_len": seq, "block": [q_block, 64], "padded": padded, "density": float(selection.kept.float().mean()),
-            "rel_err": err, "max_abs_diff_from_dense": dense}
+    return {"seq_len": seq, "block": [q_block, 64], "padded": padded, "compile": mode,
+            "density": float(selection.kept.float().mean()), "rel_err": err, "max_abs_diff_from_dense": dense}
 
 
 def main() -> None:
@@ -56,10 +56,12 @@ def main() -> None:
     for seq in SEQS:
         for q_block in (64, 128):
             for padded in (False, True):
-                rows.append(case(seq, q_block, padded))
-                print(rows[-1])
-    json.dump({"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}, open(args.out, "w"),
-              indent=1)
+                for mode in ("auto", "static"):  # static: the backward lowered in this thread, not autograd's
+                    rows.append(case(seq, q_block, padded, mode))
+                    print(rows[-1])
+    with open(args.out, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__,
+                   "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

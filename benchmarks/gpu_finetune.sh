@@ -24,7 +24,7 @@ finetune() {  # name, extra keys: run (or resume) one fine-tune, keep its metric
   local name=$1; shift
   local dir=$RUN/$name
   if [ ! -d $dir/export ]; then
-    local again=""; [ -d $dir/checkpoint ] && again="resume=true"
+    local again=""; [ -d $dir ] && again="resume=true"  # a cut run continues (from step 0 if no checkpoint yet)
     $FT output_dir=$dir $again "$@"
   fi
   mkdir -p "$OUT"/$name && cp $dir/metrics.jsonl $dir/recipe.json "$OUT"/$name/
@@ -53,7 +53,8 @@ after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so m
   EV=$RUN/eval
   if [ ! -d $RUN/distill_after/adapter ]; then
     python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml model=$M data=corpus:$CORPUS seq_len=$L \
-      batch_size=1 steps=${STEPS:-80} warmup_steps=10 checkpoint_every=20 output_dir=$RUN/distill_after
+      batch_size=1 steps=${STEPS:-80} warmup_steps=10 checkpoint_every=20 output_dir=$RUN/distill_after \
+      $([ -d $RUN/distill_after ] && echo resume=true)
   fi
   mkdir -p "$OUT"/distill_after && cp $RUN/distill_after/metrics.jsonl $RUN/distill_after/recipe.json "$OUT"/distill_after/
   E="python -m seerflex.cli eval ppl window=$L prefix=$((L / 32)) windows=2"
@@ -73,7 +74,8 @@ after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so m
   tar czf "$OUT"/eval.tgz -C $EV . ;;
 mix)  # issue 15: SmolLM2 gates distilled on the corpus mixture (8k), then kept
   if [ ! -d $RUN/mix/adapter ]; then
-    python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/mix ${MIX_ARGS:-}
+    python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/mix \
+      $([ -d $RUN/mix ] && echo resume=true) ${MIX_ARGS:-}
   fi
   mkdir -p "$OUT"/mix && cp -r $RUN/mix/adapter $RUN/mix/metrics.jsonl $RUN/mix/recipe.json "$OUT"/mix/ ;;
 esac

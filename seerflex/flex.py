@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from contextlib import contextmanager, nullcontext
 from functools import cache
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -116,8 +117,6 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     if q.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return masked_sdpa(q, k, v, block_mask, scale=scale, score_mod=score_mod)  # flex has no CPU backward
     fn = flex_function(compile, q.device)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        fit_backward_tiles()
     options = flex_options(q, block_mask.BLOCK_SIZE, backend, compiled=fn is not flex_attention,
                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None)
 
@@ -129,23 +128,34 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return call()
-    return within_recompile_limit(call, compile)
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    with backward_tiles() if backward else nullcontext():
+        return within_recompile_limit(call, compile)
 
 
-def fit_backward_tiles() -> None:
-    """Let compiled flex's backward run on 64- and 32-token blocks (this thread's inductor choices).
+@contextmanager
+def backward_tiles() -> Iterator[None]:
+    """While compiling a flex call that needs a backward: offer inductor backward tiles that fit 64- and 32-token
+    blocks, and compile the backward now, in this thread.
 
     Without max-autotune inductor offers one backward tile config per GPU and head size and drops it
     unless the BlockMask's block sizes are multiples of its tiles; on sm90 at head dim 64-128 that is
     (64, 128, 128, 64), so no 64-token mask had a backward ("NoValidChoicesError: No choices to select",
-    H200, torch 2.11, 2026-12-01). This adds 64- and 32-wide tiles next to it through inductor's hook
-    for heuristics (``V.set_choices_handler``); a handler the user set is left alone.
+    H200, torch 2.11, 2026-12-01). The extra tiles go in through inductor's hook for heuristics
+    (``V.set_choices_handler``), which is per thread: AOTAutograd would otherwise lower a static-shape
+    backward lazily, at the first backward, in autograd's device thread, without them. A handler the user
+    set is left alone; nothing outlives the call.
     """
     from torch._inductor.choices import InductorChoices
     from torch._inductor.virtualized import V
 
-    if type(V.choices) is InductorChoices:
-        V.set_choices_handler(_small_backward_tiles()())
+    if type(V.choices) is not InductorChoices:
+        yield
+        return
+    eager = (torch._functorch.config.patch(force_non_lazy_backward_lowering=True)
+             if hasattr(torch._functorch.config, "force_non_lazy_backward_lowering") else nullcontext())
+    with V.set_choices_handler(_small_backward_tiles()()), eager:
+        yield
 
 
 @cache

@@ -189,7 +189,7 @@ def test_flex_backward_is_offered_tiles_that_fit_64_and_32_token_blocks(monkeypa
     from torch._inductor.template_heuristics.triton import FlexBwDConfig
     from torch._inductor.virtualized import V
 
-    from seerflex.flex import fit_backward_tiles
+    from seerflex.flex import backward_tiles
 
     big = FlexBwDConfig(64, 128, 128, 64, 3, 8)  # sm90's only choice at head dim 64-128: no 64-token mask fits
     monkeypatch.setattr(InductorChoices, "get_flex_attention_bwd_configs", lambda self, h, d, t="cuda": [big])
@@ -198,14 +198,15 @@ def test_flex_backward_is_offered_tiles_that_fit_64_and_32_token_blocks(monkeypa
         return all(block % x == 0 for x in (c.block_m1, c.block_n1, c.block_m2, c.block_n2))
 
     with V.set_choices_handler(InductorChoices()):
-        fit_backward_tiles()
-        configs = V.choices.get_flex_attention_bwd_configs(64, torch.bfloat16, "cuda")
-        assert configs[0] == big and any(fits(c, 64) for c in configs) and any(fits(c, 32) for c in configs)
-        assert V.choices.get_flex_attention_bwd_configs(64, torch.float32, "cuda") == [big]
+        with backward_tiles():
+            configs = V.choices.get_flex_attention_bwd_configs(64, torch.bfloat16, "cuda")
+            assert configs[0] == big and any(fits(c, 64) for c in configs) and any(fits(c, 32) for c in configs)
+            assert V.choices.get_flex_attention_bwd_configs(64, torch.float32, "cuda") == [big]
+            assert torch._functorch.config.force_non_lazy_backward_lowering  # lowered here, not in autograd's thread
+        assert type(V.choices) is InductorChoices and not torch._functorch.config.force_non_lazy_backward_lowering
 
     class Mine(InductorChoices):
         pass
 
-    with V.set_choices_handler(Mine()):
-        fit_backward_tiles()
+    with V.set_choices_handler(Mine()), backward_tiles():
         assert type(V.choices) is Mine  # a handler the user set is left alone

@@ -119,7 +119,13 @@ def test_full_fine_tune_trains_every_weight_and_exports_without_lora(tmp_path, t
     assert not (export / "lora").exists() and (export / "model" / "config.json").is_file()
 
 
-def test_a_dense_fine_tune_without_gates_is_the_plain_extended_model(tmp_path, text_file):
+def test_a_dense_fine_tune_without_gates_is_the_plain_extended_model(tmp_path, text_file, monkeypatch):
+    import seerflex.hf.model
+
+    def no_gates(*args, **kwargs):
+        raise AssertionError("gates=false must not wrap the model")
+
+    monkeypatch.setattr(seerflex.hf.model, "get_seerflex_model", no_gates)
     model = small_llama()
     export = train(recipe(tmp_path, text_file, gates=False, steps=4), model, CharTokenizer())
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -142,6 +148,24 @@ def test_gates_distilled_before_start_the_fine_tune(tmp_path, text_file):
     assert kl["b"] < kl["c"] == pytest.approx(kl["a"])  # trained gates start better than fresh ones
     with pytest.raises(ValueError, match="another fine-tune config"):  # where the gates came from is part of a run
         train(recipe(tmp_path / "b", text_file, steps=2, schedule_steps=0, resume=True), small_llama(), CharTokenizer())
+    with pytest.raises(ValueError, match="gates=false trains none"):
+        recipe(tmp_path, text_file, gates=False, gates_from=str(first / "seerflex"))
+    with pytest.raises(ValueError, match="no adapter folder"):
+        recipe(tmp_path, text_file, gates_from=str(tmp_path / "missing"))
+
+
+def test_a_checkpoint_from_before_the_gates_knobs_still_resumes(tmp_path, text_file):
+    from seerflex.distill import checkpoint
+
+    train(recipe(tmp_path, text_file), small_llama(), CharTokenizer())
+    folder = tmp_path / "run" / "checkpoint"
+    tensors, state = checkpoint.load(folder)
+    for key in ("gates", "gates_from"):
+        del state["recipe"][key]
+    checkpoint.save(folder, tensors, state)
+    train(recipe(tmp_path, text_file, resume=True), small_llama(), CharTokenizer())  # no "another config" error
+    with pytest.raises(ValueError, match="differs in gates"):
+        train(recipe(tmp_path, text_file, resume=True, gates=False), small_llama(), CharTokenizer())
 
 
 def test_the_gate_loss_trains_only_the_gates_and_uses_the_attention_scale():

@@ -105,6 +105,10 @@ class FinetuneRecipe:
         if self.target not in ("max", "mass") or not 0 <= self.skip_first_rows < 1 or self.kl_weight < 0:
             raise ValueError("target must be max or mass, skip_first_rows in [0, 1) and kl_weight >= 0")
         check_mixture(self.mixture, self.data)
+        if self.gates_from is not None and not self.gates:
+            raise ValueError("gates_from starts gates, gates=false trains none: drop one of them")
+        if self.gates_from is not None and not Path(self.gates_from).expanduser().is_dir():
+            raise ValueError(f"gates_from: no adapter folder at {self.gates_from}")
         self.configs()
 
     def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
@@ -180,7 +184,8 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         out.mkdir(parents=True, exist_ok=True)
         keep_metrics_until(metrics_file, start)
         write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
-                                         "pieces": counts, "world_size": world, "distributed": str(accelerator.distributed_type),
+                                         "pieces": counts, "world_size": world,
+                                         "distributed": accelerator.distributed_type.value,
                                          "rope": getattr(hf_model_of(base).config, "rope_parameters", None)})
     policy = config.policy.base_fields()
     gate_loss = GateLoss(recipe.target, recipe.skip_first_rows)
@@ -236,6 +241,7 @@ def check_resumable(found: Path, state: dict[str, Any], tensors: dict[str, torch
     """Refuse a checkpoint of another model, rope, trainable part or gate config; warn when the data order or
     the schedule changed since it was made."""
     saved, now = state.get("recipe", {}), asdict(recipe)
+    saved = {k: getattr(FinetuneRecipe, k, None) for k in ARCHITECTURE} | saved  # knobs newer than the checkpoint
     changed = [k for k in ARCHITECTURE if saved.get(k) != now[k]]
     if changed or set(tensors) != set(params):
         raise ValueError(f"the checkpoint in {found} is from another fine-tune config (differs in "
