@@ -65,3 +65,19 @@ def test_eval_needle_and_sparsity_write_their_files(recipe_model, tiny_text, tmp
     assert [r["layer"] for r in rows] == [0, 1]
     assert all(0 < r["density"] <= 1 and 0 < r["recall"] <= 1 + 1e-6 and len(r["recall_per_head"]) == 4 for r in rows)
     assert all((out / f).stat().st_size > 0 for f in ("density.png", "recall.png", "block_maps.png"))
+
+
+def test_eval_sparsity_ranks_with_a_training_free_scorer_too(monkeypatch, tiny_text, tmp_path):
+    from models import CharTokenizer, SMALL_LLAMA, tiny_model
+
+    # peaked attention (sharp Q/K), so which blocks are kept changes how much mass they cover
+    monkeypatch.setattr("seerflex.recipes.eval.load_model",
+                        lambda name, dtype=torch.float32: (tiny_model("llama", **SMALL_LLAMA), CharTokenizer()))
+    recall = {}
+    for scorer in ("gate", "oracle", "recency"):
+        assert eval_recipe.main(["sparsity", "--model", "tiny", "--text", str(tiny_text), "--window", "1024",
+                                 "--scorer", scorer, "--policy", "topk:0.3", "--out", str(tmp_path / scorer)]) == 0
+        recall[scorer] = [r["recall"] for r in json.loads((tmp_path / scorer / "sparsity.json").read_text())["rows"]]
+    for other in ("gate", "recency"):  # the true block mass ranks best at an equal number of blocks per row
+        assert all(o >= g - 1e-6 for o, g in zip(recall["oracle"], recall[other]))
+        assert any(o > g + 1e-3 for o, g in zip(recall["oracle"], recall[other]))

@@ -24,6 +24,7 @@ from seerflex.ground_truth import block_attention_map
 from seerflex.hf.attention_interface import STATE_ATTR
 from seerflex.layout import BlockLayout
 from seerflex.policies import SparsityStats
+from seerflex.scorer import ScorerInputs
 
 NAME = "seerflex_distill"
 
@@ -102,7 +103,12 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     gate_q, gate_k = state.capture.take(query, key)
     layout = BlockLayout.from_attention_mask(padding, query.shape[2], layer.config.block_size, layer.config.q_block_size)
     mode = layer.runtime.options.compile
-    logits = layer.gate(gate_q, gate_k, layout, compile=mode)
+    scorer = layer.runtime.scorer  # None: the learned gate (distillation); else a baseline under evaluation
+    if scorer is None:
+        logits = layer.gate(gate_q, gate_k, layout, compile=mode)
+    else:
+        logits = scorer.score_blocks(ScorerInputs(gate_q.detach(), gate_k.detach(), query.detach(), key.detach(),
+                                                  layout, mode, kwargs.get("scaling")))
     with torch.no_grad():
         target = block_attention_map(query, key, block_size=layout.block_size, q_block_size=layout.q_block_size,
                                      mode=_active.target,

@@ -109,8 +109,9 @@ class RulerArgs(BudgetArgs):
 
 @dataclass
 class SparsityArgs(EvalArgs):
-    """Per-layer/head achieved density and gate recall on one window; block maps of one layer/head."""
+    """Per-layer/head achieved density and recall on one window; block maps of one layer/head."""
 
+    scorer: str = knob("gate", "what ranks the blocks: gate or a training-free scorer (xattention, pooled, ...)")
     text: str = knob("austen:Emma", "evaluated text")
     window: int = knob(8192, "tokens in the window")
     policy: str = knob("topk:0.1", "policy spec (no calibration)")
@@ -273,8 +274,10 @@ def sparsity_main(argv: list[str]) -> int:
         raise ValueError("eval sparsity takes an explicit policy (calibrate with eval ppl)")
     if args.target not in ("mass", "max"):
         raise ValueError(f"target must be mass or max, got {args.target!r}")
+    check_sweep([args.scorer], [args.policy])
     model, tokenizer = load_seerflex_model(args)
     model.set_policy(policy)
+    model.set_scorer(None if args.scorer == "gate" else args.scorer)
     ids = token_windows(tokenizer, args.text, args.window, 1)[0]
     collector = Collector(target=args.target, skip_first_rows=0.0, per_head=True)
     with torch.no_grad(), collecting(hf_model_of(model.base_model), collector):
@@ -287,7 +290,7 @@ def sparsity_main(argv: list[str]) -> int:
     plots.heatmap(density, [str(i) for i in layers], heads, out / "density.png", f"achieved density, {args.policy}",
                   "head", "layer")
     plots.heatmap(recall, [str(i) for i in layers], heads, out / "recall.png",
-                  f"gate recall ({args.target} covered), {args.policy}", "head", "layer")
+                  f"{args.scorer} recall ({args.target} covered), {args.policy}", "head", "layer")
     gate_map, truth = collector.maps[args.layer]
     plots.block_maps(gate_map[args.head].tolist(), truth[args.head].tolist(), out / "block_maps.png",
                      f"layer {args.layer}, head {args.head}")
