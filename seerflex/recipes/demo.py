@@ -30,7 +30,7 @@ from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import RuntimeOptions
 
-BUNDLED_GATES = files("seerflex") / "adapters" / "smollm2-austen"
+BUNDLED_GATES = files("seerflex") / "adapters" / "smollm2-mix"
 NAMES = {"gate": "learned gates", "pooled": "pooled Q.K (no training)", "recency": "recency (sink + local)"}
 
 
