@@ -72,6 +72,14 @@ after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so m
   $P model=$RUN/ft_d0.1/export/model adapter=$RUN/ft_d0.1/export/seerflex scorers=dense,gate policies=topk:0.1 \
     out=$EV/pk_ft0.1
   tar czf "$OUT"/eval.tgz -C $EV . ;;
+ft_init)  # next (not run yet): density 0.1 starting from the bundled 8k-distilled gates, then its 32k perplexity
+  finetune ft_d0.1_init density=0.1 gates_from=seerflex/adapters/smollm2-mix
+  for d in prose docs code; do
+    python -m seerflex.cli eval ppl window=$L prefix=$((L / 32)) windows=2 model=$RUN/ft_d0.1_init/export/model \
+      adapter=$RUN/ft_d0.1_init/export/seerflex text=$HELD=$d scorers=dense,gate policies=topk:0.1 \
+      out=$RUN/eval/ppl_ft0.1init_$d
+  done
+  tar czf "$OUT"/eval_init.tgz -C $RUN/eval . ;;
 mix)  # issue 15: SmolLM2 gates distilled on the corpus mixture (8k), then kept
   if [ ! -d $RUN/mix/adapter ]; then
     python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/mix \
