@@ -19,6 +19,7 @@ L=${LEN:-32768}  # LEN=1024 STEPS=2 SCHEDULE=1 OUT=/tmp/o: a quick local check o
 FT="python -m seerflex.cli finetune recipes/finetune_smollm2.yaml data=corpus:$CORPUS seq_len=$L steps=${STEPS:-80}
     schedule_steps=${SCHEDULE:-25} warmup_steps=10 checkpoint_every=20"
 HELD="corpus:$CORPUS:split=heldout:domains"
+E="python -m seerflex.cli eval ppl window=$L prefix=$((L / 32)) windows=2"  # 32k perplexity, loss after 1024
 
 finetune() {  # name, extra keys: run (or resume) one fine-tune, keep its metrics
   local name=$1; shift
@@ -57,7 +58,6 @@ after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so m
       $([ -d $RUN/distill_after ] && echo resume=true)
   fi
   mkdir -p "$OUT"/distill_after && cp $RUN/distill_after/metrics.jsonl $RUN/distill_after/recipe.json "$OUT"/distill_after/
-  E="python -m seerflex.cli eval ppl window=$L prefix=$((L / 32)) windows=2"
   for d in prose docs code; do
     $E model=$M adapter=$RUN/distill_after/adapter text=$HELD=$d scorers=dense,gate,oracle \
       policies=topk:0.1,topk:0.5 out=$EV/ppl_dense_$d
@@ -75,8 +75,8 @@ after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so m
 ft_init)  # next (not run yet): density 0.1 starting from the bundled 8k-distilled gates, then its 32k perplexity
   finetune ft_d0.1_init density=0.1 gates_from=seerflex/adapters/smollm2-mix
   for d in prose docs code; do
-    python -m seerflex.cli eval ppl window=$L prefix=$((L / 32)) windows=2 model=$RUN/ft_d0.1_init/export/model \
-      adapter=$RUN/ft_d0.1_init/export/seerflex text=$HELD=$d scorers=dense,gate policies=topk:0.1 \
+    $E model=$RUN/ft_d0.1_init/export/model adapter=$RUN/ft_d0.1_init/export/seerflex text=$HELD=$d \
+      scorers=dense,gate policies=topk:0.1 \
       out=$RUN/eval/ppl_ft0.1init_$d
   done
   tar czf "$OUT"/eval_init.tgz -C $RUN/eval . ;;

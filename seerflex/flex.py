@@ -114,7 +114,8 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     call to reuse the compiled kernel. A compiled mode never falls back to eager flex (S x S memory):
     past ``RECOMPILE_LIMIT`` shapes it raises instead. ``backend``: ``RuntimeOptions.backend``.
     """
-    if q.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if q.device.type != "cuda" and backward:
         return masked_sdpa(q, k, v, block_mask, scale=scale, score_mod=score_mod)  # flex has no CPU backward
     fn = flex_function(compile, q.device)
     options = flex_options(q, block_mask.BLOCK_SIZE, backend, compiled=fn is not flex_attention,
@@ -128,7 +129,6 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return call()
-    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     with backward_tiles() if backward else nullcontext():
         return within_recompile_limit(call, compile)
 

@@ -31,7 +31,7 @@ def recipe_model(monkeypatch):
     def load_model(name, dtype=torch.float32):
         return small_llama().to(dtype), CharTokenizer()
 
-    for where in ("seerflex.recipes.eval.load_model", "seerflex.recipes.distill.load_model"):
+    for where in ("seerflex.recipes.eval.load_model", "seerflex.recipes.common.load_model"):
         monkeypatch.setattr(where, load_model)
     monkeypatch.setattr("seerflex.assets.load_smollm2", lambda: load_model("smollm2"))
 

@@ -1,4 +1,5 @@
-"""Small pieces every recipe shares: device facts for result files, JSON output, rich tables.
+"""Small pieces every recipe shares: device facts for result files, JSON output, rich tables, and the frame of
+the training recipes (distill, finetune): accelerate set-up, run folder, per-process batches, metrics and checkpoints.
 
 Recipes sit on top of the library: they import it, it never imports them.
 """
@@ -9,14 +10,17 @@ import datetime
 import json
 import os
 import platform
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from rich.table import Table
 
+from seerflex.assets import load_model
 from seerflex.console import console, warn
 from seerflex.distill import checkpoint
+from seerflex.distill.data import batch_indices
 from seerflex.files import atomic_write
 
 
@@ -49,6 +53,67 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for row in rows:
         table.add_row(*[f"{x:.4g}" if isinstance(x, float) else str(x) for x in row])
     console.print(table)
+
+
+def start_training(recipe: Any, model: Any, tokenizer: Any, *, frozen: bool) -> tuple[Any, Any, Any]:
+    """accelerate's Accelerator (bf16 autocast on CUDA when ``recipe.bf16``), the launch checked, the seed set, and
+    ``recipe.model`` loaded once (main process first) unless a model is given. ``frozen``: under bf16 load bf16
+    weights (a model that only runs); otherwise float32 weights (a model that trains)."""
+    from accelerate import Accelerator
+
+    use_bf16 = recipe.bf16 and torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    check_world(accelerator)
+    torch.manual_seed(recipe.seed)
+    if model is None:
+        with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):  # once, not per rank
+            model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 and frozen else torch.float32)
+    return accelerator, model, tokenizer
+
+
+def open_run(accelerator: Any, recipe: Any, out: Path, start: int, **record: Any) -> Path:
+    """The run's metrics file, cut back to step ``start`` (a resumed run writes each step once), and its
+    recipe.json (recipe, environment, world size and ``record``), both on the main process."""
+    metrics = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        keep_metrics_until(metrics, start)
+        write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
+                                         "world_size": accelerator.num_processes} | record)
+    return metrics
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop metric lines after ``step`` (all of them for a fresh run): a resumed run writes each step once."""
+    if not path.is_file():
+        return
+
+    def step_of(line: str) -> int | None:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            return None
+
+    lines = [line for line in path.read_text().splitlines() if (step_of(line) or step + 1) <= step]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in lines)))
+
+
+def step_batch(accelerator: Any, recipe: Any, pieces: torch.Tensor, step: int) -> torch.Tensor:
+    """This process's share of step ``step``'s batch: the same sequences in the same order for any number of
+    processes and on resume."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    chosen = batch_indices(step, recipe.batch_size * world, pieces.shape[0], recipe.seed)
+    return pieces[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]].to(accelerator.device)
+
+
+def end_step(accelerator: Any, recipe: Any, metrics: Path, row: dict[str, Any], save: Callable[[], None]) -> None:
+    """Append the step's metrics row; ``save()`` a checkpoint every ``recipe.checkpoint_every`` steps and at the
+    last one (main process)."""
+    if accelerator.is_main_process:
+        with open(metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if row["step"] % recipe.checkpoint_every == 0 or row["step"] == recipe.steps:
+            save()
 
 
 def check_world(accelerator: Any) -> None:

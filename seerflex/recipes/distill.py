@@ -10,22 +10,19 @@ model for DDP under ``accelerate launch`` / ``torchrun``.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from seerflex.assets import load_model
 from seerflex.config import SeerFlexConfig
 from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
-from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
-from seerflex.files import atomic_write
-from seerflex.recipes.common import check_world, environment, print_table, resume_step, write_json
+from seerflex.distill.data import check_mixture, mixed_pieces
+from seerflex.recipes.common import end_step, open_run, print_table, resume_step, start_training, step_batch
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
 from seerflex.texts import load_domains
@@ -90,19 +87,12 @@ RESUME_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "lr", "weigh
 
 def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Path:
     """Run (or resume) a distillation; returns the folder of the saved adapter."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     from seerflex.hf.families import hf_model_of
     from seerflex.hf.model import get_seerflex_model
 
-    use_bf16 = recipe.bf16 and torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
-    check_world(accelerator)
-    torch.manual_seed(recipe.seed)
-    if model is None:
-        with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):  # once, not per rank
-            model, tokenizer = load_model(recipe.model, torch.bfloat16 if use_bf16 else torch.float32)
+    accelerator, model, tokenizer = start_training(recipe, model, tokenizer, frozen=True)
     config, runtime = recipe.configs()
     wrapped = get_seerflex_model(model, config, runtime=runtime)
     pieces, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
@@ -118,21 +108,14 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     # the scheduler stays unprepared: accelerate would step it once per process, and the schedule is per step
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
     collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_file = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        keep_metrics_until(metrics_file, start)
-        write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
-                                         "pieces": pieces.shape[0], "world_size": world})
+    metrics_file = open_run(accelerator, recipe, out, start, pieces=pieces.shape[0])
     last: dict[str, Any] = {}
     with collecting(hf_model_of(model), collector), \
             progress(transient=False, disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("distill", total=recipe.steps, completed=start, info="")
         for step in range(start, recipe.steps):
             tic = time.perf_counter()
-            chosen = batch_indices(step, recipe.batch_size * world, pieces.shape[0], recipe.seed)
-            ids = pieces[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]].to(accelerator.device)
+            ids = step_batch(accelerator, recipe, pieces, step)
             with accelerator.autocast():
                 runner(input_ids=ids, use_cache=False, logits_to_keep=1)
             loss = collector.total(recipe.loss_scale)
@@ -145,18 +128,14 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
             last = {"step": step + 1, "loss": float(loss.detach()), "recall": sum(collector.recalls.values()) / len(collector.recalls),
                     "layer_kl_mean": sum(layer_kl) / len(layer_kl), "layer_kl_max": max(layer_kl),
                     "lr": scheduler.get_last_lr()[0], "steps_per_s": 1 / seconds,
-                    "tokens_per_s": ids.numel() * world / seconds, "layer_kl": layer_kl}
+                    "tokens_per_s": ids.numel() * accelerator.num_processes / seconds, "layer_kl": layer_kl}
             collector.clear()
             bar.update(task, advance=1, info=f"loss {last['loss']:.4f}  recall {last['recall']:.3f}  "
                                                   f"KL/layer mean {last['layer_kl_mean']:.4f} max {last['layer_kl_max']:.4f}")
-            if accelerator.is_main_process:
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(last) + "\n")
-                if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
-                    checkpoint.save(ckpt_dir, {n: p for n, p in params.items()},
-                                    {"step": step + 1, "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "config": config.to_dict(),
-                                     "recipe": {k: getattr(recipe, k) for k in RESUME_KEYS}})
+            end_step(accelerator, recipe, metrics_file, last, lambda: checkpoint.save(
+                ckpt_dir, dict(params), {"step": step + 1, "optimizer": optimizer.state_dict(),
+                                         "scheduler": scheduler.state_dict(), "config": config.to_dict(),
+                                         "recipe": {k: getattr(recipe, k) for k in RESUME_KEYS}}))
     adapter = out / "adapter"
     if accelerator.is_main_process:
         accelerator.unwrap_model(runner).save_pretrained(adapter)
@@ -187,20 +166,6 @@ def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torc
                if k in before and before[k] != getattr(recipe, k)]
     if changed:
         warn(f"resuming with changed settings: {'; '.join(changed)}")
-
-
-def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (all of them for a fresh run): a resumed run writes each step once."""
-    if not path.is_file():
-        return
-    def step_of(line: str) -> int | None:
-        try:
-            return json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-            return None
-
-    lines = [line for line in path.read_text().splitlines() if (step_of(line) or step + 1) <= step]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in lines)))
 
 
 def main(argv: list[str]) -> int:

@@ -265,7 +265,7 @@ def ruler_main(argv: list[str]) -> int:
 
 
 def sparsity_main(argv: list[str]) -> int:
-    """Per-layer/head achieved density and gate recall on one window; block maps of one layer/head."""
+    """Per-layer/head achieved density and recall of one scorer on one window; block maps of one layer/head."""
     args = parse_recipe(SparsityArgs, argv, prog="seerflex eval sparsity")
     if args is None:
         return 0

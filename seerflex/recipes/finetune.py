@@ -16,7 +16,6 @@ scaling, the seerflex gates, and the LoRA adapter.
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -25,17 +24,15 @@ from typing import Any
 
 import torch
 
-from seerflex.assets import load_model
 from seerflex.config import SeerFlexConfig
 from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
-from seerflex.distill.data import batch_indices, check_mixture, mixed_pieces
+from seerflex.distill.data import check_mixture, mixed_pieces
 from seerflex.finetune import GateLoss, extend_context
 from seerflex.hf.families import hf_model_of
 from seerflex.policies import TopK
-from seerflex.recipes.common import check_world, environment, print_table, resume_step, write_json
+from seerflex.recipes.common import end_step, open_run, print_table, resume_step, start_training, step_batch
 from seerflex.recipes.config import knob, parse_recipe
-from seerflex.recipes.distill import keep_metrics_until
 from seerflex.runtime import RuntimeOptions
 from seerflex.texts import load_domains
 
@@ -138,18 +135,11 @@ def with_lora(model: Any, lora: dict[str, Any]) -> Any:
 
 def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> Path:
     """Run (or resume) a fine-tune; returns the export folder."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
     from seerflex.hf.model import SeerFlexModel, get_seerflex_model
 
-    use_bf16 = recipe.bf16 and torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
-    check_world(accelerator)
-    torch.manual_seed(recipe.seed)
-    if model is None:
-        with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):
-            model, tokenizer = load_model(recipe.model, torch.float32)
+    accelerator, model, tokenizer = start_training(recipe, model, tokenizer, frozen=False)
     if recipe.rope_factor > 1:
         extend_context(model, recipe.rope_factor, recipe.rope_type)
     base = with_lora(model, recipe.lora) if recipe.trainable == "lora" else model
@@ -178,27 +168,21 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
     start = resume_step(out, recipe.resume, recipe.overwrite, params, optimizer, scheduler,
                         lambda found, state, tensors: check_resumable(found, state, tensors, params, recipe))
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    metrics_file = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        keep_metrics_until(metrics_file, start)
-        write_json(out / "recipe.json", {"recipe": asdict(recipe), "environment": environment(),
-                                         "pieces": counts, "world_size": world,
-                                         "distributed": accelerator.distributed_type.value,
-                                         "rope": getattr(hf_model_of(base).config, "rope_parameters", None)})
+    metrics_file = open_run(accelerator, recipe, out, start, pieces=counts,
+                            distributed=accelerator.distributed_type.value,
+                            rope=getattr(hf_model_of(base).config, "rope_parameters", None))
     policy = config.policy.base_fields()
     gate_loss = GateLoss(recipe.target, recipe.skip_first_rows)
     last: dict[str, Any] = {}
-    with (wrapped.gate_training(gate_loss) if recipe.gates else nullcontext()), progress(transient=False, disable=not accelerator.is_main_process) as bar:
+    with (wrapped.gate_training(gate_loss) if recipe.gates else nullcontext()), \
+            progress(transient=False, disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("finetune", total=recipe.steps, completed=start, info="")
         for step in range(start, recipe.steps):
             tic = time.perf_counter()
             density = recipe.density_at(step) if recipe.gates else 1.0
             if recipe.gates:
                 wrapped.set_policy(TopK(density=density, **policy))
-            chosen = batch_indices(step, recipe.batch_size * world, pieces.shape[0], recipe.seed)
-            ids = pieces[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]].to(accelerator.device)
+            ids = step_batch(accelerator, recipe, pieces, step)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             with (wrapped.track_sparsity() if recipe.gates else nullcontext([])) as stats, accelerator.autocast():
@@ -213,17 +197,14 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
             achieved = sum((s for _, s in stats[1:]), stats[0][1]).mean_density if stats else 1.0
             last = {"step": step + 1, "loss": float(loss.detach()), "lm_loss": float(lm.detach()),
                     "gate_kl": float(kl.detach()), "density": density, "achieved_density": achieved,
-                    "lr": scheduler.get_last_lr()[0], "step_s": seconds, "tokens_per_s": ids.numel() * world / seconds,
+                    "lr": scheduler.get_last_lr()[0], "step_s": seconds,
+                    "tokens_per_s": ids.numel() * accelerator.num_processes / seconds,
                     "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
             bar.update(task, advance=1, info=f"lm {last['lm_loss']:.4f}  kl {last['gate_kl']:.4f}  "
                                                   f"density {achieved:.3f}")
-            if accelerator.is_main_process:
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(last) + "\n")
-                if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps:
-                    checkpoint.save(ckpt_dir, dict(params), {"step": step + 1, "optimizer": optimizer.state_dict(),
-                                                             "scheduler": scheduler.state_dict(),
-                                                             "recipe": asdict(recipe)})
+            end_step(accelerator, recipe, metrics_file, last, lambda: checkpoint.save(
+                ckpt_dir, dict(params), {"step": step + 1, "optimizer": optimizer.state_dict(),
+                                         "scheduler": scheduler.state_dict(), "recipe": asdict(recipe)}))
     accelerator.wait_for_everyone()
     export = out / "export"
     if accelerator.is_main_process:
