@@ -28,15 +28,20 @@ def main(folder: Path) -> None:
     routes = [("base model, no fine-tune (8k model at 32k)", "base", "dense", "-"),
               ("dense fine-tune (SDPA, no gates)", "dense", "dense", "-"),
               ("seerflex fine-tune 0.5, its gates top-k 0.5", "ft0.5", "gate", "topk:0.5"),
+              ("seerflex fine-tune 0.5 from distilled gates, top-k 0.5", "ft_d0.5_init", "gate", "topk:0.5"),
               ("distil-after, top-k 0.5", "dense", "gate", "topk:0.5"),
               ("oracle top-k 0.5 on the dense fine-tune", "dense", "oracle", "topk:0.5"),
               ("seerflex fine-tune 0.1, its gates top-k 0.1", "ft0.1", "gate", "topk:0.1"),
+              ("same, gate target on 1/8 of the rows (kl_rows 0.125)", "ft_d0.1_rows", "gate", "topk:0.1"),
+              ("seerflex fine-tune 0.1 from distilled gates (kl_rows 0.125)", "ft_d0.1_init", "gate", "topk:0.1"),
               ("distil-after, top-k 0.1", "dense", "gate", "topk:0.1"),
               ("oracle top-k 0.1 on the dense fine-tune", "dense", "oracle", "topk:0.1")]
     ref = {d: ppl(folder, "dense", d, "dense", "-")[0] for d in DOMAINS}
     print("| route | density | " + " | ".join(DOMAINS) + " |\n| --- | --- |" + " --- |" * len(DOMAINS))
     bars = {}
     for label, run, scorer, policy in routes:
+        if not (folder / "eval" / f"ppl_{run}_{DOMAINS[0]}").is_dir():
+            continue  # a route this folder's runs did not include
         cells, density = [], 1.0
         for d in DOMAINS:
             value, density = ppl(folder, run, d, scorer, policy)
@@ -52,14 +57,39 @@ def main(folder: Path) -> None:
         curves[run] = [r["lm_loss"] for r in rows]
         print(f"| {run} | {statistics.median(r['step_s'] for r in rows[30:]):.3f} | "
               f"{max(r['peak_gb'] for r in rows):.2f} | {statistics.mean(curves[run][-10:]):.3f} |")
+    speed(folder / "speed")
     print("\n| passkey (2 trials x depths 0.1-0.9) | 16k | 32k |\n| --- | --- | --- |")
-    for run, label in (("pk_dense", "dense fine-tune"), ("pk_ft0.1", "seerflex fine-tune 0.1")):
+    for run, label in (("pk_dense", "dense fine-tune"), ("pk_ft0.1", "seerflex fine-tune 0.1"),
+                       ("pk_ft0.1init", "seerflex fine-tune 0.1 from distilled gates")):
+        if not (folder / "eval" / run).is_dir():
+            continue
         for row in json.loads((folder / "eval" / run / "passkey.json").read_text())["rows"]:
             name = f"{label}, {'dense attention' if row['scorer'] == 'dense' else 'gates top-k 0.1'}"
             if run == "pk_dense" and row["scorer"] == "gate":
                 name = "distil-after, gates top-k 0.1"
             print(f"| {name} | " + " | ".join(f"{sum(g) / len(g):.1f}" for g in row["grid"]) + " |")
     plot(folder, curves, {k: v for k, v in bars.items() if "base" not in k and not k.startswith("dense")})
+
+
+def speed(folder: Path) -> None:
+    """The 12-step runs of one call (gpu_finetune.sh speed): step time and peak memory side by side."""
+    if not folder.is_dir():
+        return
+    labels = {"speed_sdpa": "dense, SDPA (the model's own attention)",
+              "speed_flex": "dense, transformers' flex_attention",
+              "speed_d0.1_rows1": "seerflex d 0.1, gate target on every row (kl_rows 1)",
+              "speed_d0.1": "seerflex d 0.1, gate target on 1/8 of the rows (default)",
+              "speed_d0.1_nokl": "seerflex d 0.1, no gate loss (kl_weight 0)"}
+    rows = {name: [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines()] for name in labels
+            if (folder / f"{name}.jsonl").is_file()}
+    flex = statistics.median(r["step_s"] for r in rows["speed_flex"][4:]) if "speed_flex" in rows else None
+    print("\n| 32k step, one H200 call, steps 5-12 | median step (s) | vs dense flex | peak GPU memory (GiB) |"
+          "\n| --- | --- | --- | --- |")
+    for name, label in labels.items():
+        if name in rows:
+            step = statistics.median(r["step_s"] for r in rows[name][4:])
+            ratio = f"{flex / step:.2f}x" if flex else "-"
+            print(f"| {label} | {step:.3f} | {ratio} | {max(r['peak_gb'] for r in rows[name]):.2f} |")
 
 
 def plot(folder: Path, curves: dict[str, list[float]], bars: dict[str, list[float]]) -> None:

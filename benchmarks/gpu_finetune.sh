@@ -7,6 +7,11 @@
 #          SmolLM2 8k -> 32k YaRN x4 fine-tunes (same data, steps, seed): seerflex at 0.1 and 0.5, dense (no gates)
 #   after: distil gates on the dense fine-tune (the distil-after route), 32k perplexity per held-out domain and
 #          passkey at 16k / 32k for every route; then the SmolLM2 gates on the corpus mixture (8k)
+#   speed: 12-step runs side by side (dense SDPA, dense flex, d 0.1 with full / sampled / no gate target) for step
+#          time and peak memory
+#   profile: a torch-profiler kernel table of a d 0.1 step and a dense one
+#   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
+#   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
 # runs out of time is continued by calling the same stage again.
 # Locally first: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 33; pip download --no-deps -d .whl gguf;
@@ -16,8 +21,9 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=/tmp/cache CO
 RUN=/tmp/run
 CORPUS=/tmp/cache/corpus
 L=${LEN:-32768}  # LEN=1024 STEPS=2 SCHEDULE=1 OUT=/tmp/o: a quick local check of every command line
-FT="python -m seerflex.cli finetune recipes/finetune_smollm2.yaml data=corpus:$CORPUS seq_len=$L steps=${STEPS:-80}
+FT_ARGS="recipes/finetune_smollm2.yaml data=corpus:$CORPUS seq_len=$L steps=${STEPS:-80}
     schedule_steps=${SCHEDULE:-25} warmup_steps=10 checkpoint_every=20"
+FT="python -m seerflex.cli finetune $FT_ARGS"
 HELD="corpus:$CORPUS:split=heldout:domains"
 E="python -m seerflex.cli eval ppl window=$L prefix=$((L / 32)) windows=2"  # 32k perplexity, loss after 1024
 
@@ -31,24 +37,78 @@ finetune() {  # name, extra keys: run (or resume) one fine-tune, keep its metric
   mkdir -p "$OUT"/$name && cp $dir/metrics.jsonl $dir/recipe.json "$OUT"/$name/
 }
 
-case "$1" in
-stash)
-  if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; fi
-  mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ ;;
-ft)
+eval_ft() {  # name, density: 32k perplexity per held-out domain of a fine-tune's export, dense and its gates
+  for d in prose docs code; do
+    [ -d $RUN/eval/ppl_$1_$d ] || $E model=$RUN/$1/export/model adapter=$RUN/$1/export/seerflex text=$HELD=$d \
+      scorers=dense,gate policies=topk:$2 out=$RUN/eval/ppl_$1_$d
+  done
+}
+
+speed() {  # name, extra keys: 12 steps at the final density from the start (no schedule), for step time and memory
+  local dir=$RUN/speed_$1; shift
+  $FT steps=12 schedule_steps=0 warmup_steps=2 checkpoint_every=100 output_dir=$dir overwrite=true "$@"
+  mkdir -p "$OUT"/$(basename $dir) && cp $dir/metrics.jsonl $dir/recipe.json "$OUT"/$(basename $dir)/
+}
+
+setup() {  # the GGUF from its carried parts (checked), the corpus, the device's description
   mkdir -p /tmp/cache/smollm2 $CORPUS /tmp/parts
   if [ -d .assets/gguf ]; then cp .assets/gguf/p*/part.* /tmp/parts/; fi
   G=/tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  [ -f $G ] || cat /tmp/parts/part.* > $G
-  echo "$(cat .assets/gguf/sha256)  $G" | sha256sum -c
+  if [ ! -f $G.checked ]; then
+    cat /tmp/parts/part.* > $G
+    echo "$(cat .assets/gguf/sha256)  $G" | sha256sum -c && touch $G.checked
+  fi
   [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
     >> "$OUT"/device.txt
+}
+
+case "$1" in
+stash)
+  if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; fi
+  mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ ;;
+ft)  # the first runs (2026-12-01) computed the gates' target on every row: kl_rows=1
+  setup
   python benchmarks/check_flex_backward.py --out "$OUT"/check_flex_backward.json
-  finetune ft_d0.1 density=0.1
-  finetune ft_d0.5 density=0.5
+  finetune ft_d0.1 density=0.1 kl_rows=1
+  finetune ft_d0.5 density=0.5 kl_rows=1
   finetune ft_dense gates=false ;;
+speed)  # step time and peak memory side by side: dense SDPA, dense flex, density 0.1 with the full / sampled target
+  setup
+  speed sdpa gates=false
+  if nvidia-smi > /dev/null 2>&1; then speed flex gates=false dense_attention=flex_attention; fi  # no CPU backward
+  speed d0.1_rows1 density=0.1 kl_rows=1
+  speed d0.1 density=0.1
+  speed d0.1_nokl density=0.1 kl_weight=0 kl_rows=0.01 ;;
+speed2)  # after the host syncs left the training path: dense SDPA, dense flex, d 0.1 side by side, and a profile
+  setup
+  speed sdpa_2 gates=false
+  if nvidia-smi > /dev/null 2>&1; then speed flex_2 gates=false dense_attention=flex_attention; fi
+  speed d0.1_2 density=0.1
+  python benchmarks/profile_finetune.py --out "$OUT"/profile_d0.1_2.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
+    checkpoint_every=100 density=0.1 output_dir=$RUN/profile overwrite=true | tail -30 ;;
+profile)
+  python benchmarks/profile_finetune.py --out "$OUT"/profile_d0.1.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
+    checkpoint_every=100 density=0.1 output_dir=$RUN/profile overwrite=true | tail -3
+  python benchmarks/profile_finetune.py --out "$OUT"/profile_sdpa.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
+    checkpoint_every=100 gates=false output_dir=$RUN/profile_sdpa overwrite=true | tail -3 ;;
+ft2)  # density 0.1 with the sampled target (kl_rows 0.125): fresh gates, and gates distilled on the base model
+  setup
+  finetune ft_d0.1_rows density=0.1
+  finetune ft_d0.1_init density=0.1 gates_from=seerflex/adapters/smollm2-mix ;;
+ft2eval)
+  eval_ft ft_d0.1_rows 0.1
+  eval_ft ft_d0.1_init 0.1
+  P="python -m seerflex.cli eval passkey lengths=[$((L / 2)),$L] depths=[0.1,0.3,0.5,0.7,0.9] trials=2"
+  $P model=$RUN/ft_d0.1_init/export/model adapter=$RUN/ft_d0.1_init/export/seerflex scorers=dense,gate \
+    policies=topk:0.1 out=$RUN/eval/pk_ft0.1init
+  tar czf "$OUT"/eval_ft2.tgz -C $RUN/eval . ;;
+ft05)  # density 0.5 from the distilled gates, and its evals
+  setup
+  finetune ft_d0.5_init density=0.5 gates_from=seerflex/adapters/smollm2-mix
+  eval_ft ft_d0.5_init 0.5
+  tar czf "$OUT"/eval_ft05.tgz -C $RUN/eval . ;;
 after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so many files
   M=$RUN/ft_dense/export/model
   EV=$RUN/eval
@@ -72,14 +132,6 @@ after)  # eval outputs go to $RUN/eval, then one archive: $OUT returns only so m
   $P model=$RUN/ft_d0.1/export/model adapter=$RUN/ft_d0.1/export/seerflex scorers=dense,gate policies=topk:0.1 \
     out=$EV/pk_ft0.1
   tar czf "$OUT"/eval.tgz -C $EV . ;;
-ft_init)  # next (not run yet): density 0.1 starting from the bundled 8k-distilled gates, then its 32k perplexity
-  finetune ft_d0.1_init density=0.1 gates_from=seerflex/adapters/smollm2-mix
-  for d in prose docs code; do
-    $E model=$RUN/ft_d0.1_init/export/model adapter=$RUN/ft_d0.1_init/export/seerflex text=$HELD=$d \
-      scorers=dense,gate policies=topk:0.1 \
-      out=$RUN/eval/ppl_ft0.1init_$d
-  done
-  tar czf "$OUT"/eval_init.tgz -C $RUN/eval . ;;
 mix)  # issue 15: SmolLM2 gates distilled on the corpus mixture (8k), then kept
   if [ ! -d $RUN/mix/adapter ]; then
     python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/mix \

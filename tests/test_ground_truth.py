@@ -125,6 +125,30 @@ def test_torch_route_equals_dense_f64(s, bs, hq, hkv, pad, mode, given_lse, monk
     check_map(out, dense_block_map(q, k, bs, mode, valid), valid, bs)
 
 
+@pytest.mark.parametrize(("s", "bs", "ratio", "rows"), [(200, 16, 2, [6, 0, 3]), (131, 32, 1, [4]), (97, 32, 4, [])])
+def test_a_sample_of_rows_equals_those_rows_of_the_full_map(s, bs, ratio, rows, monkeypatch):
+    """``rows`` computes just those query blocks (the fine-tune's sampled gate target); the rest is zero."""
+    monkeypatch.setenv(gt.BACKEND_ENV, "torch")
+    q, k, valid = torch.randn(2, 4, s, 16), torch.randn(2, 2, s, 16), padding(2, s, "left")
+    for mode in ("max", "mass"):
+        out = block_attention_map(q, k, block_size=bs, q_block_size=bs * ratio, mode=mode, attention_mask=valid,
+                                  rows=torch.tensor(rows, dtype=torch.long))
+        ref = dense_block_map(q, k, bs, mode, valid, qbs=bs * ratio)
+        picked = torch.zeros(ref.shape[2], dtype=torch.bool)
+        picked[rows] = True
+        torch.testing.assert_close(out[:, :, picked].double(), ref[:, :, picked], rtol=1e-4, atol=1e-6)
+        assert (out[:, :, ~picked] == 0).all()
+    for bad, match in [(torch.tensor([0, 99]), r"rows must lie in \[0, "), (torch.tensor([0.5]), "integer"),
+                       (torch.tensor([[1]]), "1-D")]:
+        with pytest.raises(ValueError, match=match):
+            block_attention_map(q, k, block_size=bs, rows=bad)
+    nan_q = q.clone()
+    nan_q[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="must be finite"):
+        block_attention_map(nan_q, k, block_size=bs)
+    block_attention_map(nan_q, k, block_size=bs, check_finite=False)  # the caller checks its loss instead
+
+
 def test_integer_mask_scale_float64_and_non_contiguous_q(monkeypatch):
     monkeypatch.setenv(gt.BACKEND_ENV, "torch")
     s = 130
@@ -245,7 +269,15 @@ for s, bs, hq, hkv, pad, given, tiles, transposed in cases:
         results.append({"case": [s, bs, hq, hkv, pad, given, mode], "err": (out.double() - ref).abs().max().item(),
                         "finite": bool(torch.isfinite(out).all()), "upper_zero": bool((out.triu(1) == 0).all()),
                         "row_sums": out.sum(-1).flatten().tolist()})
-print("RESULTS" + json.dumps(results))
+# a sample of rows (query blocks of 2 key blocks, so the lse row blocks and map rows differ), others zero
+q, k, valid = torch.randn(2, 4, 230, 16), torch.randn(2, 2, 230, 16), padding(2, 230, "left")
+rows = torch.tensor([3, 0, 2])
+out = block_attention_map(q, k, block_size=16, q_block_size=32, mode="mass", attention_mask=valid, rows=rows)
+ref = dense_block_map(q, k, 16, "mass", valid, qbs=32)
+picked = torch.zeros(ref.shape[2], dtype=torch.bool)
+picked[rows] = True
+sampled = {"err": (out.double() - ref)[:, :, picked].abs().max().item(), "others_zero": bool((out[:, :, ~picked] == 0).all())}
+print("RESULTS" + json.dumps(results) + "SAMPLED" + json.dumps(sampled))
 """
 
 
@@ -257,7 +289,9 @@ def test_triton_kernels_in_interpreter_equal_dense_f64(tmp_path):
     proc = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT, str(Path(__file__).parent), str(seed)],
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.split("RESULTS", 1)[1])
+    results, sampled = proc.stdout.split("RESULTS", 1)[1].split("SAMPLED")
+    results, sampled = json.loads(results), json.loads(sampled)
+    assert sampled["err"] < 1e-5 and sampled["others_zero"], sampled
     assert len(results) == 10
     for r in results:
         assert r["finite"] and r["upper_zero"], r["case"]
@@ -273,11 +307,11 @@ def test_triton_kernels_compile_for_h100():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    ptrs = {"Q": "bf16", "K": "bf16", "Mask": "i8", "Lse2": "fp32", "Out": "fp32"}
+    ptrs = {"Q": "bf16", "K": "bf16", "Mask": "i8", "Lse2": "fp32", "Out": "fp32", "Rows": "i32"}
     common = {"HEAD_D": 128, "BLOCK_D": 128, "FP32": False, "HAS_MASK": True, "sqd": 1, "skd": 1, "sms": 1}
     kernels = gt.triton_kernels
-    for fn, extra, cfg in [(kernels._lse_kernel, {}, kernels._default_lse_config(128, torch.bfloat16)),
-                           (kernels._map_kernel, {"MODE_MAX": True, "BS": 64},
+    for fn, extra, cfg in [(kernels._lse_kernel, {"HAS_ROWS": False}, kernels._default_lse_config(128, torch.bfloat16)),
+                           (kernels._map_kernel, {"MODE_MAX": True, "BS": 64, "HAS_ROWS": True},
                             kernels._default_map_config(128, 64, torch.bfloat16))]:
         consts = common | extra | {key: cfg[key] for key in ("BLOCK_M", "BLOCK_N") if key in cfg}
         signature = {name: "constexpr" if name in consts else "*" + ptrs[name] if name in ptrs

@@ -41,7 +41,8 @@ BACKEND_ENV = "SEERFLEX_GT_BACKEND"
 
 def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, q_block_size: int | None = None,
                         mode: Literal["max", "mass"] = "max", scale: float | None = None,
-                        attention_mask: Tensor | None = None, lse: Tensor | None = None) -> Tensor:
+                        attention_mask: Tensor | None = None, lse: Tensor | None = None,
+                        rows: Tensor | None = None, check_finite: bool = True) -> Tensor:
     """Block map [B, Hq, nq, nk] (float32, nk = ceil(S / block_size), nq = ceil(S / q_block_size), zeros
     after each query block's diagonal group).
 
@@ -53,21 +54,41 @@ def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, q_block_s
     probability and padded queries contribute nothing (a fully padded query block is a zero row).
     ``lse`` [B, Hq, S]: the rows' natural-log sum of exp(scores), if a dense pass already made it
     (flex_attention's ``return_aux=AuxRequest(lse=True)``); it saves one pass over QK^T.
-    Runs without autograd (the target of a distillation loss needs no gradient).
+    ``rows``: indices of the query blocks to compute (1-D integers in [0, nq)); every other row is zero.
+    The work is that of the chosen rows alone, so a loss on a random sample of rows pays for the sample.
+    ``check_finite=False`` skips the NaN/inf check of q and k, the one host sync (for callers in a training
+    loop that check their loss instead). Runs without autograd (the target of a distillation loss needs no gradient).
     """
-    _check(q, k, block_size, mode, attention_mask, lse)
+    _check(q, k, block_size, mode, attention_mask, lse, check_finite)
     q_block_size = block_size if q_block_size is None else q_block_size
     check_block_shape(q_block_size, block_size)
+    square_rows = None if rows is None else _square_rows(rows, q.shape[2], block_size, q_block_size)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive finite number, got {scale}")
     valid = None if attention_mask is None else attention_mask.to(device=q.device, dtype=torch.bool)
     with torch.no_grad():
         route = triton_block_map if _backend(q, k, block_size) == "triton" else torch_block_map
-        raw = route(q, k, valid, lse, scale, block_size, mode)
+        raw = route(q, k, valid, lse, scale, block_size, mode, rows=square_rows)
         if q_block_size != block_size:
             raw = merge_query_blocks(raw, q_block_size // block_size, mode, valid, q.shape[2], block_size)
         return normalise(raw) if mode == "max" else raw
+
+
+def _square_rows(rows: Tensor, seq_len: int, block_size: int, q_block_size: int) -> Tensor:
+    """Query-block indices -> the rows of key-size tiles they cover (sorted, unique, on the CPU)."""
+    nq, ratio = -(-seq_len // q_block_size), q_block_size // block_size
+    if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.is_floating_point() or rows.is_complex() \
+            or rows.dtype == torch.bool:
+        raise ValueError(f"rows must be a 1-D integer tensor of query-block indices, got "
+                         f"{tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__}"
+                         f"{' ' + str(rows.dtype) if isinstance(rows, Tensor) else ''}")
+    rows = rows.detach().to("cpu", torch.int64)
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= nq):
+        raise ValueError(f"rows must lie in [0, {nq}) (the query blocks of {seq_len} tokens), got "
+                         f"{int(rows.min())}..{int(rows.max())}")
+    square = (rows[:, None] * ratio + torch.arange(ratio)).flatten()
+    return square[square < -(-seq_len // block_size)].unique()
 
 
 def _backend(q: Tensor, k: Tensor, block_size: int) -> str:
@@ -80,7 +101,7 @@ def _backend(q: Tensor, k: Tensor, block_size: int) -> str:
 
 
 def _check(q: Tensor, k: Tensor, block_size: int, mode: str, attention_mask: Tensor | None,
-           lse: Tensor | None) -> None:
+           lse: Tensor | None, check_finite: bool) -> None:
     if mode not in MODES:
         raise ValueError(f"unknown ground-truth mode {mode!r}; choose one of {MODES}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -111,7 +132,7 @@ def _check(q: Tensor, k: Tensor, block_size: int, mode: str, attention_mask: Ten
             bad &= attention_mask.to(device=lse.device, dtype=torch.bool)[:, None, :]
         if bad.any():
             raise ValueError("lse must be finite at real (unpadded) query positions (found NaN or inf)")
-    if not (_finite(q) and _finite(k)):
+    if check_finite and not (_finite(q) and _finite(k)):
         raise ValueError("q and k must be finite (found NaN or inf)")
 
 

@@ -13,9 +13,9 @@ CHUNK_ELEMENTS = 1 << 27  # scores per chunk (512 MB in float32)
 
 
 def torch_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | None, scale: float,
-                    block_size: int, mode: str) -> Tensor:
+                    block_size: int, mode: str, rows: Tensor | None = None) -> Tensor:
     """Chunked PyTorch map, square blocks, ``max`` tiles not yet normalised; computes in float64 when q is
-    float64 (the references use that)."""
+    float64 (the references use that). ``rows`` (sorted square-block indices): only those rows, one chunk each."""
     b, hq, s, d = q.shape
     hkv, n = k.shape[1], -(-s // block_size)
     if valid is None:
@@ -25,8 +25,9 @@ def torch_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | No
     # query heads grouped by KV head: [B, Hkv, G, S, D] (splitting one dim is always a view), so K is never repeated
     qg = q.view(b, hkv, hq // hkv, s, d)
     lse_g = None if lse is None else lse.view(b, hkv, hq // hkv, s)
-    for start in range(0, s, rows_per_chunk):
-        stop = min(s, start + rows_per_chunk)
+    starts = range(0, s, rows_per_chunk) if rows is None else [int(i) * block_size for i in rows]
+    for start in starts:
+        stop = min(s, start + (rows_per_chunk if rows is None else block_size))
         block = chunk_map(qg[:, :, :, start:stop], k[:, :, :stop], valid[:, start:stop], valid[:, :stop],
                           None if lse_g is None else lse_g[:, :, :, start:stop], start, scale, block_size,
                           mode == "max")

@@ -33,8 +33,9 @@ def triton_supported(q: Tensor, k: Tensor, block_size: int) -> bool:
 
 def triton_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | None, scale: float,
                      block_size: int, mode: str, lse_config: dict[str, int] | None = None,
-                     map_config: dict[str, int] | None = None) -> Tensor:
-    """Triton map. ``lse_config`` / ``map_config`` override launch settings (benchmark sweeps, tests).
+                     map_config: dict[str, int] | None = None, rows: Tensor | None = None) -> Tensor:
+    """Triton map. ``lse_config`` / ``map_config`` override launch settings (benchmark sweeps, tests);
+    ``rows`` (sorted square-block indices): programs for those rows alone, and lse only where they need it.
 
     On CPU tensors the kernels run in Triton's interpreter (slow; for tests; needs TRITON_INTERPRET=1).
     """
@@ -44,13 +45,13 @@ def triton_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | N
                          "power-of-two block 16..128, head size <= 256, at most 65535 query blocks)")
     if q.is_cuda:
         with torch.cuda.device(q.device):  # Triton launches on the current device
-            return _triton_block_map(q, k, valid, lse, scale, block_size, mode, lse_config, map_config)
-    return _triton_block_map(q, k, valid, lse, scale, block_size, mode, lse_config, map_config)
+            return _triton_block_map(q, k, valid, lse, scale, block_size, mode, lse_config, map_config, rows)
+    return _triton_block_map(q, k, valid, lse, scale, block_size, mode, lse_config, map_config, rows)
 
 
 def _triton_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | None, scale: float,
                       block_size: int, mode: str, lse_config: dict[str, int] | None,
-                      map_config: dict[str, int] | None) -> Tensor:
+                      map_config: dict[str, int] | None, rows: Tensor | None) -> Tensor:
     b, hq, s, d = q.shape
     group, n = hq // k.shape[1], -(-s // block_size)
     lse_kernel, map_kernel = _kernels(interpret=not q.is_cuda)
@@ -63,18 +64,36 @@ def _triton_block_map(q: Tensor, k: Tensor, valid: Tensor | None, lse: Tensor | 
         cfg = _default_lse_config(d, q.dtype) | (lse_config or {})
         if cfg["BLOCK_M"] % cfg["BLOCK_N"] or cfg["BLOCK_N"] < 16:
             raise ValueError(f"lse tiles need BLOCK_N >= 16 dividing BLOCK_M, got {cfg}")
-        lse2 = torch.empty(b, hq, s, dtype=torch.float32, device=q.device)
-        lse_kernel[(b * hq, triton.cdiv(s, cfg["BLOCK_M"]))](
-            q, k, mask, lse2, *qs, *ks, *ms, s, hq, group, scale * LOG2E, **common,
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        lse2 = torch.empty(b, hq, s, dtype=torch.float32, device=q.device)  # rows not asked for stay unset
+        lse_rows = None if rows is None else _lse_rows(rows, block_size, cfg["BLOCK_M"])
+        lse_kernel[(b * hq, triton.cdiv(s, cfg["BLOCK_M"]) if rows is None else len(lse_rows))](
+            q, k, mask, lse2, _rows_arg(lse_rows, q), *qs, *ks, *ms, s, hq, group, scale * LOG2E, **common,
+            HAS_ROWS=rows is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
     else:
         lse2 = (lse.to(device=q.device, dtype=torch.float32) * LOG2E).contiguous()
     cfg = _default_map_config(d, block_size, q.dtype) | (map_config or {})
     out = torch.zeros(b, hq, n, n, dtype=torch.float32, device=q.device)
-    map_kernel[(b * hq, n)](
-        q, k, mask, lse2, out, *qs, *ks, *ms, s, hq, group, n, scale * LOG2E, **common,
-        MODE_MAX=mode == "max", BS=block_size, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    map_rows = None if rows is None else rows.flip(0)  # longest rows first
+    map_kernel[(b * hq, n if rows is None else len(map_rows))](
+        q, k, mask, lse2, out, _rows_arg(map_rows, q), *qs, *ks, *ms, s, hq, group, n, scale * LOG2E, **common,
+        HAS_ROWS=rows is not None, MODE_MAX=mode == "max", BS=block_size, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     return out
+
+
+def _lse_rows(rows: Tensor, block_size: int, block_m: int) -> Tensor:
+    """The lse kernel's row blocks (of ``block_m`` queries) that cover the map rows ``rows``, longest first."""
+    starts = (rows[:, None] * block_size + torch.arange(0, block_size, block_m)).flatten()
+    return (starts // block_m).unique().flip(0).to(torch.int32)
+
+
+def _rows_arg(rows: Tensor | None, like: Tensor) -> Tensor:
+    if rows is None:
+        return like.new_zeros(1, dtype=torch.int32)
+    rows = rows.to(torch.int32).contiguous()
+    # from pinned memory without blocking: a plain host-to-GPU copy would wait for the GPU's queue to drain
+    return rows.pin_memory().to(like.device, non_blocking=True) if like.is_cuda else rows
 
 
 def _default_lse_config(d: int, dtype: torch.dtype) -> dict[str, int]:
@@ -92,14 +111,17 @@ def _default_map_config(d: int, block_size: int, dtype: torch.dtype) -> dict[str
 if triton is not None:
 
     @triton.jit
-    def _lse_kernel(Q, K, Mask, Lse2,
+    def _lse_kernel(Q, K, Mask, Lse2, Rows,
                     sqb, sqh, sqs, sqd, skb, skh, sks, skd, smb, sms,
                     S, H, GROUP, qk_scale,
                     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr, HAS_MASK: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    HAS_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Row log2-sum-exp2 of causal scores for BLOCK_M queries: FlashAttention's forward minus P.V."""
         pid_bh = tl.program_id(0)
-        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest rows first
+        if HAS_ROWS:  # the row blocks asked for, longest first
+            pid_m = tl.load(Rows + tl.program_id(1))
+        else:
+            pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest rows first
         off_b = pid_bh // H
         off_h = pid_bh % H
         start_m = pid_m * BLOCK_M
@@ -156,14 +178,17 @@ if triton is not None:
         tl.store(Lse2 + pid_bh.to(tl.int64) * S + offs_m, lse2, mask=offs_m < S)
 
     @triton.jit
-    def _map_kernel(Q, K, Mask, Lse2, Out,
+    def _map_kernel(Q, K, Mask, Lse2, Out, Rows,
                     sqb, sqh, sqs, sqd, skb, skh, sks, skd, smb, sms,
                     S, H, GROUP, NB, qk_scale,
                     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr, HAS_MASK: tl.constexpr,
-                    MODE_MAX: tl.constexpr, BS: tl.constexpr):
+                    HAS_ROWS: tl.constexpr, MODE_MAX: tl.constexpr, BS: tl.constexpr):
         """Row i of the block map for one (batch, head): each causal BS x BS tile reduced to one number."""
         pid_bh = tl.program_id(0)
-        pid_i = tl.num_programs(1) - 1 - tl.program_id(1)  # longest rows first
+        if HAS_ROWS:
+            pid_i = tl.load(Rows + tl.program_id(1))
+        else:
+            pid_i = tl.num_programs(1) - 1 - tl.program_id(1)  # longest rows first
         off_b = pid_bh // H
         off_h = pid_bh % H
         start_m = pid_i * BS

@@ -41,7 +41,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_pr
 ARCHITECTURE = ("model", "rope_factor", "rope_type", "trainable", "lora", "gates", "gates_from", "seerflex")
 # what changes the rest of the run if it changes on resume (a warning)
 DATA_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "seed", "lr", "gate_lr", "warmup_steps", "density",
-             "schedule_steps", "kl_weight")
+             "schedule_steps", "kl_weight", "kl_rows")
 
 
 @dataclass
@@ -74,13 +74,19 @@ class FinetuneRecipe:
     kl_weight: float = knob(1.0, "weight of the gates' KL loss (summed over layers)")
     target: str = knob("mass", "gate target: mass (block probability mass) or max (the original's 2D max)")
     skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the KL")
+    kl_rows: float = knob(0.125, "fraction of the remaining query-block rows whose target the KL uses, drawn "
+                                 "afresh per layer and step (the target costs two dense Q.K passes over its rows)")
+    dense_attention: str = knob("sdpa", "attention of a gates=false run: sdpa, or flex_attention (transformers' "
+                                        "dense flex, the speed baseline)")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
     output_dir: str = knob("runs/finetune", "folder for metrics, checkpoint and the exported model")
     resume: bool = knob(False, "continue from output_dir/checkpoint")
     overwrite: bool = knob(False, "start over in an output_dir that holds a run")
     seerflex: dict = knob({}, "SeerFlexConfig fields (the policy gives sink/local/dense_last_rows; the schedule "
                               "sets its density)")
-    runtime: dict = knob({}, "RuntimeOptions fields (compile, backend); every call runs sparse (dense_below 0)")
+    runtime: dict = knob({}, "RuntimeOptions fields (compile, backend); every call runs sparse (dense_below 0); "
+                             "check_finite defaults to off: the loss is checked once per step instead of a host "
+                             "sync per layer")
 
     def __post_init__(self) -> None:
         """Every value checked before seconds of model loading."""
@@ -99,8 +105,15 @@ class FinetuneRecipe:
         unknown = set(self.lora) - set(LORA)
         if unknown:
             raise ValueError(f"unknown lora keys {sorted(unknown)}; known: {sorted(LORA)}")
-        if self.target not in ("max", "mass") or not 0 <= self.skip_first_rows < 1 or self.kl_weight < 0:
-            raise ValueError("target must be max or mass, skip_first_rows in [0, 1) and kl_weight >= 0")
+        if self.target not in ("max", "mass") or not 0 <= self.skip_first_rows < 1 or self.kl_weight < 0 \
+                or not 0 < self.kl_rows <= 1:
+            raise ValueError("target must be max or mass, skip_first_rows in [0, 1), kl_weight >= 0 and kl_rows in "
+                             "(0, 1]")
+        if self.dense_attention not in ("sdpa", "flex_attention"):
+            raise ValueError(f"dense_attention must be sdpa or flex_attention, got {self.dense_attention!r}")
+        if self.gates and self.dense_attention != "sdpa":
+            raise ValueError("dense_attention chooses the attention of a gates=false run; with gates the attention "
+                             "is the gates' sparse one")
         check_mixture(self.mixture, self.data)
         if self.gates_from is not None and not self.gates:
             raise ValueError("gates_from starts gates, gates=false trains none: drop one of them")
@@ -109,7 +122,8 @@ class FinetuneRecipe:
         self.configs()
 
     def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
-        return SeerFlexConfig.from_dict(self.seerflex), RuntimeOptions(**{**self.runtime, "dense_below": 0})
+        return SeerFlexConfig.from_dict(self.seerflex), RuntimeOptions(**{"check_finite": False, **self.runtime,
+                                                                           "dense_below": 0})
 
     def density_at(self, step: int) -> float:
         """Linear from dense to ``density`` over ``schedule_steps`` steps, then ``density``."""
@@ -144,7 +158,10 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         extend_context(model, recipe.rope_factor, recipe.rope_type)
     base = with_lora(model, recipe.lora) if recipe.trainable == "lora" else model
     config, runtime = recipe.configs()
+    if recipe.dense_attention == "flex_attention" and accelerator.device.type != "cuda":
+        raise ValueError("dense_attention=flex_attention trains on CUDA only (flex attention has no CPU backward)")
     if not recipe.gates:
+        hf_model_of(base).set_attn_implementation(recipe.dense_attention)
         wrapped = base
     elif recipe.gates_from:
         wrapped = SeerFlexModel.from_pretrained(base, recipe.gates_from, is_trainable=True, runtime=runtime)
@@ -172,7 +189,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                             distributed=accelerator.distributed_type.value,
                             rope=getattr(hf_model_of(base).config, "rope_parameters", None))
     policy = config.policy.base_fields()
-    gate_loss = GateLoss(recipe.target, recipe.skip_first_rows)
+    gate_loss = GateLoss(recipe.target, recipe.skip_first_rows, recipe.kl_rows, recipe.seed)
     last: dict[str, Any] = {}
     with (wrapped.gate_training(gate_loss) if recipe.gates else nullcontext()), \
             progress(transient=False, disable=not accelerator.is_main_process) as bar:
@@ -182,6 +199,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
             density = recipe.density_at(step) if recipe.gates else 1.0
             if recipe.gates:
                 wrapped.set_policy(TopK(density=density, **policy))
+                gate_loss.step = step
             ids = step_batch(accelerator, recipe, pieces, step)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
@@ -189,6 +207,10 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                 lm = runner(input_ids=ids, labels=ids, use_cache=False).loss
             kl = gate_loss.total() if recipe.gates else torch.zeros((), device=lm.device)
             loss = lm + recipe.kl_weight * kl
+            if not bool(torch.isfinite(loss.detach())):  # the step's one host sync before the update
+                raise ValueError(f"step {step + 1}: the loss is not finite (LM {float(lm):.4g}, gate KL "
+                                 f"{float(kl):.4g}); nothing of this step was applied and the checkpoint in "
+                                 f"{ckpt_dir} is intact; lower lr / gate_lr or check the data")
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
