@@ -71,25 +71,26 @@ def main(folder: Path) -> None:
     plot(folder, curves, {k: v for k, v in bars.items() if "base" not in k and not k.startswith("dense")})
 
 
+SPEED = {"sdpa": "dense, SDPA (the model's own attention)", "flex": "dense, transformers' flex_attention",
+         "d0.1_rows1": "seerflex d 0.1, gate target on every row (kl_rows 1)",
+         "d0.1": "seerflex d 0.1, gate target on 1/8 of the rows (kl_rows 0.125)",
+         "d0.1_nokl": "seerflex d 0.1, no gate loss (kl_weight 0)"}
+
+
 def speed(folder: Path) -> None:
-    """The 12-step runs of one call (gpu_finetune.sh speed): step time and peak memory side by side."""
+    """The 12-step runs of each call (gpu_finetune.sh speed, speed2), side by side within a call: step time and
+    peak memory."""
     if not folder.is_dir():
         return
-    labels = {"speed_sdpa": "dense, SDPA (the model's own attention)",
-              "speed_flex": "dense, transformers' flex_attention",
-              "speed_d0.1_rows1": "seerflex d 0.1, gate target on every row (kl_rows 1)",
-              "speed_d0.1": "seerflex d 0.1, gate target on 1/8 of the rows (default)",
-              "speed_d0.1_nokl": "seerflex d 0.1, no gate loss (kl_weight 0)"}
-    rows = {name: [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines()] for name in labels
-            if (folder / f"{name}.jsonl").is_file()}
-    flex = statistics.median(r["step_s"] for r in rows["speed_flex"][4:]) if "speed_flex" in rows else None
-    print("\n| 32k step, one H200 call, steps 5-12 | median step (s) | vs dense flex | peak GPU memory (GiB) |"
-          "\n| --- | --- | --- | --- |")
-    for name, label in labels.items():
-        if name in rows:
-            step = statistics.median(r["step_s"] for r in rows[name][4:])
-            ratio = f"{flex / step:.2f}x" if flex else "-"
-            print(f"| {label} | {step:.3f} | {ratio} | {max(r['peak_gb'] for r in rows[name]):.2f} |")
+    for suffix, call in (("", "first call (a host sync per layer)"), ("_2", "second call (no per-layer host syncs)")):
+        rows = {name: [json.loads(x) for x in (folder / f"speed_{name}{suffix}.jsonl").read_text().splitlines()]
+                for name in SPEED if (folder / f"speed_{name}{suffix}.jsonl").is_file()}
+        median = {name: statistics.median(r["step_s"] for r in runs[4:]) for name, runs in rows.items()}
+        print(f"\n| 32k step, H200, {call}, steps 5-12 | median step (s) | vs dense flex | vs SDPA | peak memory (GiB) |"
+              "\n| --- | --- | --- | --- | --- |")
+        for name, runs in rows.items():
+            print(f"| {SPEED[name]} | {median[name]:.3f} | {median['flex'] / median[name]:.2f}x | "
+                  f"{median['sdpa'] / median[name]:.2f}x | {max(r['peak_gb'] for r in runs):.2f} |")
 
 
 def plot(folder: Path, curves: dict[str, list[float]], bars: dict[str, list[float]]) -> None:
