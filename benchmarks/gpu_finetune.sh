@@ -10,6 +10,7 @@
 #   speed: 12-step runs side by side (dense SDPA, dense flex, d 0.1 with full / sampled / no gate target) for step
 #          time and peak memory
 #   profile: a torch-profiler kernel table of a d 0.1 step and a dense one
+#   kernels: flex forward + backward at the fine-tune's shape, today's backward tiles vs autotuned vs FLASH (not run yet)
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
@@ -88,6 +89,8 @@ speed2)  # after the host syncs left the training path: dense SDPA, dense flex, 
   speed d0.1_2 density=0.1
   python benchmarks/profile_finetune.py --out "$OUT"/profile_d0.1_2.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
     checkpoint_every=100 density=0.1 output_dir=$RUN/profile overwrite=true | tail -30 ;;
+kernels)  # next: the training kernel alone (no model): today's backward tiles vs autotuned ones vs FLASH
+  python benchmarks/bench_flex_train.py --out "$OUT"/flex_train.json 2>&1 | grep -v Warning | tail -40 ;;
 profile)
   python benchmarks/profile_finetune.py --out "$OUT"/profile_d0.1.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
     checkpoint_every=100 density=0.1 output_dir=$RUN/profile overwrite=true | tail -3
