@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
             original(accelerator, recipe, metrics, row, save)
             prof.step()
             if torch.cuda.is_available():  # warn on every host sync of the profiled steps
-                torch.cuda.set_sync_debug_mode("warn" if row["step"] == recipe.steps - 2 else 0)
+                torch.cuda.set_sync_debug_mode("warn" if row["step"] >= recipe.steps - 2 else 0)
 
         finetune.end_step = end_step_then_profile  # the recipe's own loop, a profiler tick after each step
         try:
@@ -47,6 +47,9 @@ def main(argv: list[str]) -> None:
                 torch.cuda.set_sync_debug_mode(0)
     syncs = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
                                 if "synchroniz" in str(w.message))
+    for w in caught:  # the run's own warnings, shown as they would have been
+        if "synchroniz" not in str(w.message):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=90)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,8 @@ def test_kill_and_resume_gives_the_same_run(tmp_path, text_file, killed_after_ch
 @pytest.mark.parametrize(("changes", "message"), [
     ({"density": 0.0}, "density must be in"), ({"density": 1.5}, "density must be in"),
     ({"trainable": "half"}, "trainable must be lora or full"), ({"lora": {"rank": 4}}, "unknown lora keys"),
-    ({"rope_factor": 0.5}, "rope_factor must be >= 1"), ({"kl_rows": 0.0}, "kl_rows in"),
+    ({"rope_factor": 0.5}, "rope_factor must be >= 1"), ({"kl_rows": 0.0}, r"kl_rows must be in \(0, 1\]"),
+    ({"skip_first_rows": 1.0}, r"skip_first_rows must be in \[0, 1\)"), ({"target": "sum"}, "target must be max or mass"),
     ({"dense_attention": "eager2", "gates": False}, "dense_attention must be sdpa or flex_attention"),
     ({"dense_attention": "flex_attention"}, "dense_attention chooses the attention of a gates=false run"),
 ])
@@ -143,15 +144,15 @@ def test_a_non_finite_loss_stops_the_run_before_the_update_with_one_line(tmp_pat
     model = small_llama()
     with torch.no_grad():
         model.lm_head.weight[3, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"step 1: the loss is not finite \(LM nan"):
+    with pytest.raises(ValueError, match=r"step 1: the loss is not finite on some process \(here: LM nan.*no checkpoint"):
         train(recipe(tmp_path, text_file), model, CharTokenizer())
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA it runs (benchmarks/gpu_finetune.sh speed)")
 def test_the_dense_flex_baseline_is_refused_where_flex_has_no_backward(tmp_path, text_file):
-    """(On CUDA it runs transformers' flex attention: the GPU fine-tune script's ft_flex run.)"""
     with pytest.raises(ValueError, match="flex_attention trains on CUDA only"):
-        train(recipe(tmp_path, text_file, gates=False, dense_attention="flex_attention"), small_llama(), CharTokenizer())
+        recipe(tmp_path, text_file, gates=False, dense_attention="flex_attention")
 
 
 def test_gates_distilled_before_start_the_fine_tune(tmp_path, text_file):
@@ -233,14 +234,18 @@ def test_the_gate_target_on_a_sample_of_rows_is_the_full_losss_rows_and_resumes_
     sampled(5, logits, inputs)
     torch.testing.assert_close(sampled.total(), gate_kl(logits[:, :, rows], full[:, :, rows], skip_first_rows=0.0))
     assert GateLoss().sample_rows(0, 16) is None
-    # averaged over every draw, the sampled KL is the full one (the mean reduction weighs each row alike)
-    draws = [GateLoss(row_fraction=1 / 12, step=s) for s in range(12 * 40)]
-    per_row = {int(d.sample_rows(0, 16)[0]): None for d in draws}
+    # a GateLoss drawing one row a time, averaged over the rows, is the full loss
+    per_row = {}
+    for step in range(12 * 40):
+        one = GateLoss(row_fraction=1 / 12, step=step)
+        one(0, logits, inputs)
+        per_row[int(one.sample_rows(0, 16)[0])] = one.total()
     assert sorted(per_row) == list(range(4, 16))
-    mean = sum(gate_kl(logits[:, :, [r]], full[:, :, [r]], skip_first_rows=0.0) for r in range(4, 16)) / 12
-    torch.testing.assert_close(mean, gate_kl(logits, full, skip_first_rows=0.25))
+    torch.testing.assert_close(sum(per_row.values()) / 12, gate_kl(logits, full, skip_first_rows=0.25))
     with pytest.raises(ValueError, match="row_fraction must be in"):
         GateLoss(row_fraction=0.0)
+    with pytest.raises(ValueError, match="skip_first_rows must be in"):
+        GateLoss(row_fraction=0.5, skip_first_rows=1.0)
 
 
 def test_extend_context_keeps_the_models_other_rope_parameters():

@@ -277,6 +277,12 @@ ref = dense_block_map(q, k, 16, "mass", valid, qbs=32)
 picked = torch.zeros(ref.shape[2], dtype=torch.bool)
 picked[rows] = True
 sampled = {"err": (out.double() - ref)[:, :, picked].abs().max().item(), "others_zero": bool((out[:, :, ~picked] == 0).all())}
+# key blocks of 128 > the lse kernel's 64-query row blocks (float32): each map row needs two lse row blocks
+q, k = torch.randn(1, 2, 300, 16), torch.randn(1, 1, 300, 16)
+out = block_attention_map(q, k, block_size=128, mode="max", rows=torch.tensor([2, 0]))
+ref = dense_block_map(q, k, 128, "max")
+sampled["err"] = max(sampled["err"], (out.double() - ref)[:, :, [0, 2]].abs().max().item())
+sampled["others_zero"] &= bool((out[:, :, 1] == 0).all())
 print("RESULTS" + json.dumps(results) + "SAMPLED" + json.dumps(sampled))
 """
 
@@ -310,9 +316,10 @@ def test_triton_kernels_compile_for_h100():
     ptrs = {"Q": "bf16", "K": "bf16", "Mask": "i8", "Lse2": "fp32", "Out": "fp32", "Rows": "i32"}
     common = {"HEAD_D": 128, "BLOCK_D": 128, "FP32": False, "HAS_MASK": True, "sqd": 1, "skd": 1, "sms": 1}
     kernels = gt.triton_kernels
-    for fn, extra, cfg in [(kernels._lse_kernel, {"HAS_ROWS": False}, kernels._default_lse_config(128, torch.bfloat16)),
-                           (kernels._map_kernel, {"MODE_MAX": True, "BS": 64, "HAS_ROWS": True},
-                            kernels._default_map_config(128, 64, torch.bfloat16))]:
+    for fn, extra, cfg in [(kernels._lse_kernel, {"HAS_ROWS": rows}, kernels._default_lse_config(128, torch.bfloat16))
+                           for rows in (False, True)] + [
+                           (kernels._map_kernel, {"MODE_MAX": True, "BS": 64, "HAS_ROWS": rows},
+                            kernels._default_map_config(128, 64, torch.bfloat16)) for rows in (False, True)]:
         consts = common | extra | {key: cfg[key] for key in ("BLOCK_M", "BLOCK_N") if key in cfg}
         signature = {name: "constexpr" if name in consts else "*" + ptrs[name] if name in ptrs
                      else "fp32" if name == "qk_scale" else "i32" for name in fn.arg_names}

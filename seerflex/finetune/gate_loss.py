@@ -36,6 +36,8 @@ class GateLoss:
     def __post_init__(self) -> None:
         if not 0 < self.row_fraction <= 1:
             raise ValueError(f"row_fraction must be in (0, 1], got {self.row_fraction}")
+        if not 0 <= self.skip_first_rows < 1:
+            raise ValueError(f"skip_first_rows must be in [0, 1), got {self.skip_first_rows}")
 
     def __call__(self, layer_idx: int | None, logits: Tensor, inputs: ScorerInputs) -> None:
         layout = inputs.layout

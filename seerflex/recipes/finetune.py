@@ -106,15 +106,19 @@ class FinetuneRecipe:
         unknown = set(self.lora) - set(LORA)
         if unknown:
             raise ValueError(f"unknown lora keys {sorted(unknown)}; known: {sorted(LORA)}")
-        if self.target not in ("max", "mass") or not 0 <= self.skip_first_rows < 1 or self.kl_weight < 0 \
-                or not 0 < self.kl_rows <= 1:
-            raise ValueError("target must be max or mass, skip_first_rows in [0, 1), kl_weight >= 0 and kl_rows in "
-                             "(0, 1]")
+        for bad, message in ((self.target not in ("max", "mass"), f"target must be max or mass, got {self.target!r}"),
+                             (not 0 <= self.skip_first_rows < 1, f"skip_first_rows must be in [0, 1), got {self.skip_first_rows}"),
+                             (self.kl_weight < 0, f"kl_weight must be >= 0, got {self.kl_weight}"),
+                             (not 0 < self.kl_rows <= 1, f"kl_rows must be in (0, 1], got {self.kl_rows}")):
+            if bad:
+                raise ValueError(message)
         if self.dense_attention not in ("sdpa", "flex_attention"):
             raise ValueError(f"dense_attention must be sdpa or flex_attention, got {self.dense_attention!r}")
         if self.gates and self.dense_attention != "sdpa":
             raise ValueError("dense_attention chooses the attention of a gates=false run; with gates the attention "
                              "is the gates' sparse one")
+        if self.dense_attention == "flex_attention" and not torch.cuda.is_available():
+            raise ValueError("dense_attention=flex_attention trains on CUDA only (flex attention has no CPU backward)")
         check_mixture(self.mixture, self.data)
         if self.gates_from is not None and not self.gates:
             raise ValueError("gates_from starts gates, gates=false trains none: drop one of them")
@@ -159,8 +163,6 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         extend_context(model, recipe.rope_factor, recipe.rope_type)
     base = with_lora(model, recipe.lora) if recipe.trainable == "lora" else model
     config, runtime = recipe.configs()
-    if recipe.dense_attention == "flex_attention" and accelerator.device.type != "cuda":
-        raise ValueError("dense_attention=flex_attention trains on CUDA only (flex attention has no CPU backward)")
     if not recipe.gates:
         hf_model_of(base).set_attn_implementation(recipe.dense_attention)
         wrapped = base
@@ -208,10 +210,12 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                 lm = runner(input_ids=ids, labels=ids, use_cache=False).loss
             kl = gate_loss.total() if recipe.gates else torch.zeros((), device=lm.device)
             loss = lm + recipe.kl_weight * kl
-            if not bool(torch.isfinite(loss.detach())):  # the step's one host sync before the update
-                raise ValueError(f"step {step + 1}: the loss is not finite (LM {float(lm):.4g}, gate KL "
-                                 f"{float(kl):.4g}); nothing of this step was applied and the checkpoint in "
-                                 f"{ckpt_dir} is intact; lower lr / gate_lr or check the data")
+            finite = torch.isfinite(loss.detach()).reshape(1).float()  # gathered: NCCL and gloo take floats
+            if not bool(accelerator.gather(finite).all()):  # one host sync; every process stops, none hangs
+                kept = f"the checkpoint in {ckpt_dir} is intact" if ckpt_dir.is_dir() else "no checkpoint was written yet"
+                raise ValueError(f"step {step + 1}: the loss is not finite on some process (here: LM {float(lm):.4g}, "
+                                 f"gate KL {float(kl):.4g}); nothing of this step was applied and {kept}; lower lr / "
+                                 "gate_lr or check the data")
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
