@@ -10,6 +10,7 @@
 #   speed: 12-step runs side by side (dense SDPA, dense flex, d 0.1 with full / sampled / no gate target) for step
 #          time and peak memory
 #   profile: a torch-profiler kernel table of a d 0.1 step and a dense one
+#   ft_long: the distilled-start density 0.1 run and the dense one at 200 steps (not run yet)
 #   kernels: flex forward + backward at the fine-tune's shape, today's backward tiles vs autotuned vs FLASH (not run yet)
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
@@ -89,6 +90,17 @@ speed2)  # after the host syncs left the training path: dense SDPA, dense flex, 
   speed d0.1_2 density=0.1
   python benchmarks/profile_finetune.py --out "$OUT"/profile_d0.1_2.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
     checkpoint_every=100 density=0.1 output_dir=$RUN/profile overwrite=true | tail -30 ;;
+ft_long)  # next: density 0.1 from the distilled gates and the dense fine-tune, both LONG_STEPS (200) steps, evals
+  setup
+  N=${LONG_STEPS:-200}
+  finetune ft_dense_$N gates=false steps=$N
+  finetune ft_d0.1_init_$N density=0.1 gates_from=seerflex/adapters/smollm2-mix steps=$N schedule_steps=$((N / 4))
+  eval_ft ft_d0.1_init_$N 0.1
+  for d in prose docs code; do
+    [ -d $RUN/eval/ppl_ft_dense_${N}_$d ] || $E model=$RUN/ft_dense_$N/export/model text=$HELD=$d scorers=dense \
+      out=$RUN/eval/ppl_ft_dense_${N}_$d
+  done
+  tar czf "$OUT"/eval_long.tgz -C $RUN/eval . ;;
 kernels)  # next: the training kernel alone (no model): today's backward tiles vs autotuned ones vs FLASH
   python benchmarks/bench_flex_train.py --out "$OUT"/flex_train.json 2>&1 | grep -v Warning | tail -40 ;;
 profile)
