@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -28,27 +27,13 @@ from seerflex.block_mask import block_mask_for
 from seerflex.flex import backward_tiles, sparse_attention
 from seerflex.layout import BlockLayout
 from seerflex.policies import TopK
+from seerflex.recipes.bench_kernel import timed
 
 HQ, HKV, D = 9, 3, 64
 # (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_stages, num_warps); the kernel needs N1 % M1 == 0 and M2 % N2 == 0
 TILES = [(m1, n1, m2, n2, stages, warps)
          for (m1, n1, m2, n2) in ((64, 64, 64, 64), (32, 64, 64, 32), (32, 64, 32, 32), (32, 32, 32, 32), (16, 64, 64, 16))
          for (stages, warps) in ((2, 4), (3, 4), (2, 8), (1, 4))]
-
-
-def timed(step: Callable[[], None], reps: int = 10) -> float:
-    """Median milliseconds of ``step`` (forward + backward) after three warm-up runs."""
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 @contextmanager

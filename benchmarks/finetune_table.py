@@ -18,6 +18,10 @@ from pathlib import Path
 DOMAINS = ("prose", "docs", "code")
 
 
+def metrics(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 def ppl(folder: Path, run: str, domain: str, scorer: str, policy: str) -> tuple[float, float]:
     rows = json.loads((folder / "eval" / f"ppl_{run}_{domain}" / "ppl.json").read_text())["rows"]
     row = next(r for r in rows if r["scorer"] == scorer and r["policy"] == policy)
@@ -53,7 +57,7 @@ def main(folder: Path) -> None:
           "\n| --- | --- | --- | --- |")
     curves = {}
     for run in ("ft_dense", "ft_d0.5", "ft_d0.1"):
-        rows = [json.loads(x) for x in (folder / run / "metrics.jsonl").read_text().splitlines()]
+        rows = metrics(folder / run / "metrics.jsonl")
         curves[run] = [r["lm_loss"] for r in rows]
         print(f"| {run} | {statistics.median(r['step_s'] for r in rows[30:]):.3f} | "
               f"{max(r['peak_gb'] for r in rows):.2f} | {statistics.mean(curves[run][-10:]):.3f} |")
@@ -83,7 +87,7 @@ def speed(folder: Path) -> None:
     if not folder.is_dir():
         return
     for suffix, call in (("", "first call (a host sync per layer)"), ("_2", "second call (no per-layer host syncs)")):
-        rows = {name: [json.loads(x) for x in (folder / f"speed_{name}{suffix}.jsonl").read_text().splitlines()]
+        rows = {name: metrics(folder / f"speed_{name}{suffix}.jsonl")
                 for name in SPEED if (folder / f"speed_{name}{suffix}.jsonl").is_file()}
         median = {name: statistics.median(r["step_s"] for r in runs[4:]) for name, runs in rows.items()}
         print(f"\n| 32k step, H200, {call}, steps 5-12 | median step (s) | vs dense flex | vs SDPA | peak memory (GiB) |"

@@ -19,9 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from seerflex.distill.collector import Collector, collecting
-from seerflex.hf.families import hf_model_of
-from seerflex.recipes.eval import SparsityArgs, load_seerflex_model, token_windows
+from seerflex.recipes.eval import SparsityArgs, collect_window, load_seerflex_model
 
 GRID = torch.exp(torch.linspace(-1.6, 1.6, 65))  # T from 0.2 to 5
 
@@ -47,10 +45,7 @@ def main() -> None:
     a = p.parse_args()
     args = SparsityArgs(adapter=a.adapter, text=a.text, window=a.window, device="cpu", dtype="float32")
     model, tokenizer = load_seerflex_model(args)
-    ids = token_windows(tokenizer, args.text, args.window, 1)[0]
-    collector = Collector(target="mass", skip_first_rows=0.0, per_head=True)
-    with torch.no_grad(), collecting(hf_model_of(model.base_model), collector):
-        model(input_ids=ids[None], use_cache=False, logits_to_keep=1)
+    collector = collect_window(model, tokenizer, args.text, args.window, "mass")
     temps = {layer: fit(*collector.maps[layer]) for layer in sorted(collector.maps)}
     out = Path(a.out)
     shutil.copytree(a.adapter, out, dirs_exist_ok=True)

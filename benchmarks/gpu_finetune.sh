@@ -46,6 +46,12 @@ eval_ft() {  # name, density: 32k perplexity per held-out domain of a fine-tune'
   done
 }
 
+profile() {  # output file, extra keys: the recipe's last two steps under the profiler (6 steps, no schedule)
+  local out=$1; shift
+  python benchmarks/profile_finetune.py --out "$OUT"/$out $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
+    checkpoint_every=100 overwrite=true "$@" | tail -30
+}
+
 speed() {  # name, extra keys: 12 steps at the final density from the start (no schedule), for step time and memory
   local dir=$RUN/speed_$1; shift
   $FT steps=12 schedule_steps=0 warmup_steps=2 checkpoint_every=100 output_dir=$dir overwrite=true "$@"
@@ -88,8 +94,7 @@ speed2)  # after the host syncs left the training path: dense SDPA, dense flex, 
   speed sdpa_2 gates=false
   if nvidia-smi > /dev/null 2>&1; then speed flex_2 gates=false dense_attention=flex_attention; fi
   speed d0.1_2 density=0.1
-  python benchmarks/profile_finetune.py --out "$OUT"/profile_d0.1_2.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
-    checkpoint_every=100 density=0.1 output_dir=$RUN/profile overwrite=true | tail -30 ;;
+  profile profile_d0.1_2.txt density=0.1 output_dir=$RUN/profile ;;
 ft_long)  # next: density 0.1 from the distilled gates and the dense fine-tune, both LONG_STEPS (200) steps, evals
   setup
   N=${LONG_STEPS:-200}
@@ -104,10 +109,8 @@ ft_long)  # next: density 0.1 from the distilled gates and the dense fine-tune, 
 kernels)  # next: the training kernel alone (no model): today's backward tiles vs autotuned ones vs FLASH
   python benchmarks/bench_flex_train.py --out "$OUT"/flex_train.json 2>&1 | grep -v Warning | tail -40 ;;
 profile)
-  python benchmarks/profile_finetune.py --out "$OUT"/profile_d0.1.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
-    checkpoint_every=100 density=0.1 output_dir=$RUN/profile overwrite=true | tail -3
-  python benchmarks/profile_finetune.py --out "$OUT"/profile_sdpa.txt $FT_ARGS steps=6 schedule_steps=0 warmup_steps=2 \
-    checkpoint_every=100 gates=false output_dir=$RUN/profile_sdpa overwrite=true | tail -3 ;;
+  profile profile_d0.1.txt density=0.1 output_dir=$RUN/profile
+  profile profile_sdpa.txt gates=false output_dir=$RUN/profile_sdpa ;;
 ft2)  # density 0.1 with the sampled target (kl_rows 0.125): fresh gates, and gates distilled on the base model
   setup
   finetune ft_d0.1_rows density=0.1

@@ -57,7 +57,8 @@ def block_attention_map(q: Tensor, k: Tensor, *, block_size: int = 64, q_block_s
     ``rows``: indices of the query blocks to compute (1-D integers in [0, nq)); every other row is zero.
     The work is that of the chosen rows alone, so a loss on a random sample of rows pays for the sample.
     ``check_finite=False`` skips the NaN/inf check of q and k, a host sync (for callers in a training loop that
-    check their loss instead; a given ``lse`` is still checked, and ``rows`` on the GPU are copied to the host). Runs without autograd (the target of a distillation loss needs no gradient).
+    check their loss instead; a given ``lse`` is still checked, and ``rows`` on the GPU are copied to the host).
+    Runs without autograd (the target of a distillation loss needs no gradient).
     """
     _check(q, k, block_size, mode, attention_mask, lse, check_finite)
     q_block_size = block_size if q_block_size is None else q_block_size

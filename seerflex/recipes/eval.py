@@ -264,6 +264,16 @@ def ruler_main(argv: list[str]) -> int:
     return 0
 
 
+def collect_window(model: Any, tokenizer: Any, text: str, window: int, target: str) -> Collector:
+    """One window of ``text`` through ``model`` with a per-head collector: every layer's scores, target map
+    (``mass`` or ``max``), density and recall."""
+    ids = token_windows(tokenizer, text, window, 1)[0]
+    collector = Collector(target=target, skip_first_rows=0.0, per_head=True)
+    with torch.no_grad(), collecting(hf_model_of(model.base_model), collector):
+        model(input_ids=ids[None].to(model.device), use_cache=False, logits_to_keep=1)
+    return collector
+
+
 def sparsity_main(argv: list[str]) -> int:
     """Per-layer/head achieved density and recall of one scorer on one window; block maps of one layer/head."""
     args = parse_recipe(SparsityArgs, argv, prog="seerflex eval sparsity")
@@ -278,10 +288,7 @@ def sparsity_main(argv: list[str]) -> int:
     model, tokenizer = load_seerflex_model(args)
     model.set_policy(policy)
     model.set_scorer(None if args.scorer == "gate" else args.scorer)
-    ids = token_windows(tokenizer, args.text, args.window, 1)[0]
-    collector = Collector(target=args.target, skip_first_rows=0.0, per_head=True)
-    with torch.no_grad(), collecting(hf_model_of(model.base_model), collector):
-        model(input_ids=ids[None].to(model.device), use_cache=False, logits_to_keep=1)
+    collector = collect_window(model, tokenizer, args.text, args.window, args.target)
     layers = sorted(collector.head_stats)
     density = [collector.head_stats[i][0].tolist() for i in layers]
     recall = [collector.head_stats[i][1].tolist() for i in layers]

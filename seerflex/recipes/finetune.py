@@ -9,8 +9,8 @@ gates' KL against the block attention map of the same Q/K, which trains only the
 the original: the gates' target is computed by ``seerflex.ground_truth`` from the model's own post-RoPE
 Q/K (the original's fused kernel returns it from the attention itself) on a random 1/8 of the query-block
 rows (``kl_rows``; two dense Q.K passes over every row would cost more than the sparse attention), and the
-density is a top-k schedule rather than a fixed threshold. ``accelerate`` places devices, runs bf16 autocast and wraps the
-model for DDP under ``accelerate launch`` (FSDP is refused until its sharded checkpoints are supported).
+density is a top-k schedule rather than a fixed threshold. ``accelerate`` places devices, runs bf16 autocast and
+wraps the model for DDP under ``accelerate launch`` (FSDP is refused until its sharded checkpoints are supported).
 Checkpoints are atomic and resume exactly; the end of a run exports a transformers model with its rope
 scaling, the seerflex gates, and the LoRA adapter.
 """
