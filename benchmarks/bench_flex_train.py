@@ -2,10 +2,12 @@
 density ~0.1, causal): forward + backward of compiled flex over a seerflex BlockMask, side by side with dense
 cuDNN SDPA and dense flex, for
 
-* ``seerflex``: today's kernel options and backward tiles (``seerflex.flex.sparse_attention``);
+* ``seerflex``: today's kernel options and backward tiles (``seerflex.flex.sparse_attention``), and the same
+  with a 3-stage forward;
 * ``autotuned``: inductor's max-autotune over a wider set of backward tiles that fit the mask (which the
   first fine-tune profile says is where a density-0.1 step spends most of its attention time);
-* ``flash``: flex's FLASH (FlashAttention-4) backend, where it is installed.
+* ``flash``: flex's FLASH (FlashAttention-4) backend, where it is installed (its backward takes 128 x 128
+  blocks only).
 
 Every variant's output and gradients are checked against the ``seerflex`` variant's (same mask). Prints a table
 and writes JSON; the autotuner's pick is in inductor's "Autotune Choices Stats" log lines.
@@ -24,7 +26,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from seerflex.block_mask import block_mask_for
-from seerflex.flex import backward_tiles, sparse_attention
+from seerflex.flex import backward_tiles, kernel_options, sparse_attention
 from seerflex.layout import BlockLayout
 from seerflex.policies import TopK
 from seerflex.recipes.bench_kernel import timed
@@ -89,16 +91,30 @@ def main() -> None:
     dense_flex = torch.compile(flex_attention)
     record("dense flex (Triton, 128 x 128)", "128x128",
            run(lambda: dense_flex(q, k, v, block_mask=causal, enable_gqa=True), (q, k, v), grad)[0])
-    for q_block in (64, 128):
-        layout = BlockLayout(s, 64, None, q_block)
+    for q_block, kv_block in ((64, 64), (128, 64), (128, 128)):
+        layout = BlockLayout(s, kv_block, None, q_block)
         selection = TopK(density=args.density).select(torch.randn(1, HQ, *layout.shape, device=dev), layout)
         mask = block_mask_for(selection, layout, compute_q_blocks=True)
-        block = f"{q_block}x64 d={float(selection.kept.float().mean()):.3f}"
-        ms, ref = run(lambda: sparse_attention(q, k, v, mask, compile="static"), (q, k, v), grad)
+        block = f"{q_block}x{kv_block} d={float(selection.kept.float().mean()):.3f}"
+        ms, ref = run(lambda: sparse_attention(q, k, v, mask, compile="static", backend="triton"), (q, k, v), grad)
         record("seerflex (today's options)", block, ms)
         torch._dynamo.reset()
+        plain = torch.compile(flex_attention, dynamic=False)
+        options = kernel_options(q.device, D, (q_block, kv_block)) | {"fwd_num_stages": 3}
+        with backward_tiles():
+            ms, got = run(lambda: plain(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=options),
+                          (q, k, v), grad)
+        record("seerflex, forward 3 stages", block, ms, got, ref)
+        before = {"BLOCK_M": min(q_block, 128), "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}  # pins both passes
+        torch._dynamo.reset()
+        plain = torch.compile(flex_attention, dynamic=False)
+        with backward_tiles():
+            ms, got = run(lambda: plain(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=before),
+                          (q, k, v), grad)
+        record("seerflex before 2026-12-01 (2 stages)", block, ms, got, ref)
+        torch._dynamo.reset()
         tuned = torch.compile(flex_attention, mode="max-autotune-no-cudagraphs", dynamic=False)
-        options = {"fwd_BLOCK_M": q_block, "fwd_BLOCK_N": 64}
+        options = {"fwd_BLOCK_M": q_block, "fwd_BLOCK_N": 64}  # forward autotuned too
         with wide_backward_tiles():
             ms, got = run(lambda: tuned(q, k, v, block_mask=mask, enable_gqa=True, kernel_options=options),
                           (q, k, v), grad)

@@ -61,6 +61,7 @@ def main(folder: Path) -> None:
         curves[run] = [r["lm_loss"] for r in rows]
         print(f"| {run} | {statistics.median(r['step_s'] for r in rows[30:]):.3f} | "
               f"{max(r['peak_gb'] for r in rows):.2f} | {statistics.mean(curves[run][-10:]):.3f} |")
+    long_runs(folder)
     speed(folder / "speed")
     print("\n| passkey (2 trials x depths 0.1-0.9) | 16k | 32k |\n| --- | --- | --- |")
     for run, label in (("pk_dense", "dense fine-tune"), ("pk_ft0.1", "seerflex fine-tune 0.1"),
@@ -75,26 +76,44 @@ def main(folder: Path) -> None:
     plot(folder, curves, {k: v for k, v in bars.items() if "base" not in k and not k.startswith("dense")})
 
 
+def long_runs(folder: Path) -> None:
+    """The 200-step pair (gpu_finetune.sh ft_long): dense fine-tune vs seerflex 0.1 from distilled gates."""
+    runs = sorted(p.name.removeprefix("ft_dense_") for p in folder.glob("ft_dense_*") if p.name[9:].isdigit())
+    for n in runs:
+        ref = {d: ppl(folder, f"ft_dense_{n}", d, "dense", "-")[0] for d in DOMAINS}
+        print(f"\n| {n} steps | density | " + " | ".join(DOMAINS) + " |\n| --- | --- |" + " --- |" * len(DOMAINS))
+        print("| dense fine-tune | 1.000 | " + " | ".join(f"{ref[d]:.3f}" for d in DOMAINS) + " |")
+        for label, scorer, policy in (("its dense attention", "dense", "-"), ("its gates, top-k 0.1", "gate", "topk:0.1")):
+            cells = [ppl(folder, f"ft_d0.1_init_{n}", d, scorer, policy) for d in DOMAINS]
+            print(f"| seerflex fine-tune 0.1 from distilled gates, {label} | {cells[0][1]:.3f} | "
+                  + " | ".join(f"{v:.3f} ({v / ref[d] - 1:+.1%})" for (v, _), d in zip(cells, DOMAINS)) + " |")
+
+
 SPEED = {"sdpa": "dense, SDPA (the model's own attention)", "flex": "dense, transformers' flex_attention",
          "d0.1_rows1": "seerflex d 0.1, gate target on every row (kl_rows 1)",
          "d0.1": "seerflex d 0.1, gate target on 1/8 of the rows (kl_rows 0.125)",
-         "d0.1_nokl": "seerflex d 0.1, no gate loss (kl_weight 0; target still on 1% of the rows)"}
+         "d0.1_nokl": "seerflex d 0.1, no gate loss (kl_weight 0; target still on 1% of the rows)",
+         "d0.1_b128_flash": "seerflex d 0.1, 128 x 128 blocks, FLASH (FA4) forward and backward"}
+CALLS = (("", "first call (a host sync per layer)"), ("_2", "second call (no per-layer host syncs)"),
+         ("_3", "third call (backward tiles with 3 stages; SDPA's per-step metrics did not come back: its step 12 "
+                "took 0.427 s, 38.71 GiB, speed/speed3_log.txt)"))
 
 
 def speed(folder: Path) -> None:
-    """The 12-step runs of each call (gpu_finetune.sh speed, speed2), side by side within a call: step time and
-    peak memory."""
+    """The 12-step runs of each call (gpu_finetune.sh speed, speed2, speed3), side by side within a call: step time
+    and peak memory."""
     if not folder.is_dir():
         return
-    for suffix, call in (("", "first call (a host sync per layer)"), ("_2", "second call (no per-layer host syncs)")):
+    for suffix, call in CALLS:
         rows = {name: metrics(folder / f"speed_{name}{suffix}.jsonl")
                 for name in SPEED if (folder / f"speed_{name}{suffix}.jsonl").is_file()}
         median = {name: statistics.median(r["step_s"] for r in runs[4:]) for name, runs in rows.items()}
         print(f"\n| 32k step, H200, {call}, steps 5-12 | median step (s) | vs dense flex | vs SDPA | peak memory (GiB) |"
               "\n| --- | --- | --- | --- | --- |")
         for name, runs in rows.items():
-            print(f"| {SPEED[name]} | {median[name]:.3f} | {median['flex'] / median[name]:.2f}x | "
-                  f"{median['sdpa'] / median[name]:.2f}x | {max(r['peak_gb'] for r in runs):.2f} |")
+            vs_sdpa = f"{median['sdpa'] / median[name]:.2f}x" if "sdpa" in median else "-"
+            print(f"| {SPEED[name]} | {median[name]:.3f} | {median['flex'] / median[name]:.2f}x | {vs_sdpa} | "
+                  f"{max(r['peak_gb'] for r in runs):.2f} |")
 
 
 def plot(folder: Path, curves: dict[str, list[float]], bars: dict[str, list[float]]) -> None:

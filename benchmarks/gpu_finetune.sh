@@ -10,8 +10,10 @@
 #   speed: 12-step runs side by side (dense SDPA, dense flex, d 0.1 with full / sampled / no gate target) for step
 #          time and peak memory
 #   profile: a torch-profiler kernel table of a d 0.1 step and a dense one
-#   ft_long: the distilled-start density 0.1 run and the dense one at 200 steps (not run yet)
-#   kernels: flex forward + backward at the fine-tune's shape, today's backward tiles vs autotuned vs FLASH (not run yet)
+#   ft_long: the distilled-start density 0.1 run and the dense one at 200 steps
+#   kernels: flex forward + backward at the fine-tune's shape, today's backward tiles vs autotuned vs FLASH (after
+#            gpu_perf.sh fa4a, fa4b: carry .whl/b2)
+#   speed3: step time with the 3-stage backward tiles, and 128 x 128 blocks on FLASH (FA4 from the kernels call)
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
@@ -95,7 +97,17 @@ speed2)  # after the host syncs left the training path: dense SDPA, dense flex, 
   if nvidia-smi > /dev/null 2>&1; then speed flex_2 gates=false dense_attention=flex_attention; fi
   speed d0.1_2 density=0.1
   profile profile_d0.1_2.txt density=0.1 output_dir=$RUN/profile ;;
-ft_long)  # next: density 0.1 from the distilled gates and the dense fine-tune, both LONG_STEPS (200) steps, evals
+speed3)  # after the backward's 3-stage tiles (kernels stage): dense SDPA, dense flex, d 0.1 side by side; with FA4
+  # installed (by the kernels stage) also d 0.1 on 128 x 128 blocks, whose backward FLASH runs
+  setup
+  speed sdpa_3 gates=false
+  speed flex_3 gates=false dense_attention=flex_attention
+  speed d0.1_3 density=0.1
+  if [ -f /tmp/sc/sitecustomize.py ]; then
+    export PYTHONPATH=/tmp/sc:$PWD
+    speed d0.1_b128_flash density=0.1 seerflex.block_size=128
+  fi ;;
+ft_long)  # density 0.1 from the distilled gates and the dense fine-tune, both LONG_STEPS (200) steps, evals
   setup
   N=${LONG_STEPS:-200}
   finetune ft_dense_$N gates=false steps=$N
@@ -106,7 +118,9 @@ ft_long)  # next: density 0.1 from the distilled gates and the dense fine-tune, 
       out=$RUN/eval/ppl_ft_dense_${N}_$d
   done
   tar czf "$OUT"/eval_long.tgz -C $RUN/eval . ;;
-kernels)  # next: the training kernel alone (no model): today's backward tiles vs autotuned ones vs FLASH
+kernels)  # the training kernel alone (no model): today's backward tiles vs autotuned ones vs FLASH (after
+  # gpu_perf.sh fa4a, fa4b; this call carries .whl/b2 for the FA4 install)
+  if [ -d .whl/b2 ]; then bash benchmarks/gpu_perf.sh fa4c; export PYTHONPATH=/tmp/sc:$PWD; fi
   python benchmarks/bench_flex_train.py --out "$OUT"/flex_train.json 2>&1 | grep -v Warning | tail -40 ;;
 profile)
   profile profile_d0.1.txt density=0.1 output_dir=$RUN/profile

@@ -7,7 +7,8 @@
 #   ttft2:   TTFT with the v3+ path and the attention-free ceiling (Amdahl bound)
 #   kernel5: the default policy with a dense last row at 32k/128k; profile of gate + policy at 128k
 #   ttft3:   TTFT with 128-token blocks (not run yet)
-#   fa4a, fa4b, flash: FlashAttention-4 wheels in three calls, then Triton vs FLASH (v7); fused: the same install,
+#   fa4a, fa4b, flash: FlashAttention-4 wheels in three calls, then Triton vs FLASH (v7); fa4c: the third part, install
+#            only; fused: the same install,
 #            then v8 (gate + policy + indices in one compiled graph)
 #   rect, rect2: after fa4a/fa4b (2026-12-01, H200): 128 x 64 vs 128 x 128 vs 64 x 64 blocks, the whole inference
 #            layer as one compiled graph; then TTFT, Triton at 128 x 64 and a kernel profile of the layer
@@ -44,12 +45,13 @@ fa4a)  # FlashAttention-4 wheels in three carried parts (../shared/tools/fa4_whe
   mkdir -p /tmp/wh && cp .whl/a/* /tmp/wh/ && ls -la /tmp/wh ;;  # b1 = the cu13.* files, b2 = the other wheels,
 fa4b)  # so that each call's tree stays under 64 MiB)
   cp .whl/b1/* /tmp/wh/ && ls -la /tmp/wh ;;
-flash|fused|rect|pool)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH side by side
+fa4c|flash|fused|rect|pool)  # the other wheels (carry .whl/b2), install into /tmp/site, then Triton vs FLASH
   cp .whl/b2/* /tmp/wh/ && cat /tmp/wh/cu13.part.* > /tmp/wh/"$(cat /tmp/wh/cu13.name)" && rm /tmp/wh/cu13.part.*
   (cd /tmp/wh && echo "$(cat cu13.sha256)  $(cat cu13.name)" | sha256sum -c) && rm /tmp/wh/cu13.name /tmp/wh/cu13.sha256
   pip install -q --no-index --no-deps --target /tmp/site /tmp/wh/*.whl
   mkdir -p /tmp/sc && echo 'import site; site.addsitedir("/tmp/site")' > /tmp/sc/sitecustomize.py
   export PYTHONPATH=/tmp/sc:$PWD
+  if [ "$1" = fa4c ]; then exit 0; fi  # install only (gpu_finetune.sh kernels), PYTHONPATH=/tmp/sc:$PWD after
   python -c "import flash_attn.cute, seerflex.flex as f, torch; print('flash:', f.flash_unavailable(torch.device('cuda')) or 'available')"
   if [ "$1" = pool ]; then  # v11: Triton pooling in the gate: its GPU check, then the 128-row shapes again
     python benchmarks/check_triton_pool.py --out "$OUT"/check_triton_pool.json

@@ -53,33 +53,46 @@ def flash_unavailable(device: torch.device) -> str | None:
         return f"it needs an sm90+ GPU (Hopper, Blackwell), this one is sm{major}{minor}"
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 10):
         return f"it needs torch >= 2.10, this is {torch.__version__}"
-    try:
-        found = importlib.util.find_spec("flash_attn.cute") is not None
+    try:  # FA4's package and its CuTe DSL (a flash_attn found without cutlass failed only at the first compile)
+        found = all(importlib.util.find_spec(name) is not None for name in ("flash_attn.cute", "cutlass"))
     except ModuleNotFoundError:
         found = False
     return None if found else "flash-attn-4 is not installed (pip install 'seerflex[flash]')"
 
 
+def flash_backward_unfit(block_size: tuple[int, int]) -> str | None:
+    """Why FA4's block-sparse backward cannot take masks of ``block_size`` (None: it can).
+
+    flash-attn-4 4.0.0b36 under torch 2.11 (H200, 2026-12-01): "Block sparsity requires sparse_block_size[0]
+    to be a multiple of tile_m=128" and "expects sparse_block_size[1]=128"; its forward takes 64-token blocks.
+    """
+    q_block, kv_block = block_size
+    if q_block % 128 or kv_block != 128:
+        return f"its block-sparse backward needs 128 x 128 blocks, these are {q_block} x {kv_block}"
+    return None
+
+
 def kernel_backend(backend: str, device: torch.device, *, compiled: bool, plain_mask: bool,
-                   dtype: torch.dtype = torch.bfloat16) -> str:
+                   dtype: torch.dtype = torch.bfloat16, block_size: tuple[int, int] = (128, 128),
+                   backward: bool = False) -> str:
     """The kernel one call runs: "triton" or "flash".
 
     "auto" takes FLASH where it can run and the call fits it: compiled flex, float16/bfloat16 inputs
     (FA4 has no float32 kernels), a causal ``mask_mod`` (FA4 compiles mask_mod to CuTe, where the
-    padded route's tensor lookups are slow) and no score_mod; "flash" insists and raises where it
-    cannot run, never falling back silently.
+    padded route's tensor lookups are slow), no score_mod, and for a call that needs a backward 128 x 128
+    blocks (``flash_backward_unfit``); "flash" insists and raises where it cannot run, never falling back
+    silently.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS}")
+    reason = (flash_unavailable(device) or (None if compiled else "it runs only compiled (compile='eager' was set)")
+              or (None if dtype in HALF else f"FlashAttention-4 takes float16/bfloat16 inputs, got {dtype}")
+              or (flash_backward_unfit(block_size) if backward else None))
     if backend == "flash":
-        reason = (flash_unavailable(device) or (None if compiled else "it runs only compiled (compile='eager' was set)")
-                  or (None if dtype in HALF else f"FlashAttention-4 takes float16/bfloat16 inputs, got {dtype}"))
         if reason:
             raise ValueError(f"kernel backend 'flash' cannot run here: {reason}")
         return "flash"
-    if backend == "auto" and compiled and plain_mask and dtype in HALF and flash_unavailable(device) is None:
-        return "flash"
-    return "triton"
+    return "flash" if backend == "auto" and plain_mask and reason is None else "triton"
 
 
 def kernel_options(device: torch.device, head_dim: int, block_size: tuple[int, int], backend: str = "triton"
@@ -87,7 +100,8 @@ def kernel_options(device: torch.device, head_dim: int, block_size: tuple[int, i
     """Kernel options of the resolved ``backend`` ("triton" or "flash", see ``kernel_backend``).
 
     FLASH: FA4 picks its own tiles. Triton: forward tile sizes and pipelining for this (query, key)
-    block size.
+    block size, as ``fwd_`` options: unprefixed ``num_warps``/``num_stages`` would pin the backward's
+    too, whose tiles ``backward_tiles`` offers.
 
     On GPU the mask's block size must be a multiple of the kernel tile; the default tiles (128 x 64
     at head 128) reject 64- and 32-token blocks ("Q and KV block size must be divisible by BLOCK_M
@@ -102,7 +116,7 @@ def kernel_options(device: torch.device, head_dim: int, block_size: tuple[int, i
     if device.type != "cuda":
         return None
     q_block, kv_block = block_size
-    return {"BLOCK_M": min(q_block, 128), "BLOCK_N": min(kv_block, 64), "num_warps": 4, "num_stages": 2}
+    return {"BLOCK_M": min(q_block, 128), "BLOCK_N": min(kv_block, 64), "fwd_num_warps": 4, "fwd_num_stages": 2}
 
 
 def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale: float | None = None,
@@ -119,7 +133,7 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
         return masked_sdpa(q, k, v, block_mask, scale=scale, score_mod=score_mod)  # flex has no CPU backward
     fn = flex_function(compile, q.device)
     options = flex_options(q, block_mask.BLOCK_SIZE, backend, compiled=fn is not flex_attention,
-                           plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None)
+                           plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None, backward=backward)
 
     def call() -> Tensor:
         return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
@@ -169,7 +183,8 @@ def _small_backward_tiles() -> type:
             configs = list(super().get_flex_attention_bwd_configs(head_dim, dtype, device_type))
             if device_type != "cuda" or dtype == torch.float32:
                 return configs
-            small = [FlexBwDConfig(t, t, t, t, 2, 4) for t in (64, 32)]
+            stages = 3 if head_dim <= 64 else 2  # head 64, 64 x 64 tiles: 3 stages won inductor's autotune (H200)
+            small = [FlexBwDConfig(t, t, t, t, stages, 4) for t in (64, 32)]
             return configs + [c for c in small if c not in configs]
 
     return SmallBackwardTiles
@@ -201,9 +216,10 @@ def masked_sdpa(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale
 
 
 def flex_options(q: Tensor, block_size: tuple[int, int], backend: str, *, compiled: bool,
-                 plain_mask: bool) -> dict[str, Any] | None:
+                 plain_mask: bool, backward: bool = False) -> dict[str, Any] | None:
     """The ``kernel_options`` of one call: the resolved backend's (``kernel_backend``, ``kernel_options``)."""
-    kernel = kernel_backend(backend, q.device, compiled=compiled, plain_mask=plain_mask, dtype=q.dtype)
+    kernel = kernel_backend(backend, q.device, compiled=compiled, plain_mask=plain_mask, dtype=q.dtype,
+                            block_size=block_size, backward=backward)
     return kernel_options(q.device, q.shape[-1], block_size, kernel)
 
 

@@ -128,6 +128,54 @@ def test_kernel_backend_choice(monkeypatch):
     assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=True) == "triton"
 
 
+def test_training_calls_take_flash_only_on_blocks_its_backward_takes(monkeypatch):
+    """FA4's block-sparse backward runs 128 x 128 blocks only (H200, 2026-12-01): with flash-attn-4 installed, a
+    64-token fine-tune under "auto" crashed in its first backward; now auto trains those on Triton."""
+    import seerflex.flex as flex
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(flex, "flash_unavailable", lambda device: None)
+    for block, expected in (((64, 64), "triton"), ((128, 64), "triton"), ((128, 128), "flash"), ((256, 128), "flash")):
+        assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=True, block_size=block,
+                                   backward=True) == expected
+        assert flex.kernel_backend("auto", cuda, compiled=True, plain_mask=True, block_size=block) == "flash"
+    with pytest.raises(ValueError, match="backward needs 128 x 128 blocks, these are 64 x 64"):
+        flex.kernel_backend("flash", cuda, compiled=True, plain_mask=True, block_size=(64, 64), backward=True)
+
+
+def test_triton_forward_options_leave_the_backward_its_own_pipelining(monkeypatch):
+    """Unprefixed num_warps / num_stages pin the backward's too (torch's flex lowering applies them to both)."""
+    import seerflex.flex as flex
+
+    options = flex.kernel_options(torch.device("cuda"), 64, (64, 64), "triton")
+    assert not {"num_warps", "num_stages"} & set(options) and options["fwd_num_stages"] == 2
+    from torch._inductor.choices import InductorChoices
+
+    monkeypatch.setattr(InductorChoices, "get_flex_attention_bwd_configs", lambda *a, **k: [])  # no GPU to ask
+    tiles = flex._small_backward_tiles()()
+    head64 = tiles.get_flex_attention_bwd_configs(64, torch.bfloat16, "cuda")
+    head128 = tiles.get_flex_attention_bwd_configs(128, torch.bfloat16, "cuda")
+    assert any((c.block_m1, c.block_n2, c.num_stages, c.num_warps) == (64, 64, 3, 4) for c in head64)
+    assert any((c.block_m1, c.block_n2, c.num_stages) == (64, 64, 2) for c in head128)
+
+
+def test_flash_without_its_dsl_is_not_installed(monkeypatch):
+    """flash_attn importable but cutlass missing (a --target install without its .pth) failed only at compile."""
+    import importlib.util
+
+    import seerflex.flex as flex
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn.cute" else None if name == "cutlass"
+                        else real(name, *a))
+    unavailable = flex.flash_unavailable.__wrapped__  # uncached
+    assert "not installed" in unavailable(torch.device("cuda"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert unavailable(torch.device("cuda")) is None
+
+
 def test_flash_is_unavailable_on_this_cpu_and_the_layer_says_so():
     from seerflex.flex import flash_unavailable
 
