@@ -55,15 +55,17 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console.print(table)
 
 
-def start_training(recipe: Any, model: Any, tokenizer: Any, *, frozen: bool) -> tuple[Any, Any, Any]:
+def start_training(recipe: Any, model: Any, tokenizer: Any, *, frozen: bool,
+                   sharded: bool = False) -> tuple[Any, Any, Any]:
     """accelerate's Accelerator (bf16 autocast on CUDA when ``recipe.bf16``), the launch checked, the seed set, and
     ``recipe.model`` loaded once (main process first) unless a model is given. ``frozen``: under bf16 load bf16
-    weights (a model that only runs); otherwise float32 weights (a model that trains)."""
+    weights (a model that only runs); otherwise float32 weights (a model that trains). ``sharded``: the recipe
+    gathers FSDP2's shards for its checkpoints and export, so an FSDP2 launch may run."""
     from accelerate import Accelerator
 
     use_bf16 = recipe.bf16 and torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
-    check_world(accelerator)
+    check_world(accelerator, sharded=sharded)
     torch.manual_seed(recipe.seed)
     if model is None:
         with accelerator.main_process_first(), console.status(f"loading {recipe.model}"):  # once, not per rank
@@ -107,51 +109,80 @@ def step_batch(accelerator: Any, recipe: Any, pieces: torch.Tensor, step: int) -
 
 
 def end_step(accelerator: Any, recipe: Any, metrics: Path, row: dict[str, Any], save: Callable[[], None]) -> None:
-    """Append the step's metrics row; ``save()`` a checkpoint every ``recipe.checkpoint_every`` steps and at the
-    last one (main process)."""
+    """Append the step's metrics row; ``save()`` a checkpoint when ``checkpoint_due`` (main process)."""
     if accelerator.is_main_process:
         with open(metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if row["step"] % recipe.checkpoint_every == 0 or row["step"] == recipe.steps:
+        if checkpoint_due(recipe, row["step"]):
             save()
 
 
-def check_world(accelerator: Any) -> None:
+def checkpoint_due(recipe: Any, step: int) -> bool:
+    """Whether step ``step`` (1-based) ends with a checkpoint: every ``recipe.checkpoint_every`` steps and the
+    last one."""
+    return step % recipe.checkpoint_every == 0 or step == recipe.steps
+
+
+def check_world(accelerator: Any, *, sharded: bool = False) -> None:
     """Refuse launches whose runs would be wrong: a multi-process launch that accelerate runs as independent
     single processes (each would train and write the same run; torchrun on CPU without
-    ``ACCELERATE_USE_CPU=true`` does that), and engines that shard parameters (FSDP, DeepSpeed), which replace the
-    tensors the recipes checkpoint and export with shards (not supported yet: untested on multi-GPU machines)."""
+    ``ACCELERATE_USE_CPU=true`` does that), FSDP asked for where accelerate runs something else (it never shards
+    on a CPU), and engines that shard parameters (FSDP, DeepSpeed), which replace the tensors the recipes
+    checkpoint and export with shards, unless the recipe gathers them (``sharded``; FSDP2 only: FSDP1's flat
+    parameters are not gathered)."""
+    from accelerate.utils import parse_flag_from_env
+
+    engine = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") and engine != "FSDP":
+        raise ValueError(f"FSDP was asked for (ACCELERATE_USE_FSDP) but accelerate runs {engine}: it shards only "
+                         "GPU processes started by accelerate launch --use_fsdp, never on a CPU (there, "
+                         "ACCELERATE_USE_CPU=true torchrun runs DDP over gloo)")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
         raise ValueError(f"launched as {launched} processes but accelerate runs {accelerator.num_processes}; on CPU "
                          "set ACCELERATE_USE_CPU=true (gloo DDP), on GPUs use accelerate launch --multi_gpu")
-    engine = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+    if engine == "FSDP" and sharded:
+        if accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise ValueError("FSDP1 is not supported (its flat parameters are not gathered into the checkpoints "
+                             "and the export); launch FSDP2: accelerate launch --use_fsdp --fsdp_version 2")
+    elif engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         raise ValueError(f"{engine} is not supported yet (its sharded parameters would leave the checkpoints and the "
                          "export with stale tensors); run on one device or under DDP: accelerate launch --multi_gpu")
 
 
 def resume_step(out: Path, resume: bool, overwrite: bool, params: dict[str, torch.nn.Parameter], optimizer: Any,
                 scheduler: Any, check: Callable[[Path, dict[str, Any], dict[str, torch.Tensor]], None]) -> int:
-    """The step a training run starts at: 0, or the step of ``out/checkpoint`` after ``check(folder, state,
-    tensors)`` accepted it and the trained tensors, optimizer and scheduler were restored from it. A run already
-    in ``out`` is never overwritten unless ``overwrite`` says so."""
+    """The step a training run starts at: 0, or the step of ``load_checkpoint``'s checkpoint after the trained
+    tensors, optimizer and scheduler were restored from it."""
+    resumed = load_checkpoint(out, resume, overwrite, check)
+    if resumed is None:
+        return 0
+    tensors, state = resumed
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"]
+
+
+def load_checkpoint(out: Path, resume: bool, overwrite: bool,
+                    check: Callable[[Path, dict[str, Any], dict[str, torch.Tensor]], None],
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The tensors and state of ``out/checkpoint`` to resume from, after ``check(folder, state, tensors)`` accepted
+    them (the RNG states are restored), or None: a fresh start. A run already in ``out`` is never overwritten
+    unless ``overwrite`` says so."""
     ckpt_dir = out / "checkpoint"
     found = checkpoint.latest(ckpt_dir)
     if not resume and not overwrite and (found or (out / "metrics.jsonl").is_file()):
         raise ValueError(f"{out} already holds a run; resume=true continues it, overwrite=true starts it over, "
                          "or choose another output_dir")
     if not resume:
-        return 0
+        return None
     if not found:
         warn(f"resume=true, but {ckpt_dir} holds no checkpoint: starting at step 0")
-        return 0
+        return None
     tensors, state = checkpoint.load(found)
     check(found, state, tensors)
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(tensors[name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     console.log(f"resumed from {found} at step {state['step']}")
-    return state["step"]
+    return tensors, state

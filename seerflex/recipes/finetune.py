@@ -10,13 +10,15 @@ the original: the gates' target is computed by ``seerflex.ground_truth`` from th
 Q/K (the original's fused kernel returns it from the attention itself) on a random 1/8 of the query-block
 rows (``kl_rows``; two dense Q.K passes over every row would cost more than the sparse attention), and the
 density is a top-k schedule rather than a fixed threshold. ``accelerate`` places devices, runs bf16 autocast and
-wraps the model for DDP under ``accelerate launch`` (FSDP is refused until its sharded checkpoints are supported).
-Checkpoints are atomic and resume exactly; the end of a run exports a transformers model with its rope
-scaling, the seerflex gates, and the LoRA adapter.
+wraps the model for DDP or FSDP2 under ``accelerate launch`` (``--use_fsdp --fsdp_version 2``; FSDP1, DeepSpeed
+and FSDP on a CPU are refused with one line). Checkpoints are atomic, hold the whole trained tensors and
+optimizer state in one format for any launch (under FSDP every rank gathers, rank 0 writes), and resume exactly;
+the end of a run exports a transformers model with its rope scaling, the seerflex gates, and the LoRA adapter.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 
 from seerflex.config import SeerFlexConfig
 from seerflex.console import console, progress, warn
@@ -32,7 +36,8 @@ from seerflex.distill.data import check_mixture, mixed_pieces
 from seerflex.finetune import GateLoss, extend_context
 from seerflex.hf.families import hf_model_of
 from seerflex.policies import TopK
-from seerflex.recipes.common import end_step, open_run, print_table, resume_step, start_training, step_batch
+from seerflex.recipes.common import (checkpoint_due, end_step, load_checkpoint, open_run, print_table, start_training,
+                                     step_batch)
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import RuntimeOptions
 from seerflex.texts import load_domains
@@ -158,7 +163,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
 
     from seerflex.hf.model import SeerFlexModel, get_seerflex_model
 
-    accelerator, model, tokenizer = start_training(recipe, model, tokenizer, frozen=False)
+    accelerator, model, tokenizer = start_training(recipe, model, tokenizer, frozen=False, sharded=True)
     if recipe.rope_factor > 1:
         extend_context(model, recipe.rope_factor, recipe.rope_type)
     base = with_lora(model, recipe.lora) if recipe.trainable == "lora" else model
@@ -175,19 +180,27 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         if "seerflex" not in name:
             p.requires_grad_(recipe.trainable == "full" or "lora_" in name)
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
-    gates = [p for n, p in params.items() if "seerflex" in n]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in params.items() if "seerflex" not in n], "lr": recipe.lr,
+    names = sorted(params, key=lambda n: "seerflex" in n)  # the optimizer's order: the model's part, then the gates
+    adamw = torch.optim.AdamW([
+        {"params": [params[n] for n in names if "seerflex" not in n], "lr": recipe.lr,
          "weight_decay": recipe.weight_decay},
-        {"params": gates, "lr": recipe.gate_lr, "weight_decay": 0.0}])
-    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+        {"params": [params[n] for n in names if "seerflex" in n], "lr": recipe.gate_lr, "weight_decay": 0.0}])
+    scheduler = get_cosine_schedule_with_warmup(adamw, recipe.warmup_steps, recipe.steps)
     pieces, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
                                   recipe.mixture, recipe.seed)
     out = Path(recipe.output_dir)
     ckpt_dir = out / "checkpoint"
-    start = resume_step(out, recipe.resume, recipe.overwrite, params, optimizer, scheduler,
-                        lambda found, state, tensors: check_resumable(found, state, tensors, params, recipe))
-    runner, optimizer = accelerator.prepare(wrapped, optimizer)
+    resumed = load_checkpoint(out, recipe.resume, recipe.overwrite,
+                              lambda found, state, tensors: check_resumable(found, state, tensors, params, recipe))
+    sharded = accelerator.is_fsdp2  # check_world let no other sharding through
+    home = plain_copy(wrapped) if sharded and accelerator.is_main_process else None  # the export's, before sharding
+    runner, optimizer = accelerator.prepare(wrapped, adamw)
+    start = 0
+    if resumed is not None:  # after prepare: FSDP's shards are taken from the whole tensors
+        tensors, state = resumed
+        restore_state(runner, adamw, names, tensors, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
     metrics_file = open_run(accelerator, recipe, out, start, pieces=counts,
                             distributed=accelerator.distributed_type.value,
                             rope=getattr(hf_model_of(base).config, "rope_parameters", None))
@@ -229,19 +242,60 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                     "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
             bar.update(task, advance=1, info=f"lm {last['lm_loss']:.4f}  kl {last['gate_kl']:.4f}  "
                                                   f"density {achieved:.3f}")
+            tensors, optim = gather_state(runner, adamw, names) if checkpoint_due(recipe, step + 1) else ({}, {})
             end_step(accelerator, recipe, metrics_file, last, lambda: checkpoint.save(
-                ckpt_dir, dict(params), {"step": step + 1, "optimizer": optimizer.state_dict(),
-                                         "scheduler": scheduler.state_dict(), "recipe": asdict(recipe)}))
+                ckpt_dir, tensors, {"step": step + 1, "optimizer": optim, "scheduler": scheduler.state_dict(),
+                                    "recipe": asdict(recipe)}))
     accelerator.wait_for_everyone()
     export = out / "export"
+    if sharded:  # every rank takes part in the gather
+        whole = get_model_state_dict(runner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if home is not None:
+            home.load_state_dict(whole)
     if accelerator.is_main_process:
-        export_model(accelerator.unwrap_model(runner), recipe, tokenizer, export)
+        export_model(home if home is not None else accelerator.unwrap_model(runner), recipe, tokenizer, export)
         if last:
             print_table("fine-tune, last step", [k for k in last if last[k] is not None],
                         [[v for v in last.values() if v is not None]])
         console.print(f"exported to {export}: model/ (rope {recipe.rope_type} x{recipe.rope_factor})"
                       f"{', seerflex/ (gates)' if recipe.gates else ''}{', lora/' if recipe.trainable == 'lora' else ''}")
     return export
+
+
+def gather_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The trained tensors ``names`` (the optimizer's parameters, in its order) and the optimizer's state, whole and
+    on the CPU, in one format for a plain, DDP or FSDP2-sharded ``model``: that of a one-process checkpoint
+    (``optimizer.state_dict()``'s parameter ids), so a checkpoint resumes under any launch. Collective: every
+    rank calls it, rank 0 gets the state, the others empty dicts."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    tensors = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    if not optim:
+        return {}, {}
+    ids = {name: i for i, name in enumerate(names)}
+    return {n: tensors[n] for n in names}, {
+        "state": {ids[n]: s for n, s in optim["state"].items()},
+        "param_groups": [g | {"params": [ids[n] for n in g["params"]]} for g in optim["param_groups"]]}
+
+
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+                  tensors: dict[str, torch.Tensor], optim: dict[str, Any]) -> None:
+    """Load what ``gather_state`` gave (every rank holds it whole) into the prepared ``model`` and ``optimizer``:
+    under FSDP each rank keeps its shard. Collective."""
+    options = StateDictOptions(full_state_dict=True, strict=False)  # not strict: the frozen weights are not in it
+    set_model_state_dict(model, tensors, options=options)
+    set_optimizer_state_dict(model, optimizer, {
+        "state": {names[i]: s for i, s in optim["state"].items()},
+        "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in optim["param_groups"]]},
+        options=options)
+
+
+def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` copied with uninitialised CPU parameters (tied ones stay tied): FSDP shards the model in place,
+    so rank 0 keeps this plain twin to load the weights gathered at the end into and export them."""
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="cpu"), p.requires_grad) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
 
 
 def check_resumable(found: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor],
