@@ -46,8 +46,43 @@ def test_eval_passkey_grid_per_scorer_and_heatmaps(recipe_model, tmp_path, monke
     assert len(list(out.glob("passkey_*.png"))) == 3 and (out / "passkey_vs_density.png").stat().st_size > 0
 
 
+def test_per_layer_calibration_gives_every_layer_the_density(monkeypatch):
+    """One global parameter lets a mass rule move density between layers; per layer each one meets the target.
+    Two stand-in layers whose top-p density is p and p**2 (a broad and a sharp layer)."""
+    from types import SimpleNamespace
+
+    from seerflex.evaluation import calibration
+    from seerflex.policies import SparsityStats, TopP
+
+    def run(model, scorer, policy, windows):
+        p = {i: (policy[i] if isinstance(policy, dict) else policy).p for i in (0, 1)}
+        kept = {0: p[0], 1: p[1] ** 2}
+        return [(i, SparsityStats(torch.tensor([[round(1000 * kept[i])]]), torch.tensor([[1000]]))) for i in (0, 1)]
+
+    monkeypatch.setattr(calibration, "_run", run)
+    model = SimpleNamespace(gated_layers=[0, 1])
+    shared, overall = calibration.calibrate(model, "gate", TopP(0.9), 0.3, [torch.zeros(1)], iters=20)
+    spread = calibration.layer_density(run(model, "gate", shared, []))
+    assert overall == pytest.approx(0.3, abs=0.01) and spread[0] - spread[1] > 0.2  # the broad layer takes more
+    per_layer, overall = calibration.calibrate_per_layer(model, "gate", TopP(0.9), 0.3, [torch.zeros(1)], iters=20)
+    each = calibration.layer_density(run(model, "gate", per_layer, []))
+    assert overall == pytest.approx(0.3, abs=0.01) and all(abs(d - 0.3) < 0.01 for d in each.values())
+    assert per_layer[1].p == pytest.approx(0.3 ** 0.5, abs=0.01)
+
+
+@pytest.mark.slow
+def test_eval_ppl_per_layer_calibration_end_to_end(recipe_model, tiny_text, tmp_path):
+    out = tmp_path / "ppl"
+    assert eval_recipe.main(["ppl", "--model", "tiny", "--text", str(tiny_text), "--window", "1024", "--prefix", "256",
+                             "--windows", "1", "--scorers", "pooled", "--policies", "topp:density=0.5:per_layer=true",
+                             "--out", str(out)]) == 0
+    row = json.loads((out / "ppl.json").read_text())["rows"][0]
+    assert abs(row["density"] - 0.5) < 0.1 and set(row["calibrated"]["per_layer"]) == {"0", "1"}
+
+
 @pytest.mark.parametrize(("spec", "message"), [("bottomk:0.1", "unknown policy"), ("topk:0.1:sinks=2", "bad policy"),
-                                               ("topp:density=abc", "not a number")])
+                                               ("topp:density=abc", "not a number"),
+                                               ("topp:0.9:per_layer=true", "per_layer calibrates")])
 def test_bad_policy_specs_are_named(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_policy(spec)

@@ -3,6 +3,7 @@
 * ``None`` / ``adapter``: every layer keeps its own policy (e.g. an adapter saved with a budget);
 * ``topk:0.1``, ``threshold:2e-3``, ``topp:0.9`` (the spec strings of ``seerflex.policies``);
 * ``threshold:density=0.1`` / ``topp:density=0.1``: parameter bisected to that average density;
+  ``:per_layer=true``: bisected in every layer to that density (the mass rule spends within a layer only);
 * ``budget:0.1[:sink=N:local=N]``: per-layer top-k densities averaging 0.1, allocated by measured
   layer sensitivity (``seerflex.evaluation.layer_budget``).
 """
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from seerflex.policies import Policy, TopK, policy_from_dict, spec_fields
-from seerflex.evaluation.calibration import calibrate
+from seerflex.evaluation.calibration import calibrate, calibrate_per_layer
 from seerflex.evaluation.layer_budget import budget_policies, layer_sensitivity
 
 BUDGET = "budget:"
@@ -22,9 +23,13 @@ BUDGET = "budget:"
 
 def parse_policy(spec: str) -> tuple[Policy, float | None]:
     """(policy, density to calibrate its parameter to, or None): ``threshold:density=0.1`` and
-    ``topp:density=0.1`` ask for calibration; everything else is a plain policy spec."""
+    ``topp:density=0.1`` ask for calibration (``:per_layer=true``: in each layer on its own); everything else
+    is a plain policy spec."""
     kind, fields = spec_fields(spec)
     target = fields.pop("density") if kind != "topk" and "density" in fields else None
+    if fields.pop("per_layer", False) and target is None:
+        raise ValueError(f"bad policy spec {spec!r}: per_layer calibrates a threshold or top-p to a density in each "
+                         "layer; add density=..., e.g. topp:density=0.1:per_layer=true")
     try:
         return policy_from_dict({"type": kind, **fields}), target
     except ValueError as err:
@@ -55,5 +60,8 @@ def resolve_policy(model: Any, scorer: str, spec: str | None, density_windows: l
     policy, target = parse_policy(spec)
     if target is None:
         return policy, None
+    if spec_fields(spec)[1].get("per_layer", False):
+        policies, _ = calibrate_per_layer(model, scorer, policy, target, density_windows)
+        return policies, {"per_layer": {i: p.to_dict() for i, p in policies.items()}}
     policy, _ = calibrate(model, scorer, policy, target, density_windows)
     return policy, policy.to_dict()
