@@ -59,7 +59,7 @@ def test_per_layer_calibration_gives_every_layer_the_density(monkeypatch):
         kept = {0: p[0], 1: p[1] ** 2}
         return [(i, SparsityStats(torch.tensor([[round(1000 * kept[i])]]), torch.tensor([[1000]]))) for i in (0, 1)]
 
-    monkeypatch.setattr(calibration, "_run", run)
+    monkeypatch.setattr(calibration, "sparsity_records", run)
     model = SimpleNamespace(gated_layers=[0, 1])
     shared, overall = calibration.calibrate(model, "gate", TopP(0.9), 0.3, [torch.zeros(1)], iters=20)
     spread = calibration.layer_density(run(model, "gate", shared, []))
@@ -78,6 +78,25 @@ def test_eval_ppl_per_layer_calibration_end_to_end(recipe_model, tiny_text, tmp_
                              "--out", str(out)]) == 0
     row = json.loads((out / "ppl.json").read_text())["rows"][0]
     assert abs(row["density"] - 0.5) < 0.1 and set(row["calibrated"]["per_layer"]) == {"0", "1"}
+
+
+@pytest.mark.slow
+def test_eval_calibrate_saves_per_layer_policies_that_eval_runs(recipe_model, tiny_text, tmp_path):
+    saved = tmp_path / "adapter"
+    assert eval_recipe.main(["calibrate", "--model", "tiny", "--scorer", "gate", "--policy",
+                             "topp:density=0.7:per_layer=true", "--budget-text", str(tiny_text), "--budget-window", "1024",
+                             "--save-adapter", str(saved), "--out", str(tmp_path / "c")]) == 0
+    rows = json.loads((tmp_path / "c" / "calibrate.json").read_text())["rows"]
+    assert [r["layer"] for r in rows] == [0, 1] and all(abs(r["density"] - 0.7) < 0.05 for r in rows)
+    config = json.loads((saved / "adapter_config.json").read_text())
+    assert {int(i): p["p"] for i, p in config["layer_policies"].items()} == {r["layer"]: r["policy"]["p"] for r in rows}
+    assert eval_recipe.main(["ppl", "--model", "tiny", "--adapter", str(saved), "--text", str(tiny_text), "--window",
+                             "1024", "--prefix", "256", "--windows", "1", "--scorers", "gate", "--policies", "adapter",
+                             "--out", str(tmp_path / "p")]) == 0
+    row = json.loads((tmp_path / "p" / "ppl.json").read_text())["rows"][0]
+    assert abs(row["density"] - 0.7) < 0.1  # calibrated on the same text here; other text lands near it
+    with pytest.raises(ValueError, match="no density to calibrate"):
+        eval_recipe.main(["calibrate", "--model", "tiny", "--policy", "topp:0.9", "--out", str(tmp_path / "x")])
 
 
 @pytest.mark.parametrize(("spec", "message"), [("bottomk:0.1", "unknown policy"), ("topk:0.1:sinks=2", "bad policy"),

@@ -25,7 +25,7 @@ def calibrate(model: Any, scorer: str, policy: Policy, target: float, windows: l
 
     def density_at(x: float) -> tuple[Policy, float]:
         candidate = dataclasses.replace(policy, **{field: to_value(x)})
-        return candidate, achieved_density(_run(model, scorer, candidate, windows)) or 1.0
+        return candidate, achieved_density(sparsity_records(model, scorer, candidate, windows)) or 1.0
 
     best: tuple[float, Policy, float] = (math.inf, policy, 1.0)
     with progress() as bar:
@@ -63,14 +63,14 @@ def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float, 
         for _ in range(iters):
             mids = {i: sum(bracket[i]) / 2 for i in layers}
             candidates = {i: dataclasses.replace(policy, **{field: to_value(mids[i])}) for i in layers}
-            density = layer_density(_run(model, scorer, candidates, windows))
+            density = layer_density(sparsity_records(model, scorer, candidates, windows))
             for i in layers:
                 d = density.get(i, 1.0)
                 best[i] = min(best[i], (abs(d - target), candidates[i]), key=lambda b: b[0])
                 bracket[i] = (mids[i], bracket[i][1]) if d < target else (bracket[i][0], mids[i])
             bar.update(task, advance=1, info=f"layers {min(density.values()):.3f}-{max(density.values()):.3f}")
     chosen = {i: best[i][1] for i in layers}
-    return chosen, achieved_density(_run(model, scorer, chosen, windows)) or 1.0
+    return chosen, achieved_density(sparsity_records(model, scorer, chosen, windows)) or 1.0
 
 
 def layer_density(records: list[tuple[int, SparsityStats]]) -> dict[int, float]:
@@ -93,8 +93,8 @@ def _search(policy: Policy) -> tuple[str, float, float, Callable[[float], float]
     raise ValueError(f"only Threshold and TopP need calibration, got {type(policy).__name__}")
 
 
-def _run(model: Any, scorer: str, policy: Policy | dict[int, Policy], windows: list[torch.Tensor]
-         ) -> list[tuple[int, SparsityStats]]:
+def sparsity_records(model: Any, scorer: str, policy: Policy | dict[int, Policy], windows: list[torch.Tensor]
+                     ) -> list[tuple[int, SparsityStats]]:
     """The sparsity records of ``windows`` under ``policy`` (forward only, last logit)."""
     with torch.no_grad(), selection(model, scorer, policy) as records:
         for w in windows:

@@ -1,4 +1,4 @@
-"""``seerflex eval {ppl,passkey,needle,ruler,sparsity,budget}``: quality of block selections, learned gates next to baselines.
+"""``seerflex eval {ppl,passkey,needle,ruler,sparsity,budget,calibrate}``: quality of block selections, learned gates next to baselines.
 
     seerflex eval ppl [CONFIG.yaml] model=smollm2 adapter=runs/distill_smollm2/adapter text=austen:Emma \
         window=8192 prefix=1024 windows=3 scorers=dense,gate,recency,pooled,oracle \
@@ -8,10 +8,11 @@
     seerflex eval ruler adapter=... lengths=[4096,8192,16384] samples=4 haystack=corpus:DIR:split=heldout:domains=prose
     seerflex eval sparsity adapter=... policy=topk:0.1 layer=10 head=3
     seerflex eval budget adapter=... density=0.1 budget_text=austen:Persuasion save_adapter=DIR
+    seerflex eval calibrate adapter=... policy=topp:density=0.1:per_layer=true budget_text=... save_adapter=DIR
 
 ``--key value`` works as ``key=value`` (``--lengths 4096 8192``); ``seerflex eval ppl --help`` lists
 the keys. Policy specs: ``topk:0.1``, ``threshold:2e-3``, ``topp:0.9``, ``topp:density=0.1``
-(calibrated), ``budget:0.1`` (per-layer densities from layer sensitivity on ``budget_text``),
+(calibrated; ``:per_layer=true`` in every layer), ``budget:0.1`` (per-layer densities from layer sensitivity on ``budget_text``),
 ``adapter`` (the adapter's own, possibly per-layer, policies).
 
 Each writes ``<out>/<command>.json`` and a PNG, and prints a rich table.
@@ -31,6 +32,7 @@ from seerflex.config import SeerFlexConfig
 from seerflex.console import console, warn
 from seerflex.distill.collector import Collector, collecting
 from seerflex.evaluation import plots, ruler
+from seerflex.evaluation.calibration import layer_density, sparsity_records
 from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
 from seerflex.evaluation.nll import windows
 from seerflex.evaluation.passkey import answer, needle_trial, passkey_prompt, passkey_trial
@@ -38,6 +40,7 @@ from seerflex.evaluation.policy_specs import BUDGET, parse_policy, resolve_polic
 from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.evaluation.selection import achieved_density, runs, selection
 from seerflex.hf.families import hf_model_of
+from seerflex.policies import MAIN_FIELD
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import RuntimeOptions
@@ -118,6 +121,16 @@ class SparsityArgs(EvalArgs):
     target: str = knob("mass", "ground truth recall is measured on: mass or max")
     layer: int = knob(0, "layer of the block-map plot")
     head: int = knob(0, "head of the block-map plot")
+
+
+@dataclass
+class CalibrateArgs(BudgetArgs):
+    """Calibrate a threshold / top-p policy to a density on calibration text (``budget_text``) and save the gates
+    with it: ``:per_layer=true`` gives every layer its own parameter."""
+
+    scorer: str = knob("gate", "what ranks the blocks: gate or a training-free scorer")
+    policy: str = knob("topp:density=0.1:per_layer=true", "threshold / top-p spec with density=...")
+    save_adapter: str | None = knob(None, "write the adapter with the calibrated policies (scorer gate only)")
 
 
 @dataclass
@@ -345,8 +358,38 @@ def budget_main(argv: list[str]) -> int:
     return 0
 
 
+def calibrate_main(argv: list[str]) -> int:
+    """A mass rule calibrated to a density on calibration text, per layer or shared; optionally saved with the gates
+    (then ``policies=[adapter]`` runs it), so the evaluated text never sets it."""
+    args = parse_recipe(CalibrateArgs, argv, prog="seerflex eval calibrate")
+    if args is None:
+        return 0
+    if args.save_adapter and args.scorer != "gate":
+        raise ValueError("save_adapter stores gates with their policies: use scorer=gate")
+    check_sweep([args.scorer], [args.policy])
+    if parse_policy(args.policy)[1] is None:
+        raise ValueError(f"{args.policy!r} has no density to calibrate to, e.g. topp:density=0.1:per_layer=true")
+    model, tokenizer = load_seerflex_model(args)
+    windows = token_windows(tokenizer, args.budget_text, args.budget_window, args.budget_windows)
+    policy, chosen = resolve_policy(model, args.scorer, args.policy, windows, None, args.budget_prefix)
+    per_layer = policy if isinstance(policy, dict) else {i: policy for i in model.gated_layers}
+    density = layer_density(sparsity_records(model, args.scorer, per_layer, windows))
+    rows = [{"layer": i, "density": density.get(i, 1.0), "policy": p.to_dict()} for i, p in per_layer.items()]
+    write_json(Path(args.out) / "calibrate.json", {"environment": environment(), "args": asdict(args),
+                                                   "calibrated": chosen, "rows": rows})
+    print_table(f"{args.policy} on {args.budget_text} ({args.scorer})", ["layer", "density", "policy"],
+                [[r["layer"], r["density"], f"{r['policy']['type']} {r['policy'][MAIN_FIELD[r['policy']['type']]]:.4g}"]
+                 for r in rows])
+    if args.save_adapter:
+        for i, p in per_layer.items():
+            model.set_policy(p, layers=[i])
+        model.save_pretrained(args.save_adapter)
+        console.print(f"saved {args.save_adapter} (run it with policies=adapter)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "budget": budget_main, "ppl": ppl_main, "passkey": passkey_main,
+    "budget": budget_main, "calibrate": calibrate_main, "ppl": ppl_main, "passkey": passkey_main,
     "needle": lambda argv: passkey_main(argv, "needle"), "ruler": ruler_main, "sparsity": sparsity_main}
 
 
