@@ -60,12 +60,14 @@ def flash_unavailable(device: torch.device) -> str | None:
     return None if found else "flash-attn-4 is not installed (pip install 'seerflex[flash]')"
 
 
-def flash_backward_unfit(block_size: tuple[int, int]) -> str | None:
+def flash_backward_unfit(block_size: tuple[int, int] | None) -> str | None:
     """Why FA4's block-sparse backward cannot take masks of ``block_size`` (None: it can).
 
     flash-attn-4 4.0.0b36 under torch 2.11 (H200, 2026-12-01): "Block sparsity requires sparse_block_size[0]
     to be a multiple of tile_m=128" and "expects sparse_block_size[1]=128"; its forward takes 64-token blocks.
     """
+    if block_size is None:
+        return "its block-sparse backward needs 128 x 128 blocks, and the call named no block size"
     q_block, kv_block = block_size
     if q_block % 128 or kv_block != 128:
         return f"its block-sparse backward needs 128 x 128 blocks, these are {q_block} x {kv_block}"
@@ -73,7 +75,7 @@ def flash_backward_unfit(block_size: tuple[int, int]) -> str | None:
 
 
 def kernel_backend(backend: str, device: torch.device, *, compiled: bool, plain_mask: bool,
-                   dtype: torch.dtype = torch.bfloat16, block_size: tuple[int, int] = (128, 128),
+                   dtype: torch.dtype = torch.bfloat16, block_size: tuple[int, int] | None = None,
                    backward: bool = False) -> str:
     """The kernel one call runs: "triton" or "flash".
 

@@ -101,7 +101,8 @@ def test_eval_calibrate_saves_per_layer_policies_that_eval_runs(recipe_model, ti
 
 @pytest.mark.parametrize(("spec", "message"), [("bottomk:0.1", "unknown policy"), ("topk:0.1:sinks=2", "bad policy"),
                                                ("topp:density=abc", "not a number"),
-                                               ("topp:0.9:per_layer=true", "per_layer calibrates")])
+                                               ("topp:0.9:per_layer=true", "per_layer calibrates"),
+                                               ("topk:density=0.1:per_layer=true", "top-k and budgets set theirs")])
 def test_bad_policy_specs_are_named(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_policy(spec)

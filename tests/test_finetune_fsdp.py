@@ -147,7 +147,9 @@ def test_one_process_checkpoints_keep_the_optimizers_own_format():
     optimizer = torch.optim.AdamW([{"params": [params[n] for n in names[:2]]}, {"params": [params[names[2]]],
                                                                                  "lr": 0.1}])
     model(torch.randn(3, 4)).square().sum().backward()
+    params["1.bias"].grad = None  # no gradient yet (as a part the loss has not reached): no optimizer state
     optimizer.step()
+    assert params["1.bias"] not in optimizer.state
     tensors, optim = gather_state(model, optimizer, names)
     assert list(tensors) == names and all(torch.equal(tensors[n], params[n]) for n in names)
     assert_same_optimizer_state(optim, optimizer.state_dict())
@@ -159,6 +161,7 @@ def test_one_process_checkpoints_keep_the_optimizers_own_format():
     assert all(torch.equal(again[n], params[n]) for n in names)
     assert not torch.equal(fresh[0].bias, model[0].bias)  # frozen: not in the checkpoint, not touched
     assert_same_optimizer_state(second.state_dict(), optimizer.state_dict())
+    assert again["1.bias"] not in second.state  # not a placeholder state: resume stays exact
 
 
 def assert_same_optimizer_state(got, expected):

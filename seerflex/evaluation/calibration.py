@@ -64,11 +64,17 @@ def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float, 
             mids = {i: sum(bracket[i]) / 2 for i in layers}
             candidates = {i: dataclasses.replace(policy, **{field: to_value(mids[i])}) for i in layers}
             density = layer_density(sparsity_records(model, scorer, candidates, windows))
-            for i in layers:
-                d = density.get(i, 1.0)
-                best[i] = min(best[i], (abs(d - target), candidates[i]), key=lambda b: b[0])
-                bracket[i] = (mids[i], bracket[i][1]) if d < target else (bracket[i][0], mids[i])
+            if not density:
+                raise ValueError(f"no layer ran sparse on the calibration windows ({windows[0].numel()} tokens): "
+                                 "nothing to calibrate (shorter than the runtime's dense_below?)")
+            for i in density:  # a layer that never ran sparse keeps the policy as given
+                best[i] = min(best[i], (abs(density[i] - target), candidates[i]), key=lambda b: b[0])
+                bracket[i] = (mids[i], bracket[i][1]) if density[i] < target else (bracket[i][0], mids[i])
             bar.update(task, advance=1, info=f"layers {min(density.values()):.3f}-{max(density.values()):.3f}")
+    missed = [i for i in layers if math.isfinite(best[i][0]) and best[i][0] > max(0.02, 0.2 * target)]
+    if missed:
+        warn(f"layers {missed} did not reach density {target} (their always-on blocks or their scores' ties set "
+             "a floor or ceiling); they keep their closest setting")
     chosen = {i: best[i][1] for i in layers}
     return chosen, achieved_density(sparsity_records(model, scorer, chosen, windows)) or 1.0
 

@@ -29,7 +29,7 @@ def parse_policy(spec: str) -> tuple[Policy, float | None]:
     target = fields.pop("density") if kind != "topk" and "density" in fields else None
     if fields.pop("per_layer", False) and target is None:
         raise ValueError(f"bad policy spec {spec!r}: per_layer calibrates a threshold or top-p to a density in each "
-                         "layer; add density=..., e.g. topp:density=0.1:per_layer=true")
+                         "layer (top-k and budgets set theirs directly), e.g. topp:density=0.1:per_layer=true")
     try:
         return policy_from_dict({"type": kind, **fields}), target
     except ValueError as err:

@@ -142,7 +142,7 @@ def check_world(accelerator: Any, *, sharded: bool = False) -> None:
         raise ValueError(f"launched as {launched} processes but accelerate runs {accelerator.num_processes}; on CPU "
                          "set ACCELERATE_USE_CPU=true (gloo DDP), on GPUs use accelerate launch --multi_gpu")
     if engine == "FSDP" and sharded:
-        if accelerator.state.fsdp_plugin.fsdp_version != 2:
+        if getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:  # accelerate < 1.6 has FSDP1 only
             raise ValueError("FSDP1 is not supported (its flat parameters are not gathered into the checkpoints "
                              "and the export); launch FSDP2: accelerate launch --use_fsdp --fsdp_version 2")
     elif engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):

@@ -192,7 +192,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
     ckpt_dir = out / "checkpoint"
     resumed = load_checkpoint(out, recipe.resume, recipe.overwrite,
                               lambda found, state, tensors: check_resumable(found, state, tensors, params, recipe))
-    sharded = accelerator.is_fsdp2  # check_world let no other sharding through
+    sharded = getattr(accelerator, "is_fsdp2", False)  # check_world let no other sharding through
     home = plain_copy(wrapped) if sharded and accelerator.is_main_process else None  # the export's, before sharding
     runner, optimizer = accelerator.prepare(wrapped, adamw)
     start = 0
@@ -201,6 +201,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         restore_state(runner, adamw, names, tensors, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
+        del resumed, tensors  # the loaded copies: a full fine-tune's weights and moments
     metrics_file = open_run(accelerator, recipe, out, start, pieces=counts,
                             distributed=accelerator.distributed_type.value,
                             rope=getattr(hf_model_of(base).config, "rope_parameters", None))
@@ -252,6 +253,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         whole = get_model_state_dict(runner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if home is not None:
             home.load_state_dict(whole)
+        del whole
     if accelerator.is_main_process:
         export_model(home if home is not None else accelerator.unwrap_model(runner), recipe, tokenizer, export)
         if last:
@@ -289,6 +291,10 @@ def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, name
         "state": {names[i]: s for i, s in optim["state"].items()},
         "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in optim["param_groups"]]},
         options=options)
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # ``names``' order
+    for i, p in enumerate(params):  # torch's loader gives every parameter a placeholder state (step 1, zero
+        if i not in optim["state"]:  # moments); one that had no gradient yet had none: keep it so, for exact resume
+            optimizer.state.pop(p, None)
 
 
 def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
