@@ -14,6 +14,7 @@
 #   kernels: flex forward + backward at the fine-tune's shape, today's backward tiles vs autotuned vs FLASH (after
 #            gpu_perf.sh fa4a, fa4b: carry .whl/b2)
 #   speed3: step time with the 3-stage backward tiles, and 128 x 128 blocks on FLASH (FA4 from the kernels call)
+#   profile3: profiles of the FLASH step and the SDPA one (not run yet)
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
@@ -107,6 +108,10 @@ speed3)  # after the backward's 3-stage tiles (kernels stage): dense SDPA, dense
     export PYTHONPATH=/tmp/sc:$PWD
     speed d0.1_b128_flash density=0.1 seerflex.block_size=128
   fi ;;
+profile3)  # next: where the FLASH step's 0.37 s goes (after the kernels stage installed FA4): its profile, SDPA's
+  export PYTHONPATH=/tmp/sc:$PWD
+  profile profile_d0.1_b128_flash.txt density=0.1 seerflex.block_size=128 output_dir=$RUN/profile_b128
+  profile profile_sdpa_3.txt gates=false output_dir=$RUN/profile_sdpa ;;
 ft_long)  # density 0.1 from the distilled gates and the dense fine-tune, both LONG_STEPS (200) steps, evals
   setup
   N=${LONG_STEPS:-200}
