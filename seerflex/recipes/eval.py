@@ -40,7 +40,7 @@ from seerflex.evaluation.policy_specs import BUDGET, parse_policy, resolve_polic
 from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.evaluation.selection import achieved_density, runs, selection
 from seerflex.hf.families import hf_model_of
-from seerflex.policies import MAIN_FIELD
+from seerflex.policies import MAIN_FIELD, Policy
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import RuntimeOptions
@@ -351,11 +351,16 @@ def budget_main(argv: list[str]) -> int:
                 ["layer", "density", "achieved", "loss_rise"], [[r[c] for c in ("layer", "density", "achieved", "loss_rise")]
                                                                for r in rows])
     if args.save_adapter:
-        for r in rows:
-            model.set_policy(topk_like(base, r["density"]), layers=[r["layer"]])
-        model.save_pretrained(args.save_adapter)
-        console.print(f"saved {args.save_adapter} (run it with policies=adapter)")
+        save_with_policies(model, {r["layer"]: topk_like(base, r["density"]) for r in rows}, args.save_adapter)
     return 0
+
+
+def save_with_policies(model: Any, policies: dict[int, Policy], path: str) -> None:
+    """Write the gates with one policy per layer (``policies=[adapter]`` runs them): budgets and calibrations."""
+    for i, p in policies.items():
+        model.set_policy(p, layers=[i])
+    model.save_pretrained(path)
+    console.print(f"saved {path} (run it with policies=adapter)")
 
 
 def calibrate_main(argv: list[str]) -> int:
@@ -381,10 +386,7 @@ def calibrate_main(argv: list[str]) -> int:
                 [[r["layer"], r["density"], f"{r['policy']['type']} {r['policy'][MAIN_FIELD[r['policy']['type']]]:.4g}"]
                  for r in rows])
     if args.save_adapter:
-        for i, p in per_layer.items():
-            model.set_policy(p, layers=[i])
-        model.save_pretrained(args.save_adapter)
-        console.print(f"saved {args.save_adapter} (run it with policies=adapter)")
+        save_with_policies(model, per_layer, args.save_adapter)
     return 0
 
 
