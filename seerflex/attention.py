@@ -86,24 +86,25 @@ class SeerFlexAttention(nn.Module):
         inputs = ScorerInputs((q if gate_q is None else gate_q).detach(), (k if gate_k is None else gate_k).detach(),
                               q.detach(), k.detach(), layout, options.compile, scale)
         backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        learns = self.runtime.gate_loss is not None and scorer is self.gate and self.gate.trains()
         fuse = fusable(self.gate, scorer, layout, options.compile, q.device)
-        if fuse and not backward:  # gate, policy, indices, BlockMask and kernel: one compiled graph
+        if fuse and not backward and not learns:  # gate, policy, indices, BlockMask and kernel: one compiled graph
             out, selection, nan_scores = planned_attention(
                 self.gate, self.policy, q, k, v, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
                 backend=options.backend, scale=scale, score_mod=score_mod)
             self._check_finite(nan_scores, v)  # after the kernel: a NaN output is never returned either way
             return self._finish(out, selection, layout, return_stats)
-        if fuse:  # gate, policy, indices: one graph
-            block_mask, selection, nan_scores = planned_block_mask(
+        if fuse:  # gate (with its gradient when it learns), policy, indices, backward indices: one graph
+            block_mask, selection, nan_scores, scores = planned_block_mask(
                 self.gate, self.policy, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
-                compute_q_blocks=backward)
+                compute_q_blocks=backward, with_logits=learns)
         else:
             scores = scorer.score_blocks(inputs)
             nan_scores = torch.isnan(scores).any()
-            if self.runtime.gate_loss is not None and scorer is self.gate and self.gate.trains():
-                self.runtime.gate_loss(self.layer_idx, scores, inputs)  # the gate learns from this very call
             selection = self.policy.select(scores.detach(), layout, compile=options.compile)
             block_mask = block_mask_for(selection, layout, compile=options.compile, compute_q_blocks=backward)
+        if learns:
+            self.runtime.gate_loss(self.layer_idx, scores, inputs)  # the gate learns from this very call
         self._check_finite(nan_scores, v)
         out = sparse_attention(q, k, v, block_mask, scale=scale, compile=options.compile, backend=options.backend,
                                score_mod=score_mod)

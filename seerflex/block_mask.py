@@ -90,14 +90,15 @@ def causal_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tens
 
 
 def selection_indices(order: Tensor, count: Tensor, dense_rows: int = 0, num_blocks: int | None = None,
-                      ratio: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      ratio: int = 1, transpose: bool = False) -> tuple[Tensor, ...]:
     """``from_kv_blocks`` indices from a selection whose order starts with the diagonal group.
 
     Partial: the diagonal group (``ratio`` key blocks, fewer in a short last row). Full: the rest of
     the kept prefix, in priority order (the kernel accumulates an online softmax, so the visiting
     order does not change the result); in the last ``dense_rows`` rows every block before the
     diagonal group. Index rows are padded to ``num_blocks`` (nk, default nq) columns so the BlockMask
-    stays a complete one (``to_dense``, transposes).
+    stays a complete one (``to_dense``, transposes). ``transpose`` appends the per-key-block lists a
+    backward pass reads (``transposed_indices``), so they compile into the same graph.
     """
     b, h, nq, width = order.shape
     nk = nq if num_blocks is None else num_blocks
@@ -114,7 +115,24 @@ def selection_indices(order: Tensor, count: Tensor, dense_rows: int = 0, num_blo
         dense = rows >= nq - dense_rows
         full_idx = torch.where(dense[:, None], columns, full_idx)
         full_num = torch.where(dense, first, full_num)
-    return diagonal.expand(b, h, nq).contiguous(), kv_idx.contiguous(), full_num, full_idx
+    indices = (diagonal.expand(b, h, nq).contiguous(), kv_idx.contiguous(), full_num, full_idx)
+    return indices + transposed_indices(indices) if transpose else indices
+
+
+def transposed_indices(indices: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(q count, q indices, full q count, full q indices) of ``from_kv_blocks`` indices: for each key block,
+    the query blocks that list it, ascending, as ``compute_q_blocks`` makes them, but as pure tensor code
+    that compiles with the rest (torch's transposition runs eagerly: a vmapped index_put and a stable sort
+    per call and kind, 4 of the ~6 launches per layer and step it added to training). Entries after each
+    count are 0 where torch lists the other blocks; no kernel reads them."""
+    out: tuple[Tensor, ...] = ()
+    for num, idx in (indices[:2], indices[2:]):
+        nk = idx.shape[-1]
+        listed = torch.arange(nk, device=idx.device) < num[..., None]
+        slots = torch.where(listed, idx, nk).long()
+        dense = torch.zeros(*idx.shape[:-1], nk + 1, dtype=torch.bool, device=idx.device).scatter_(-1, slots, True)
+        out += compact_indices(dense[..., :nk].transpose(-1, -2))
+    return out
 
 
 def block_mask_for(selection: BlockSelection, layout: BlockLayout, *, compile: str = "auto",
@@ -141,13 +159,15 @@ def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
         raise ValueError(f"selection is for {tuple(selection.order.shape[-2:-1])} x {selection.num_blocks} blocks, "
                          f"layout has {nq} x {nk}")
     indices = compiled(selection_indices, compile, selection.order.device)
-    return causal_block_mask(indices(selection.order, selection.count, selection.dense_rows, nk, layout.ratio),
-                             layout, compute_q_blocks=compute_q_blocks)
+    return causal_block_mask(indices(selection.order, selection.count, selection.dense_rows, nk, layout.ratio,
+                                     compute_q_blocks), layout)
 
 
-def causal_block_mask(indices: tuple[Tensor, Tensor, Tensor, Tensor], layout: BlockLayout, *,
-                      compute_q_blocks: bool = False) -> BlockMask:
-    """BlockMask from ``selection_indices`` output: causal ``mask_mod`` on the partial diagonal tiles."""
-    return BlockMask.from_kv_blocks(*indices, BLOCK_SIZE=(layout.q_block_size, layout.block_size),
-                                    mask_mod=causal_mask_mod, seq_lengths=(layout.seq_len, layout.seq_len),
-                                    compute_q_blocks=compute_q_blocks)
+def causal_block_mask(indices: tuple[Tensor, ...], layout: BlockLayout) -> BlockMask:
+    """BlockMask from ``selection_indices`` output (4 tensors, or 8 with the transposed ones a backward
+    reads): causal ``mask_mod`` on the partial diagonal tiles."""
+    if len(indices) not in (4, 8):
+        raise ValueError(f"expected 4 or 8 index tensors, got {len(indices)}")
+    q_side = indices[4:] if len(indices) == 8 else (None,) * 4
+    return BlockMask((layout.seq_len, layout.seq_len), *indices[:4], *q_side,
+                     BLOCK_SIZE=(layout.q_block_size, layout.block_size), mask_mod=causal_mask_mod)

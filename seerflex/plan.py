@@ -24,23 +24,26 @@ from seerflex.gates.attn_gate import AttnGate, RopeTables, block_logits
 from seerflex.layout import BlockLayout
 from seerflex.policies.base import BlockSelection, Policy, select_blocks
 
-Plan = tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor], Tensor]
+Plan = tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor | None]
 
 
 def fusable(gate: AttnGate, scorer: object, layout: BlockLayout, mode: str, device: torch.device) -> bool:
-    """The learned gate scores, nothing is padded, the gate does not train and the mode compiles."""
-    return scorer is gate and layout.valid_tokens is None and not gate.trains() and compiles(mode, device)
+    """The learned gate scores, nothing is padded and the mode compiles (a training gate too: its logits
+    leave the graph with their gradient)."""
+    return scorer is gate and layout.valid_tokens is None and compiles(mode, device)
 
 
 def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: RopeTables,
          q_pools: tuple[str, ...], k_pools: tuple[str, ...], block_size: int, q_block_size: int,
          rule: Callable[..., Tensor], params: dict[str, Tensor], bound: int, dense_rows: int, ratio: int,
-         rank_dtype: torch.dtype) -> Plan:
-    """(order, count, dense tail, BlockMask indices, any NaN score) as pure tensor code."""
+         rank_dtype: torch.dtype, transpose: bool = False, with_logits: bool = False) -> Plan:
+    """(order, count, dense tail, BlockMask indices (+ the backward's with ``transpose``), any NaN score,
+    the logits when ``with_logits`` (for a training gate's loss), else None) as pure tensor code."""
     scores = block_logits(q, k, q_weight, k_weight, rope, None, None, q_pools, k_pools, block_size, q_block_size)
-    order, count, tail = select_blocks(rule, scores, None, None, params, bound, dense_rows, ratio, rank_dtype)
-    indices = selection_indices(order, count, dense_rows, scores.shape[-1], ratio)
-    return order, count, tail, indices, torch.isnan(scores).any()
+    order, count, tail = select_blocks(rule, scores.detach(), None, None, params, bound, dense_rows, ratio,
+                                       rank_dtype)
+    indices = selection_indices(order, count, dense_rows, scores.shape[-1], ratio, transpose)
+    return order, count, tail, indices, torch.isnan(scores).any(), scores if with_logits else None
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, plan_args: tuple, scale: float | None,
@@ -63,11 +66,16 @@ def plan_args(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: Bloc
 
 
 def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout, *, mode: str,
-                       compute_q_blocks: bool = False) -> tuple[BlockMask, BlockSelection, Tensor]:
-    """(BlockMask, the selection it encodes, a 0-d NaN flag) for pre-RoPE ``q``/``k`` of an unpadded layout."""
-    order, count, tail, indices, nan = compiled(plan, mode, q.device)(*plan_args(gate, policy, q, k, layout))
-    block_mask = causal_block_mask(indices, layout, compute_q_blocks=compute_q_blocks)
-    return block_mask, BlockSelection(order, count, layout.num_blocks, tail), nan
+                       compute_q_blocks: bool = False, with_logits: bool = False
+                       ) -> tuple[BlockMask, BlockSelection, Tensor, Tensor | None]:
+    """(BlockMask, the selection it encodes, a 0-d NaN flag, the gate's logits if ``with_logits``) for
+    pre-RoPE ``q``/``k`` of an unpadded layout. A training gate's logits come out with their gradient
+    (the graph's backward is compiled too), so its loss needs no second, eager pass of the gate."""
+    fn = compiled(plan, mode, q.device)
+    order, count, tail, indices, nan, logits = fn(*plan_args(gate, policy, q, k, layout), compute_q_blocks,
+                                                  with_logits)
+    block_mask = causal_block_mask(indices, layout)
+    return block_mask, BlockSelection(order, count, layout.num_blocks, tail), nan, logits
 
 
 def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: Tensor, gate_q: Tensor,
@@ -79,6 +87,6 @@ def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: T
                            plain_mask=score_mod is None)
     fn = compiled(attend, mode, q.device, dynamic=mode != "static")
     args = plan_args(gate, policy, gate_q, gate_k, layout)
-    out, (order, count, tail, _, nan) = within_recompile_limit(
+    out, (order, count, tail, _, nan, _) = within_recompile_limit(
         lambda: fn(q, k, v, args, scale, score_mod, options), mode)
     return out, BlockSelection(order, count, layout.num_blocks, tail), nan

@@ -210,3 +210,33 @@ def test_flex_backward_is_offered_tiles_that_fit_64_and_32_token_blocks(monkeypa
 
     with V.set_choices_handler(Mine()), backward_tiles():
         assert type(V.choices) is Mine  # a handler the user set is left alone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_a_learning_gate_in_the_compiled_plan_gets_the_eager_gradients(ratio):
+    """Fine-tuning on the GPU runs the training gate inside the compiled plan (its logits leave the graph with
+    their gradient, the backward's indices are made in it). Compiled (CPU inductor) and eager agree on the
+    output, the gate loss, and the gradients of the gate and of q, k, v; the output is the f64 masked one."""
+    from seerflex.finetune import GateLoss
+
+    cfg = SeerFlexConfig(policy=TopK(density=0.3), block_size=32, q_block_size=32 * ratio)
+    s = 32 * 9 + 7
+    base = [t.requires_grad_() for t in make_inputs(2, 4, 2, s, 32)]
+    runs = []
+    for mode in ("eager", "dynamic"):
+        torch.manual_seed(0)
+        layer = sparse_layer(cfg, 4, 2, 32, compile=mode)
+        layer.runtime.gate_loss = loss = GateLoss(row_fraction=0.5, seed=1)
+        q, k, v = (t.detach().clone().requires_grad_() for t in base)
+        out = layer(q, k, v)
+        total = loss.total()
+        ((out * torch.linspace(-1, 1, 32)).sum() + total).backward()
+        runs.append((out, total, layer.gate.k_weight.grad, layer.gate.q_weight.grad, q.grad, k.grad, v.grad))
+        if mode == "dynamic":
+            kept = kept_blocks(layer, q.detach(), k.detach(), None)
+            ref = dense_attention_f64(q.detach(), k.detach(), v.detach(), token_mask(kept, s, 32, None, 32 * ratio))
+            assert relative_error(out.detach(), ref) < 1e-5
+    for eager, compiled in zip(*runs):
+        assert eager is not None and float(eager.abs().max()) > 0
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

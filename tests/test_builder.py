@@ -100,3 +100,26 @@ def test_mask_from_selection_lists_the_same_tiles(policy, s, ratio):
         padded = BlockLayout.from_attention_mask(torch.ones(1, layout.seq_len).index_fill_(1, torch.tensor([0]), 0),
                                                  layout.seq_len, 64)
         block_mask_from_selection(selection, padded)
+
+
+@pytest.mark.parametrize("policy", [TopK(density=0.3), TopP(0.7), TopK(density=0.3, dense_last_rows=2)])
+@pytest.mark.parametrize(("s", "ratio"), [(64 * 13 + 5, 1), (64 * 14 + 5, 2), (64 * 13 + 5, 4)])
+def test_transposed_indices_list_what_torchs_transpose_lists(policy, s, ratio):
+    """The backward's per-key-block lists made inside the plan equal torch's ``compute_q_blocks`` ones (the
+    counts, and the listed query blocks in order; what follows a count is never read)."""
+    from torch.nn.attention.flex_attention import _transpose_ordered
+
+    from seerflex.block_mask import selection_indices
+
+    layout = BlockLayout(s, 64, None, 64 * ratio)
+    nq, n = layout.shape
+    scores = torch.randn(2, 3, nq, n).masked_fill(~layout.selectable_blocks(torch.device("cpu")), float("-inf"))
+    selection = policy.select(scores, layout)
+    indices = selection_indices(selection.order, selection.count, selection.dense_rows, n, ratio, transpose=True)
+    assert len(indices) == 8
+    for (num, idx), (want_num, want_idx) in zip((indices[4:6], indices[6:]),
+                                                (_transpose_ordered(*indices[:2]), _transpose_ordered(*indices[2:4]))):
+        assert num.dtype == idx.dtype == torch.int32 and idx.shape == want_idx.shape == (2, 3, n, nq)
+        assert torch.equal(num, want_num) and int(num.sum()) > 0
+        listed = torch.arange(nq) < num[..., None]
+        assert torch.equal(idx[listed], want_idx[listed])

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from seerflex.compile import compiled
 from seerflex.distill.loss import gate_kl
 from seerflex.ground_truth import block_attention_map
 from seerflex.scorer import ScorerInputs
@@ -46,7 +47,8 @@ class GateLoss:
             target = block_attention_map(inputs.q.detach(), inputs.k.detach(), block_size=layout.block_size,
                                          q_block_size=layout.q_block_size, mode=self.target, scale=inputs.scale,
                                          attention_mask=layout.valid_tokens, rows=rows, check_finite=False)
-        loss = gate_kl(logits, target, skip_first_rows=self.skip_first_rows)
+        # compiled (CUDA): one fused kernel each way instead of ~10 eager launches per layer
+        loss = compiled(gate_kl, inputs.compile, logits.device)(logits, target, skip_first_rows=self.skip_first_rows)
         if rows is not None:  # rows left out have a zero target, adding 0: the mean over the sampled rows
             n_rows = logits.shape[-2]
             loss = loss * ((n_rows - int(n_rows * self.skip_first_rows)) / len(rows))

@@ -77,16 +77,15 @@ class AttnGate(nn.Module):
     def forward(self, q: Tensor, k: Tensor, layout: BlockLayout | None = None, *, compile: str = "auto") -> Tensor:
         """Block logits [B, Hq, nq, nk] (float32) for pre-RoPE ``q`` [B,Hq,S,D] and ``k`` [B,Hkv,S,D].
 
-        Inference runs the math as one compiled graph under ``compile`` (``seerflex.compile``);
-        training runs it eagerly.
+        The math runs as one compiled graph under ``compile`` (``seerflex.compile``), with a compiled
+        backward when the weights train.
         """
         layout, rope = self.prepare(q, k, layout)
-        scores = block_logits if self.trains() else compiled(block_logits, compile, q.device)
-        return scores(q, k, self.q_weight, self.k_weight, rope, layout.valid_tokens, layout.valid_blocks,
+        return compiled(block_logits, compile, q.device)(q, k, self.q_weight, self.k_weight, rope, layout.valid_tokens, layout.valid_blocks,
                       self.gate_type.q_pools, self.gate_type.k_pools, self.block_size, self.q_block_size)
 
     def trains(self) -> bool:
-        """A gradient will flow into the weights: the math then runs eagerly, never compiled."""
+        """A gradient will flow into the weights (a gate loss then has something to train)."""
         return torch.is_grad_enabled() and self.k_weight.requires_grad
 
     def prepare(self, q: Tensor, k: Tensor, layout: BlockLayout | None) -> tuple[BlockLayout, RopeTables]:
