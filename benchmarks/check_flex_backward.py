@@ -1,7 +1,8 @@
 """GPU check of the training route: compiled flex_attention forward and backward over a seerflex BlockMask
 (top-k selection on random scores, 64 x 64, 128 x 64 and 128 x 128 blocks (FLASH's backward where flash-attn-4 is
 installed), the backward's indices made in the compiled plan, GQA 9/3, head 64, batch 2, odd and even
-lengths, with and without left padding, compile auto and static) against the same mask as float64 masked SDPA; prints and writes JSON.
+lengths, with and without left padding, compile auto and static) against the same mask as float64 masked SDPA; and a
+learning gate through the layer, compiled vs eager; prints and writes JSON.
 
     python benchmarks/check_flex_backward.py --out check.json
 """
@@ -52,6 +53,33 @@ def case(seq: int, q_block: int, kv_block: int, padded: bool, mode: str) -> dict
             "density": float(selection.kept.float().mean()), "rel_err": err, "max_abs_diff_from_dense": dense}
 
 
+def learning_case(seq: int, q_block: int, kv_block: int) -> dict:
+    """A learning gate through the whole layer, compiled (the training plan: logits with their gradient, in-graph
+    backward indices) against the same layer eager: output, gate loss and the gradients of gate, q, k, v."""
+    from seerflex import RuntimeOptions, SeerFlexAttention, SeerFlexConfig
+    from seerflex.finetune import GateLoss
+    from seerflex.runtime import Runtime
+
+    torch.manual_seed(seq + q_block + kv_block)
+    base = [torch.randn(1, h, seq, 64, device=DEV, dtype=torch.bfloat16) for h in (9, 3, 3)]
+    weights = torch.randn(1, 9, seq, 64, device=DEV, dtype=torch.bfloat16)
+    results = []
+    for mode in ("eager", "auto"):
+        torch.manual_seed(0)
+        cfg = SeerFlexConfig(policy=TopK(density=0.1), block_size=kv_block, q_block_size=q_block)
+        layer = SeerFlexAttention(cfg, 9, 3, 64, runtime=Runtime(RuntimeOptions(dense_below=0, compile=mode,
+                                                                                check_finite=False)), layer_idx=0).to(DEV)
+        layer.runtime.gate_loss = loss = GateLoss(row_fraction=0.25, seed=1)
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        out = layer(q, k, v)
+        total = loss.total()
+        ((out.float() * weights.float()).sum() + total).backward()
+        results.append((out, total, layer.gate.k_weight.grad, layer.gate.q_weight.grad, q.grad, k.grad, v.grad))
+    err = {name: float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
+           for name, a, b in zip(("out", "gate_loss", "d_gate_k", "d_gate_q", "dq", "dk", "dv"), *results[::-1])}
+    return {"learning_gate": True, "seq_len": seq, "block": [q_block, kv_block], "compiled_vs_eager_rel_err": err}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -63,6 +91,8 @@ def main() -> None:
                 for mode in ("auto", "static"):  # static: the backward lowered in this thread, not autograd's
                     rows.append(case(seq, q_block, kv_block, padded, mode))
                     print(rows[-1])
+            rows.append(learning_case(seq, q_block, kv_block))
+            print(rows[-1])
     with open(args.out, "w") as f:
         json.dump({"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__,
                    "rows": rows}, f, indent=1)

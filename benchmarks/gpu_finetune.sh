@@ -16,6 +16,7 @@
 #   speed3: step time with the 3-stage backward tiles, and 128 x 128 blocks on FLASH (FA4 from the kernels call)
 #   profile3: profiles of the FLASH step and the SDPA one (superseded by speed4)
 #   speed4: after the training plan compiled as one graph: GPU check, step times side by side, the FLASH profile
+#   acc:   issue 15 on the GPU: 4 held-out 8k windows per domain, every scorer and rule, and rules calibrated on train text
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
@@ -131,6 +132,39 @@ speed4)  # after the training gate, policy and backward indices became one compi
   speed d0.1_4 density=0.1
   profile profile_d0.1_b128_flash_4.txt density=0.1 seerflex.block_size=128 output_dir=$RUN/profile_b128
   gzip -f "$OUT"/profile_d0.1_b128_flash_4.trace.json ;;
+acc)  # issue 15 at 8k on the GPU, 4 held-out windows per domain (after stash x3): each scorer under each rule calibrated
+  # on the evaluated windows (as the CPU tables), then the transfer test: the gates' per-layer top-p and XAttention's
+  # shared threshold calibrated on the domain's *training* split, read on the held-out windows. One command per
+  # (domain, scorer, rule) and the archive refreshed after each: on 2026-12-02 one command for all four scorers and
+  # rules ran 560 s without finishing, and a cut call returned nothing
+  setup
+  A="python -m seerflex.cli eval"
+  M="model=smollm2 dtype=float32"
+  W="window=8192 prefix=1024 windows=${WINDOWS:-4}"
+  TRAIN="corpus:$CORPUS:split=train:domains"
+  MIX=seerflex/adapters/smollm2-mix
+  keep() { tar czf "$OUT"/acc.tgz -C $RUN/acc .; }
+  mkdir -p $RUN/acc
+  for d in docs code prose; do
+    [ -f $RUN/acc/dense_$d/ppl.json ] || $A ppl $M $W text=$HELD=$d scorers=dense out=$RUN/acc/dense_$d; keep
+    for s in gate xattention oracle; do
+      for r in topk:0.1 topp:density=0.1:per_layer=true threshold:density=0.1; do
+        o=$RUN/acc/${d}_${s}_${r//[:=.]/_}
+        [ -f $o/ppl.json ] || $A ppl $M adapter=$MIX $W text=$HELD=$d scorers=$s policies=[$r] out=$o; keep
+      done
+    done
+    [ -f $RUN/acc/gate_cal_$d.done ] || { $A calibrate $M adapter=$MIX scorer=gate policy=topp:density=0.1:per_layer=true \
+      budget_text=$TRAIN=$d budget_windows=2 save_adapter=$RUN/acc/gate_cal_$d out=$RUN/acc/gate_cal_${d}_json \
+      && touch $RUN/acc/gate_cal_$d.done; }
+    [ -f $RUN/acc/xa_cal_$d/calibrate.json ] || $A calibrate $M adapter=$MIX scorer=xattention policy=threshold:density=0.1 \
+      budget_text=$TRAIN=$d budget_windows=2 out=$RUN/acc/xa_cal_$d
+    t=$(python -c "import json; print(json.load(open('$RUN/acc/xa_cal_$d/calibrate.json'))['rows'][0]['policy']['threshold'])")
+    [ -f $RUN/acc/transfer_gate_$d/ppl.json ] || $A ppl $M adapter=$RUN/acc/gate_cal_$d $W text=$HELD=$d scorers=gate \
+      policies=[adapter] out=$RUN/acc/transfer_gate_$d
+    [ -f $RUN/acc/transfer_xa_$d/ppl.json ] || $A ppl $M adapter=$MIX $W text=$HELD=$d scorers=xattention \
+      policies=[threshold:$t] out=$RUN/acc/transfer_xa_$d
+    keep
+  done ;;
 ft_long)  # density 0.1 from the distilled gates and the dense fine-tune, both LONG_STEPS (200) steps, evals
   setup
   N=${LONG_STEPS:-200}

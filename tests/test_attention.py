@@ -214,12 +214,30 @@ def test_flex_backward_is_offered_tiles_that_fit_64_and_32_token_blocks(monkeypa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ratio", [1, 2])
-def test_a_learning_gate_in_the_compiled_plan_gets_the_eager_gradients(ratio):
+def test_a_learning_gate_in_the_compiled_plan_gets_the_eager_gradients(ratio, monkeypatch):
     """Fine-tuning on the GPU runs the training gate inside the compiled plan (its logits leave the graph with
     their gradient, the backward's indices are made in it). Compiled (CPU inductor) and eager agree on the
-    output, the gate loss, and the gradients of the gate and of q, k, v; the output is the f64 masked one."""
+    output, the gate loss, and the gradients of the gate and of q, k, v; the output is the f64 masked one; the
+    compiled run went through the plan once, the loss was taken once, and the BlockMask's backward indices are
+    torch's transposition of its forward ones."""
+    from torch.nn.attention.flex_attention import _transpose_ordered
+
+    import seerflex.attention as attention
     from seerflex.finetune import GateLoss
 
+    seen = {"plans": 0, "masks": []}
+    plan, sparse = attention.planned_block_mask, attention.sparse_attention
+
+    def counted_plan(*args, **kwargs):
+        seen["plans"] += 1
+        return plan(*args, **kwargs)
+
+    def kept_mask(q, k, v, block_mask, **kwargs):
+        seen["masks"].append(block_mask)
+        return sparse(q, k, v, block_mask, **kwargs)
+
+    monkeypatch.setattr(attention, "planned_block_mask", counted_plan)
+    monkeypatch.setattr(attention, "sparse_attention", kept_mask)
     cfg = SeerFlexConfig(policy=TopK(density=0.3), block_size=32, q_block_size=32 * ratio)
     s = 32 * 9 + 7
     base = [t.requires_grad_() for t in make_inputs(2, 4, 2, s, 32)]
@@ -227,16 +245,24 @@ def test_a_learning_gate_in_the_compiled_plan_gets_the_eager_gradients(ratio):
     for mode in ("eager", "dynamic"):
         torch.manual_seed(0)
         layer = sparse_layer(cfg, 4, 2, 32, compile=mode)
-        layer.runtime.gate_loss = loss = GateLoss(row_fraction=0.5, seed=1)
+        loss, calls = GateLoss(row_fraction=0.5, seed=1), []
+        layer.runtime.gate_loss = lambda i, logits, inputs: (calls.append(i), loss(i, logits, inputs))
         q, k, v = (t.detach().clone().requires_grad_() for t in base)
         out = layer(q, k, v)
         total = loss.total()
         ((out * torch.linspace(-1, 1, 32)).sum() + total).backward()
         runs.append((out, total, layer.gate.k_weight.grad, layer.gate.q_weight.grad, q.grad, k.grad, v.grad))
-        if mode == "dynamic":
-            kept = kept_blocks(layer, q.detach(), k.detach(), None)
-            ref = dense_attention_f64(q.detach(), k.detach(), v.detach(), token_mask(kept, s, 32, None, 32 * ratio))
-            assert relative_error(out.detach(), ref) < 1e-5
+        assert len(calls) == 1
+    assert seen["plans"] == 1  # the compiled run only
+    kept = kept_blocks(layer, q.detach(), k.detach(), None)
+    ref = dense_attention_f64(q.detach(), k.detach(), v.detach(), token_mask(kept, s, 32, None, 32 * ratio))
+    assert relative_error(runs[1][0].detach(), ref) < 1e-5
+    mask = seen["masks"][-1]
+    for num, idx, fwd in ((mask.q_num_blocks, mask.q_indices, (mask.kv_num_blocks, mask.kv_indices)),
+                          (mask.full_q_num_blocks, mask.full_q_indices, (mask.full_kv_num_blocks, mask.full_kv_indices))):
+        want_num, want_idx = _transpose_ordered(*fwd)
+        listed = torch.arange(idx.shape[-1]) < num[..., None]
+        assert torch.equal(num, want_num) and int(num.sum()) > 0 and torch.equal(idx[listed], want_idx[listed])
     for eager, compiled in zip(*runs):
         assert eager is not None and float(eager.abs().max()) > 0
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

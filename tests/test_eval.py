@@ -68,6 +68,14 @@ def test_per_layer_calibration_gives_every_layer_the_density(monkeypatch):
     each = calibration.layer_density(run(model, "gate", per_layer, []))
     assert overall == pytest.approx(0.3, abs=0.01) and all(abs(d - 0.3) < 0.01 for d in each.values())
     assert per_layer[1].p == pytest.approx(0.3 ** 0.5, abs=0.01)
+    # a density per layer (another method's allocation): each layer meets its own
+    per_layer, overall = calibration.calibrate_per_layer(model, "gate", TopP(0.9), {0: 0.5, 1: 0.2}, [torch.zeros(1)],
+                                                         iters=20)
+    each = calibration.layer_density(run(model, "gate", per_layer, []))
+    assert each[0] == pytest.approx(0.5, abs=0.01) and each[1] == pytest.approx(0.2, abs=0.01)
+    assert overall == pytest.approx(0.35, abs=0.01)
+    with pytest.raises(ValueError, match="must name the gated layers"):
+        calibration.calibrate_per_layer(model, "gate", TopP(0.9), {0: 0.5}, [torch.zeros(1)])
 
 
 @pytest.mark.slow

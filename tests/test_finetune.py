@@ -58,6 +58,7 @@ def test_model_and_gates_train_through_sparse_attention_and_nothing_else_moves(t
     assert [r["density"] for r in rows[:4]] == pytest.approx([1.0, 1 - 0.7 / 3, 1 - 1.4 / 3, 0.3])
     assert rows[-1]["achieved_density"] < 1.0 and rows[0]["achieved_density"] == 1.0
     assert rows[-1]["lm_loss"] < 0.97 * rows[0]["lm_loss"] and rows[-1]["gate_kl"] < rows[0]["gate_kl"]
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["kernel"] == "triton"  # what ran, recorded
     targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # LoRA's modules (merged into them by the export)
     for name, value in model.state_dict().items():  # everything else never moved: no gradient reached it
         if name in before and not any(t in name for t in targets):
@@ -134,6 +135,7 @@ def test_a_dense_fine_tune_without_gates_is_the_plain_extended_model(tmp_path, t
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["density"] == 1.0 and r["gate_kl"] == 0.0 for r in rows) and rows[-1]["lm_loss"] < rows[0]["lm_loss"]
     assert not (export / "seerflex").exists() and (export / "lora").is_dir()
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["kernel"] == "sdpa"
     assert not any("seerflex" in n for n, _ in model.named_modules())  # the model's own attention ran
     merged = AutoModelForCausalLM.from_pretrained(export / "model")
     assert merged.config.rope_parameters["rope_type"] == "yarn"

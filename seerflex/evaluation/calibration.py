@@ -44,9 +44,10 @@ def calibrate(model: Any, scorer: str, policy: Policy, target: float, windows: l
     return best[1], best[2]
 
 
-def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float, windows: list[torch.Tensor],
-                        iters: int = 12) -> tuple[dict[int, Policy], float]:
-    """({layer: policy}, achieved density): each layer's parameter bisected to ``target`` on its own.
+def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float | dict[int, float],
+                        windows: list[torch.Tensor], iters: int = 12) -> tuple[dict[int, Policy], float]:
+    """({layer: policy}, achieved density): each layer's parameter bisected to ``target`` on its own
+    (``{layer: density}``: a density per layer, e.g. another method's allocation).
 
     One parameter for all layers lets a mass rule (threshold, top-p) move density between layers: on SmolLM2
     the gates' calibrated threshold spent 0.148 on layers 3-8, whose attention is broad, and 0.082 on layers
@@ -55,11 +56,14 @@ def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float, 
     """
     field, low, high, to_value = _search(policy)
     layers = list(model.gated_layers)
+    goal = target if isinstance(target, dict) else dict.fromkeys(layers, target)
+    if set(goal) != set(layers):
+        raise ValueError(f"per-layer targets must name the gated layers {layers}, got {sorted(goal)}")
     bracket = {i: (low, high) for i in layers}
     best = {i: (math.inf, policy) for i in layers}
     with progress() as bar:
-        task = bar.add_task(f"calibrating {type(policy).__name__} per layer to density {target}", total=iters,
-                            info="")
+        task = bar.add_task(f"calibrating {type(policy).__name__} per layer to density "
+                            f"{target if not isinstance(target, dict) else 'per layer'}", total=iters, info="")
         for _ in range(iters):
             mids = {i: sum(bracket[i]) / 2 for i in layers}
             candidates = {i: dataclasses.replace(policy, **{field: to_value(mids[i])}) for i in layers}
@@ -68,13 +72,14 @@ def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float, 
                 raise ValueError(f"no layer ran sparse on the calibration windows ({windows[0].numel()} tokens): "
                                  "nothing to calibrate (shorter than the runtime's dense_below?)")
             for i in density:  # a layer that never ran sparse keeps the policy as given
-                best[i] = min(best[i], (abs(density[i] - target), candidates[i]), key=lambda b: b[0])
-                bracket[i] = (mids[i], bracket[i][1]) if density[i] < target else (bracket[i][0], mids[i])
+                best[i] = min(best[i], (abs(density[i] - goal[i]), candidates[i]), key=lambda b: b[0])
+                bracket[i] = (mids[i], bracket[i][1]) if density[i] < goal[i] else (bracket[i][0], mids[i])
             bar.update(task, advance=1, info=f"layers {min(density.values()):.3f}-{max(density.values()):.3f}")
-    missed = [i for i in layers if math.isfinite(best[i][0]) and best[i][0] > max(0.02, 0.2 * target)]
+    missed = {i: goal[i] for i in layers if math.isfinite(best[i][0]) and best[i][0] > max(0.02, 0.2 * goal[i])}
     if missed:
-        warn(f"layers {missed} did not reach density {target} (their always-on blocks or their scores' ties set "
-             "a floor or ceiling); they keep their closest setting")
+        off = ", ".join(f"{i}: {d:.3f} missed by {best[i][0]:.3f}" for i, d in missed.items())
+        warn(f"layers did not reach their density ({off}): their always-on blocks or their scores' ties set "
+             "a floor or ceiling; they keep their closest setting")
     chosen = {i: best[i][1] for i in layers}
     return chosen, achieved_density(sparsity_records(model, scorer, chosen, windows)) or 1.0
 

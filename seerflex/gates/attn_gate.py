@@ -77,15 +77,18 @@ class AttnGate(nn.Module):
     def forward(self, q: Tensor, k: Tensor, layout: BlockLayout | None = None, *, compile: str = "auto") -> Tensor:
         """Block logits [B, Hq, nq, nk] (float32) for pre-RoPE ``q`` [B,Hq,S,D] and ``k`` [B,Hkv,S,D].
 
-        The math runs as one compiled graph under ``compile`` (``seerflex.compile``), with a compiled
-        backward when the weights train.
+        Inference runs the math as one compiled graph under ``compile`` (``seerflex.compile``);
+        training through this method (distillation, padded or uncompiled layers) runs it eagerly: distillation
+        batches vary in length and padding, each a recompile of a graph with its backward. A learning gate in
+        an unpadded compiled layer runs compiled, inside the layer's plan (``seerflex.plan``).
         """
         layout, rope = self.prepare(q, k, layout)
-        return compiled(block_logits, compile, q.device)(q, k, self.q_weight, self.k_weight, rope, layout.valid_tokens, layout.valid_blocks,
+        scores = block_logits if self.trains() else compiled(block_logits, compile, q.device)
+        return scores(q, k, self.q_weight, self.k_weight, rope, layout.valid_tokens, layout.valid_blocks,
                       self.gate_type.q_pools, self.gate_type.k_pools, self.block_size, self.q_block_size)
 
     def trains(self) -> bool:
-        """A gradient will flow into the weights (a gate loss then has something to train)."""
+        """A gradient will flow into the weights (``forward`` then runs eagerly)."""
         return torch.is_grad_enabled() and self.k_weight.requires_grad
 
     def prepare(self, q: Tensor, k: Tensor, layout: BlockLayout | None) -> tuple[BlockLayout, RopeTables]:

@@ -29,11 +29,13 @@ import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
+from seerflex.compile import compiles
 from seerflex.config import SeerFlexConfig
 from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
 from seerflex.distill.data import check_mixture, mixed_pieces
 from seerflex.finetune import GateLoss, extend_context
+from seerflex.flex import kernel_backend
 from seerflex.hf.families import hf_model_of
 from seerflex.policies import TopK
 from seerflex.recipes.common import (checkpoint_due, end_step, load_checkpoint, open_run, print_table, start_training,
@@ -142,6 +144,15 @@ class FinetuneRecipe:
         return 1.0 - (1.0 - self.density) * min(1.0, step / self.schedule_steps)
 
 
+def sparse_kernel(config: SeerFlexConfig, runtime: RuntimeOptions, accelerator: Any) -> str:
+    """The kernel the sparse layers' training calls resolve to ("flash" or "triton"), for the run's record: which
+    one ran is otherwise known only from the environment (an FA4 install that did not load runs Triton)."""
+    device = accelerator.device
+    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    return kernel_backend(runtime.backend, device, compiled=compiles(runtime.compile, device), plain_mask=True,
+                          dtype=dtype, block_size=(config.q_block_size, config.block_size), backward=True)
+
+
 def with_lora(model: Any, lora: dict[str, Any]) -> Any:
     """``model`` with peft LoRA adapters on the target modules (each must exist)."""
     from peft import LoraConfig, get_peft_model
@@ -204,7 +215,8 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         del resumed, tensors  # the loaded copies: a full fine-tune's weights and moments
     metrics_file = open_run(accelerator, recipe, out, start, pieces=counts,
                             distributed=accelerator.distributed_type.value,
-                            rope=getattr(hf_model_of(base).config, "rope_parameters", None))
+                            rope=getattr(hf_model_of(base).config, "rope_parameters", None),
+                            kernel=sparse_kernel(config, runtime, accelerator) if recipe.gates else recipe.dense_attention)
     policy = config.policy.base_fields()
     gate_loss = GateLoss(recipe.target, recipe.skip_first_rows, recipe.kl_rows, recipe.seed)
     last: dict[str, Any] = {}

@@ -1,0 +1,69 @@
+"""Experiment (issue 15): is it the gates' ranking or their allocation across layers that loses to XAttention?
+
+XAttention's shared threshold spends a different density in each layer (0.078-0.136 on SmolLM2 docs at d 0.1);
+the gates' best rule, top-p calibrated per layer, spends 0.1 in every layer. Here the gates' top-p is calibrated
+layer by layer to the densities another run reached (a ``seerflex eval sparsity`` JSON, e.g. XAttention at its
+calibrated threshold), and the perplexity read on the same windows: if the gates then beat that run, their ranking
+and mass estimates are the better ones and the layer allocation is what to learn.
+
+    python benchmarks/allocation_swap.py --allocation sparsity.json --text corpus:DIR:split=heldout:domains=docs \
+        --out allocation_swap.json [--scorer gate] [--compile dynamic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from seerflex.evaluation.calibration import calibrate_per_layer, layer_density, sparsity_records
+from seerflex.evaluation.nll import window_nll
+from seerflex.evaluation.selection import selection
+from seerflex.policies import TopP
+from seerflex.recipes.eval import SparsityArgs, load_seerflex_model, token_windows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--allocation", required=True, help="seerflex eval sparsity JSON whose per-layer densities to reach")
+    p.add_argument("--text", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--scorer", default="gate")
+    p.add_argument("--adapter", default="seerflex/adapters/smollm2-mix")
+    p.add_argument("--compile", default="dynamic")
+    p.add_argument("--window", type=int, default=8192)
+    p.add_argument("--prefix", type=int, default=1024)
+    args = p.parse_args()
+    reference = json.load(open(args.allocation))
+    targets = {r["layer"]: r["density"] for r in reference["rows"]}
+    model, tokenizer = load_seerflex_model(SparsityArgs(model="smollm2", adapter=args.adapter, dtype="float32",
+                                                        compile=args.compile))
+    windows = token_windows(tokenizer, args.text, args.window, 1)
+    start = time.perf_counter()
+    policies, density = calibrate_per_layer(model, args.scorer, TopP(0.9), targets, windows)
+    reached = layer_density(sparsity_records(model, args.scorer, policies, windows))
+    nll, count = 0.0, 0
+    with selection(model, args.scorer, policies):
+        for w in windows:
+            part, n = window_nll(model, w, args.prefix)
+            nll, count = nll + part, count + n
+    dense_nll, dense_count = 0.0, 0
+    with selection(model, "dense", None):
+        for w in windows:
+            part, n = window_nll(model, w, args.prefix)
+            dense_nll, dense_count = dense_nll + part, dense_count + n
+    ppl, dense = 2.718281828459045 ** (nll / count), 2.718281828459045 ** (dense_nll / dense_count)
+    result = {"allocation_from": args.allocation, "reference_policy": reference["args"].get("policy"),
+              "reference_scorer": reference["args"].get("scorer"), "scorer": args.scorer, "text": args.text,
+              "window": args.window, "prefix": args.prefix, "ppl": ppl, "dense_ppl": dense,
+              "rise": ppl / dense - 1, "density": density, "seconds": time.perf_counter() - start,
+              "layers": [{"layer": i, "target": targets[i], "density": reached.get(i), "p": policies[i].p}
+                         for i in sorted(targets)]}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"{args.scorer} top-p at {result['reference_scorer']}'s allocation: ppl {ppl:.3f} (dense {dense:.3f}, "
+          f"{100 * result['rise']:+.1f}%), density {density:.4f}")
+
+
+if __name__ == "__main__":
+    main()
