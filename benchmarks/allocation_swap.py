@@ -7,7 +7,7 @@ calibrated threshold), and the perplexity read on the same windows: if the gates
 and mass estimates are the better ones and the layer allocation is what to learn.
 
     python benchmarks/allocation_swap.py --allocation sparsity.json --text corpus:DIR:split=heldout:domains=docs \
-        --out allocation_swap.json [--scorer gate] [--compile dynamic]
+        --out allocation_swap.json [--calibration-text TEXT] [--scorer gate] [--compile dynamic]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import argparse
 import json
 import time
 
-from seerflex.evaluation.calibration import calibrate_per_layer, layer_density, sparsity_records
+from seerflex.evaluation.calibration import allocation_targets, calibrate_per_layer, layer_density, sparsity_records
 from seerflex.evaluation.nll import window_nll
-from seerflex.evaluation.selection import selection
+from seerflex.evaluation.selection import achieved_density, selection
 from seerflex.policies import TopP
 from seerflex.recipes.eval import SparsityArgs, load_seerflex_model, token_windows
 
@@ -26,7 +26,9 @@ from seerflex.recipes.eval import SparsityArgs, load_seerflex_model, token_windo
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--allocation", required=True, help="seerflex eval sparsity JSON whose per-layer densities to reach")
-    p.add_argument("--text", required=True)
+    p.add_argument("--text", required=True, help="evaluated text (its first window)")
+    p.add_argument("--calibration-text", default=None,
+                   help="text the per-layer top-p is fitted on (default: the evaluated window, as the CPU tables)")
     p.add_argument("--out", required=True)
     p.add_argument("--scorer", default="gate")
     p.add_argument("--adapter", default="seerflex/adapters/smollm2-mix")
@@ -35,13 +37,15 @@ def main() -> None:
     p.add_argument("--prefix", type=int, default=1024)
     args = p.parse_args()
     reference = json.load(open(args.allocation))
-    targets = {r["layer"]: r["density"] for r in reference["rows"]}
+    targets = allocation_targets(args.allocation)
     model, tokenizer = load_seerflex_model(SparsityArgs(model="smollm2", adapter=args.adapter, dtype="float32",
                                                         compile=args.compile))
     windows = token_windows(tokenizer, args.text, args.window, 1)
+    fit_on = windows if args.calibration_text is None else token_windows(tokenizer, args.calibration_text, args.window, 1)
     start = time.perf_counter()
-    policies, density = calibrate_per_layer(model, args.scorer, TopP(0.9), targets, windows)
-    reached = layer_density(sparsity_records(model, args.scorer, policies, windows))
+    policies, _ = calibrate_per_layer(model, args.scorer, TopP(0.9), targets, fit_on)
+    records = sparsity_records(model, args.scorer, policies, windows)
+    reached, density = layer_density(records), achieved_density(records)
     nll, count = 0.0, 0
     with selection(model, args.scorer, policies):
         for w in windows:
@@ -55,6 +59,7 @@ def main() -> None:
     ppl, dense = 2.718281828459045 ** (nll / count), 2.718281828459045 ** (dense_nll / dense_count)
     result = {"allocation_from": args.allocation, "reference_policy": reference["args"].get("policy"),
               "reference_scorer": reference["args"].get("scorer"), "scorer": args.scorer, "text": args.text,
+              "calibration_text": args.calibration_text or args.text,
               "window": args.window, "prefix": args.prefix, "ppl": ppl, "dense_ppl": dense,
               "rise": ppl / dense - 1, "density": density, "seconds": time.perf_counter() - start,
               "layers": [{"layer": i, "target": targets[i], "density": reached.get(i), "p": policies[i].p}

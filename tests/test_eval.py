@@ -105,6 +105,21 @@ def test_eval_calibrate_saves_per_layer_policies_that_eval_runs(recipe_model, ti
     assert abs(row["density"] - 0.7) < 0.1  # calibrated on the same text here; other text lands near it
     with pytest.raises(ValueError, match="no density to calibrate"):
         eval_recipe.main(["calibrate", "--model", "tiny", "--policy", "topp:0.9", "--out", str(tmp_path / "x")])
+    # another run's allocation across layers (a sparsity JSON), scaled to the spec's density
+    allocation = tmp_path / "sparsity.json"
+    allocation.write_text(json.dumps({"rows": [{"layer": 0, "density": 0.9}, {"layer": 1, "density": 0.7}]}))
+    assert eval_recipe.main(["calibrate", "--model", "tiny", "--scorer", "gate", "--policy",
+                             "topp:density=0.7:per_layer=true", "--allocation", str(allocation), "--budget-text",
+                             str(tiny_text), "--budget-window", "1024", "--out", str(tmp_path / "a")]) == 0
+    rows = json.loads((tmp_path / "a" / "calibrate.json").read_text())["rows"]
+    assert abs(rows[0]["density"] - 0.7875) < 0.05 and abs(rows[1]["density"] - 0.6125) < 0.05
+    with pytest.raises(ValueError, match="needs :per_layer=true"):
+        eval_recipe.main(["calibrate", "--model", "tiny", "--policy", "topp:density=0.4", "--allocation",
+                          str(allocation), "--out", str(tmp_path / "x")])
+    allocation.write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable"):
+        eval_recipe.main(["calibrate", "--model", "tiny", "--policy", "topp:density=0.4:per_layer=true",
+                          "--allocation", str(allocation), "--out", str(tmp_path / "x")])
 
 
 @pytest.mark.parametrize(("spec", "message"), [("bottomk:0.1", "unknown policy"), ("topk:0.1:sinks=2", "bad policy"),

@@ -8,7 +8,9 @@ the threshold rises (searched in log space).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -82,6 +84,22 @@ def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float |
              "a floor or ceiling; they keep their closest setting")
     chosen = {i: best[i][1] for i in layers}
     return chosen, achieved_density(sparsity_records(model, scorer, chosen, windows)) or 1.0
+
+
+def allocation_targets(path: str, density: float | None = None) -> dict[int, float]:
+    """Per-layer densities from a ``seerflex eval sparsity`` JSON, scaled to average ``density`` (None: as
+    recorded): another run's
+    allocation across layers (e.g. XAttention's at its calibrated threshold on training text) for
+    ``calibrate_per_layer``. On SmolLM2 docs it was the same on training and held-out text within 0.006 a layer."""
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+        found = {int(r["layer"]): float(r["density"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"allocation {path!r}: not a readable `seerflex eval sparsity` JSON ({err})") from None
+    if not found or not all(math.isfinite(d) and d > 0 for d in found.values()):
+        raise ValueError(f"allocation {path!r}: needs a positive density for each layer, got {found}")
+    scale = 1.0 if density is None else density / (sum(found.values()) / len(found))
+    return {i: min(1.0, d * scale) for i, d in found.items()}
 
 
 def layer_density(records: list[tuple[int, SparsityStats]]) -> dict[int, float]:

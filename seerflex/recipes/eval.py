@@ -9,6 +9,7 @@
     seerflex eval sparsity adapter=... policy=topk:0.1 layer=10 head=3
     seerflex eval budget adapter=... density=0.1 budget_text=austen:Persuasion save_adapter=DIR
     seerflex eval calibrate adapter=... policy=topp:density=0.1:per_layer=true budget_text=... save_adapter=DIR
+        [allocation=sparsity.json]   # each layer to another run's density (e.g. XAttention's), scaled to 0.1
 
 ``--key value`` works as ``key=value`` (``--lengths 4096 8192``); ``seerflex eval ppl --help`` lists
 the keys. Policy specs: ``topk:0.1``, ``threshold:2e-3``, ``topp:0.9``, ``topp:density=0.1``
@@ -32,7 +33,7 @@ from seerflex.config import SeerFlexConfig
 from seerflex.console import console, warn
 from seerflex.distill.collector import Collector, collecting
 from seerflex.evaluation import plots, ruler
-from seerflex.evaluation.calibration import layer_density, sparsity_records
+from seerflex.evaluation.calibration import allocation_targets, calibrate_per_layer, layer_density, sparsity_records
 from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
 from seerflex.evaluation.nll import windows
 from seerflex.evaluation.passkey import answer, needle_trial, passkey_prompt, passkey_trial
@@ -40,7 +41,7 @@ from seerflex.evaluation.policy_specs import BUDGET, parse_policy, resolve_polic
 from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.evaluation.selection import achieved_density, runs, selection
 from seerflex.hf.families import hf_model_of
-from seerflex.policies import MAIN_FIELD, Policy
+from seerflex.policies import MAIN_FIELD, Policy, spec_fields
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import RuntimeOptions
@@ -131,6 +132,8 @@ class CalibrateArgs(BudgetArgs):
     scorer: str = knob("gate", "what ranks the blocks: gate or a training-free scorer")
     policy: str = knob("topp:density=0.1:per_layer=true", "threshold / top-p spec with density=...")
     save_adapter: str | None = knob(None, "write the adapter with the calibrated policies (scorer gate only)")
+    allocation: str | None = knob(None, "per-layer densities to calibrate each layer to, from a `seerflex eval "
+                                        "sparsity` JSON (scaled to the spec's density; needs :per_layer=true)")
 
 
 @dataclass
@@ -372,11 +375,21 @@ def calibrate_main(argv: list[str]) -> int:
     if args.save_adapter and args.scorer != "gate":
         raise ValueError("save_adapter stores gates with their policies: use scorer=gate")
     check_sweep([args.scorer], [args.policy])
-    if parse_policy(args.policy)[1] is None:
+    base, target = parse_policy(args.policy)
+    if target is None:
         raise ValueError(f"{args.policy!r} has no density to calibrate to, e.g. topp:density=0.1:per_layer=true")
+    targets = None
+    if args.allocation:
+        if not spec_fields(args.policy)[1].get("per_layer", False):
+            raise ValueError(f"allocation= sets a density per layer: the policy needs :per_layer=true, got {args.policy!r}")
+        targets = allocation_targets(args.allocation, target)
     model, tokenizer = load_seerflex_model(args)
     windows = token_windows(tokenizer, args.budget_text, args.budget_window, args.budget_windows)
-    policy, chosen = resolve_policy(model, args.scorer, args.policy, windows, None, args.budget_prefix)
+    if targets is None:
+        policy, chosen = resolve_policy(model, args.scorer, args.policy, windows, None, args.budget_prefix)
+    else:
+        policy, _ = calibrate_per_layer(model, args.scorer, base, targets, windows)
+        chosen = {"per_layer": {i: p.to_dict() for i, p in policy.items()}, "allocation": args.allocation}
     per_layer = policy if isinstance(policy, dict) else {i: policy for i in model.gated_layers}
     density = layer_density(sparsity_records(model, args.scorer, per_layer, windows))
     rows = [{"layer": i, "density": density.get(i, 1.0), "policy": p.to_dict()} for i, p in per_layer.items()]
