@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 from seerflex.evaluation.calibration import allocation_targets, calibrate_per_layer, layer_density, sparsity_records
@@ -46,17 +47,16 @@ def main() -> None:
     policies, _ = calibrate_per_layer(model, args.scorer, TopP(0.9), targets, fit_on)
     records = sparsity_records(model, args.scorer, policies, windows)
     reached, density = layer_density(records), achieved_density(records)
-    nll, count = 0.0, 0
-    with selection(model, args.scorer, policies):
-        for w in windows:
-            part, n = window_nll(model, w, args.prefix)
-            nll, count = nll + part, count + n
-    dense_nll, dense_count = 0.0, 0
-    with selection(model, "dense", None):
-        for w in windows:
-            part, n = window_nll(model, w, args.prefix)
-            dense_nll, dense_count = dense_nll + part, dense_count + n
-    ppl, dense = 2.718281828459045 ** (nll / count), 2.718281828459045 ** (dense_nll / dense_count)
+
+    def perplexity(scorer: str, policy: dict | None) -> float:
+        nll, count = 0.0, 0
+        with selection(model, scorer, policy):
+            for w in windows:
+                part, n = window_nll(model, w, args.prefix)
+                nll, count = nll + part, count + n
+        return math.exp(nll / count)
+
+    ppl, dense = perplexity(args.scorer, policies), perplexity("dense", None)
     result = {"allocation_from": args.allocation, "reference_policy": reference["args"].get("policy"),
               "reference_scorer": reference["args"].get("scorer"), "scorer": args.scorer, "text": args.text,
               "calibration_text": args.calibration_text or args.text,

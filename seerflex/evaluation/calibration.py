@@ -88,9 +88,9 @@ def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float |
 
 def allocation_targets(path: str, density: float | None = None) -> dict[int, float]:
     """Per-layer densities from a ``seerflex eval sparsity`` JSON, scaled to average ``density`` (None: as
-    recorded): another run's
-    allocation across layers (e.g. XAttention's at its calibrated threshold on training text) for
-    ``calibrate_per_layer``. On SmolLM2 docs it was the same on training and held-out text within 0.006 a layer."""
+    recorded): another run's allocation across layers (e.g. XAttention's at its calibrated threshold on training
+    text) for ``calibrate_per_layer``. On SmolLM2 docs it was the same on training and held-out text within 0.006
+    a layer."""
     try:
         rows = json.loads(Path(path).read_text())["rows"]
         found = {int(r["layer"]): float(r["density"]) for r in rows}

@@ -37,12 +37,14 @@ def parse_policy(spec: str) -> tuple[Policy, float | None]:
 
 
 def resolve_policy(model: Any, scorer: str, spec: str | None, density_windows: list[torch.Tensor],
-                   budget_windows: list[torch.Tensor] | None, prefix: int
+                   budget_windows: list[torch.Tensor] | None, prefix: int,
+                   layer_targets: dict[int, float] | None = None
                    ) -> tuple[Policy | dict[int, Policy] | None, dict[str, Any] | None]:
     """(policy for ``selection``, what calibration chose or None).
 
     ``density_windows`` calibrate threshold/top-p densities; ``budget_windows`` (other text than the
-    evaluation's) feed the layer sensitivity of ``budget:`` specs.
+    evaluation's) feed the layer sensitivity of ``budget:`` specs. ``layer_targets``: a ``:per_layer=true``
+    spec calibrates each layer to its own density instead of the spec's (``calibration.allocation_targets``).
     """
     if spec is None or spec == "adapter":
         return None, None
@@ -61,7 +63,10 @@ def resolve_policy(model: Any, scorer: str, spec: str | None, density_windows: l
     if target is None:
         return policy, None
     if spec_fields(spec)[1].get("per_layer", False):
-        policies, _ = calibrate_per_layer(model, scorer, policy, target, density_windows)
+        goal = target if layer_targets is None else layer_targets
+        policies, _ = calibrate_per_layer(model, scorer, policy, goal, density_windows)
         return policies, {"per_layer": {i: p.to_dict() for i, p in policies.items()}}
+    if layer_targets is not None:
+        raise ValueError(f"per-layer densities need a :per_layer=true spec, got {spec!r}")
     policy, _ = calibrate(model, scorer, policy, target, density_windows)
     return policy, policy.to_dict()

@@ -33,7 +33,7 @@ from seerflex.config import SeerFlexConfig
 from seerflex.console import console, warn
 from seerflex.distill.collector import Collector, collecting
 from seerflex.evaluation import plots, ruler
-from seerflex.evaluation.calibration import allocation_targets, calibrate_per_layer, layer_density, sparsity_records
+from seerflex.evaluation.calibration import allocation_targets, layer_density, sparsity_records
 from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
 from seerflex.evaluation.nll import windows
 from seerflex.evaluation.passkey import answer, needle_trial, passkey_prompt, passkey_trial
@@ -375,21 +375,19 @@ def calibrate_main(argv: list[str]) -> int:
     if args.save_adapter and args.scorer != "gate":
         raise ValueError("save_adapter stores gates with their policies: use scorer=gate")
     check_sweep([args.scorer], [args.policy])
-    base, target = parse_policy(args.policy)
+    target = parse_policy(args.policy)[1]
     if target is None:
         raise ValueError(f"{args.policy!r} has no density to calibrate to, e.g. topp:density=0.1:per_layer=true")
     targets = None
-    if args.allocation:
+    if args.allocation:  # checked before seconds of model loading
         if not spec_fields(args.policy)[1].get("per_layer", False):
             raise ValueError(f"allocation= sets a density per layer: the policy needs :per_layer=true, got {args.policy!r}")
         targets = allocation_targets(args.allocation, target)
     model, tokenizer = load_seerflex_model(args)
     windows = token_windows(tokenizer, args.budget_text, args.budget_window, args.budget_windows)
-    if targets is None:
-        policy, chosen = resolve_policy(model, args.scorer, args.policy, windows, None, args.budget_prefix)
-    else:
-        policy, _ = calibrate_per_layer(model, args.scorer, base, targets, windows)
-        chosen = {"per_layer": {i: p.to_dict() for i, p in policy.items()}, "allocation": args.allocation}
+    policy, chosen = resolve_policy(model, args.scorer, args.policy, windows, None, args.budget_prefix, targets)
+    if args.allocation:
+        chosen = chosen | {"allocation": args.allocation}
     per_layer = policy if isinstance(policy, dict) else {i: policy for i in model.gated_layers}
     density = layer_density(sparsity_records(model, args.scorer, per_layer, windows))
     rows = [{"layer": i, "density": density.get(i, 1.0), "policy": p.to_dict()} for i, p in per_layer.items()]
