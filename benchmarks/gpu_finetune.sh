@@ -16,6 +16,7 @@
 #   speed3: step time with the 3-stage backward tiles, and 128 x 128 blocks on FLASH (FA4 from the kernels call)
 #   profile3: profiles of the FLASH step and the SDPA one (superseded by speed4)
 #   speed4: after the training plan compiled as one graph: GPU check, step times side by side, the FLASH profile
+#   check5, speed5: after the whole training layer became one compiled graph each way (SPEEDS=...)
 #   acc:   issue 15 on the GPU: 4 held-out 8k windows per domain, every scorer and rule, and rules calibrated on train text
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
@@ -132,6 +133,24 @@ speed4)  # after the training gate, policy and backward indices became one compi
   speed d0.1_4 density=0.1
   profile profile_d0.1_b128_flash_4.txt density=0.1 seerflex.block_size=128 output_dir=$RUN/profile_b128
   gzip -f "$OUT"/profile_d0.1_b128_flash_4.trace.json ;;
+check5)  # after the training layer became one compiled graph each way (gate, policy, both index sets, BlockMask and
+  # flex on CUDA): FA4 (carry .whl/b2, after stash x3 and gpu_perf.sh fa4a, fa4b), the GPU check
+  if [ -d .whl/b2 ]; then bash benchmarks/gpu_perf.sh fa4c; fi
+  export PYTHONPATH=/tmp/sc:$PWD
+  setup
+  timeout ${CHECK_S:-400} python benchmarks/check_flex_backward.py --out "$OUT"/check_flex_backward_5.json $CHECK_ARGS \
+    2>&1 | grep -v Warning ;;
+speed5)  # then side by side: SDPA, dense flex, d 0.1 on FLASH 128 x 128 and on Triton 64 x 64 (SPEEDS picks)
+  export PYTHONPATH=/tmp/sc:$PWD
+  setup
+  for run in ${SPEEDS:-sdpa flex flash triton}; do
+    case $run in
+    sdpa) speed sdpa_5 gates=false ;;
+    flex) speed flex_5 gates=false dense_attention=flex_attention ;;
+    flash) speed d0.1_b128_flash_5 density=0.1 seerflex.block_size=128 ;;
+    triton) speed d0.1_5 density=0.1 ;;
+    esac
+  done ;;
 acc)  # issue 15 at 8k on the GPU, 4 held-out windows per domain (after stash x3): each scorer under each rule calibrated
   # on the evaluated windows (as the CPU tables), then the transfer test: the gates' per-layer top-p and XAttention's
   # shared threshold calibrated on the domain's *training* split, read on the held-out windows. One command per

@@ -88,10 +88,12 @@ class SeerFlexAttention(nn.Module):
         backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         learns = self.runtime.gate_loss is not None and scorer is self.gate and self.gate.trains()
         fuse = fusable(self.gate, scorer, layout, options.compile, q.device)
-        if fuse and not backward and not learns:  # gate, policy, indices, BlockMask and kernel: one compiled graph
-            out, selection, nan_scores = planned_attention(
+        if fuse and (not backward or q.is_cuda):  # gate, policy, indices, BlockMask, kernel: one compiled graph
+            out, selection, nan_scores, scores = planned_attention(
                 self.gate, self.policy, q, k, v, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
-                backend=options.backend, scale=scale, score_mod=score_mod)
+                backend=options.backend, scale=scale, score_mod=score_mod, backward=backward, with_logits=learns)
+            if learns:
+                self.runtime.gate_loss(self.layer_idx, scores, inputs)
             self._check_finite(nan_scores, v)  # after the kernel: a NaN output is never returned either way
             return self._finish(out, selection, layout, return_stats)
         if fuse:  # gate (with its gradient when it learns), policy, indices, backward indices: one graph

@@ -6,11 +6,13 @@ Python, guards and float32 [B, H, nq, nk] scores between them. For the common ca
 inference, no padding, compiled) ``planned_block_mask`` runs them as one graph, so inductor fuses
 the masked logits into the policy's priorities and one call replaces three. ``planned_attention``
 adds the BlockMask and flex_attention to that graph: one dynamo call per layer, which is what short
-prompts (launch- and Python-bound) pay for.
+prompts (launch- and Python-bound) pay for, and what a CUDA training step (host-bound at 32k, benchmarks/NOTES.md
+v14) pays for each way.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -19,7 +21,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from seerflex.block_mask import causal_block_mask, causal_mask_mod, selection_indices
 from seerflex.compile import compiled, compiles
-from seerflex.flex import flex_options, within_recompile_limit
+from seerflex.flex import backward_tiles, flex_options, within_recompile_limit
 from seerflex.gates.attn_gate import AttnGate, RopeTables, block_logits
 from seerflex.layout import BlockLayout
 from seerflex.policies.base import BlockSelection, Policy, select_blocks
@@ -48,20 +50,25 @@ def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, plan_args: tuple, scale: float | None,
            score_mod: Callable[..., Tensor] | None, options: dict[str, Any] | None) -> tuple[Tensor, Plan]:
-    """``plan`` over ``plan_args`` (gate Q/K first), its BlockMask and flex_attention, as one function."""
+    """``plan`` over ``plan_args`` (gate Q/K first), its BlockMask and flex_attention, as one function (with the
+    backward's transposed indices when ``plan_args`` ask for them)."""
     planned = plan(*plan_args)
-    s = q.shape[2]
-    block_mask = BlockMask.from_kv_blocks(*planned[3], BLOCK_SIZE=(plan_args[8], plan_args[7]),
-                                          mask_mod=causal_mask_mod, seq_lengths=(s, s))
+    s, indices = q.shape[2], planned[3]
+    q_side = indices[4:] if len(indices) == 8 else (None,) * 4
+    block_mask = BlockMask((s, s), *indices[:4], *q_side, BLOCK_SIZE=(plan_args[8], plan_args[7]),
+                           mask_mod=causal_mask_mod)
     out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                          enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
     return out, planned
 
 
-def plan_args(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout) -> tuple:
-    """``plan``'s arguments for pre-RoPE ``q``/``k`` of an unpadded layout (checked against the gate)."""
+def plan_args(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout, learns: bool = False) -> tuple:
+    """``plan``'s arguments for pre-RoPE ``q``/``k`` of an unpadded layout (checked against the gate); the gate's
+    weights detached unless it ``learns`` in this call (a training gate that skips its loss gets no gradient)."""
     layout, rope = gate.prepare(q, k, layout)
-    return (q, k, gate.q_weight, gate.k_weight, rope, gate.gate_type.q_pools, gate.gate_type.k_pools,
+    weights = (gate.q_weight, gate.k_weight) if learns else (None if gate.q_weight is None else gate.q_weight.detach(),
+                                                             gate.k_weight.detach())
+    return (q, k, *weights, rope, gate.gate_type.q_pools, gate.gate_type.k_pools,
             gate.block_size, gate.q_block_size, *policy.select_args(layout, gate.num_heads, q.device))
 
 
@@ -72,21 +79,25 @@ def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, lay
     pre-RoPE ``q``/``k`` of an unpadded layout. A training gate's logits come out with their gradient
     (the graph's backward is compiled too), so its loss needs no second, eager pass of the gate."""
     fn = compiled(plan, mode, q.device)
-    order, count, tail, indices, nan, logits = fn(*plan_args(gate, policy, q, k, layout), compute_q_blocks,
-                                                  with_logits)
+    order, count, tail, indices, nan, logits = fn(*plan_args(gate, policy, q, k, layout, with_logits),
+                                                  compute_q_blocks, with_logits)
     block_mask = causal_block_mask(indices, layout)
     return block_mask, BlockSelection(order, count, layout.num_blocks, tail), nan, logits
 
 
 def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: Tensor, gate_q: Tensor,
                       gate_k: Tensor, layout: BlockLayout, *, mode: str, backend: str, scale: float | None = None,
-                      score_mod: Callable[..., Tensor] | None = None) -> tuple[Tensor, BlockSelection, Tensor]:
-    """(output, selection, NaN flag): the whole inference layer after the projections as one compiled graph
-    (no backward: the BlockMask has no transposed indices)."""
+                      score_mod: Callable[..., Tensor] | None = None, backward: bool = False,
+                      with_logits: bool = False) -> tuple[Tensor, BlockSelection, Tensor, Tensor | None]:
+    """(output, selection, NaN flag, the gate's logits if ``with_logits``): the whole layer after the projections
+    as one compiled graph. ``backward``: the BlockMask carries the transposed indices and AOTAutograd compiles the
+    graph's backward (flex's and, with ``with_logits``, the gate's), for training on CUDA (flex has no CPU
+    backward): one dynamo call per layer each way instead of the plan's and flex's."""
     options = flex_options(q, (layout.q_block_size, layout.block_size), backend, compiled=True,
-                           plain_mask=score_mod is None)
+                           plain_mask=score_mod is None, backward=backward)
     fn = compiled(attend, mode, q.device, dynamic=mode != "static")
-    args = plan_args(gate, policy, gate_q, gate_k, layout)
-    out, (order, count, tail, _, nan, _) = within_recompile_limit(
-        lambda: fn(q, k, v, args, scale, score_mod, options), mode)
-    return out, BlockSelection(order, count, layout.num_blocks, tail), nan
+    args = (*plan_args(gate, policy, gate_q, gate_k, layout, with_logits), backward, with_logits)
+    with backward_tiles() if backward else nullcontext():
+        out, (order, count, tail, _, nan, logits) = within_recompile_limit(
+            lambda: fn(q, k, v, args, scale, score_mod, options), mode)
+    return out, BlockSelection(order, count, layout.num_blocks, tail), nan, logits

@@ -266,3 +266,59 @@ def test_a_learning_gate_in_the_compiled_plan_gets_the_eager_gradients(ratio, mo
     for eager, compiled in zip(*runs):
         assert eager is not None and float(eager.abs().max()) > 0
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_the_fused_training_route_gives_the_backward_mask_and_the_gates_gradient(ratio, monkeypatch):
+    """On CUDA a training call runs gate, policy, both index sets, BlockMask and flex as one compiled graph
+    (``planned_attention(backward=True)``). flex has no CPU backward, so here: its BlockMask carries torch's
+    transposition of the forward indices (eager, flex swapped for the masked reference), the compiled output is the
+    f64 masked one, the logits and their gradient are the eager gate's, and a gate that skips its loss gets none;
+    a CPU layer that needs a backward keeps the split route."""
+    from torch.nn.attention.flex_attention import _transpose_ordered
+
+    import seerflex.attention as attention
+    import seerflex.plan as plan
+    from seerflex.flex import masked_sdpa
+
+    cfg = SeerFlexConfig(policy=TopK(density=0.3), block_size=32, q_block_size=32 * ratio)
+    s = 32 * 9 + 7
+    torch.manual_seed(0)
+    layer = sparse_layer(cfg, 4, 2, 32, compile="dynamic")
+    q, k, v = make_inputs(2, 4, 2, s, 32)
+    layout = BlockLayout(s, 32, None, 32 * ratio)
+    masks = []
+
+    def recorded(q, k, v, block_mask, **kwargs):
+        masks.append(block_mask)
+        return masked_sdpa(q, k, v, block_mask, scale=kwargs.get("scale"))
+
+    kept = kept_blocks(layer, q, k, None)
+    ref = dense_attention_f64(q, k, v, token_mask(kept, s, 32, None, 32 * ratio))
+    eager_logits = layer.gate(q, k, layout)
+    want = torch.autograd.grad(eager_logits.masked_fill(eager_logits.isinf(), 0).sum(), layer.gate.k_weight)[0]
+    for mode in ("eager", "dynamic"):
+        with monkeypatch.context() as m:
+            if mode == "eager":
+                m.setattr(plan, "flex_attention", recorded)
+            out, selection, nan, logits = plan.planned_attention(
+                layer.gate, layer.policy, q, k, v, q, k, layout, mode=mode, backend="auto", backward=True,
+                with_logits=True)
+        assert relative_error(out, ref) < 1e-5 and not bool(nan) and torch.equal(selection.kept, kept)
+        torch.testing.assert_close(logits, eager_logits)
+        got = torch.autograd.grad(logits.masked_fill(logits.isinf(), 0).sum(), layer.gate.k_weight)[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    mask = masks[0]
+    for num, idx, fwd in ((mask.q_num_blocks, mask.q_indices, (mask.kv_num_blocks, mask.kv_indices)),
+                          (mask.full_q_num_blocks, mask.full_q_indices, (mask.full_kv_num_blocks, mask.full_kv_indices))):
+        want_num, want_idx = _transpose_ordered(*fwd)
+        listed = torch.arange(idx.shape[-1]) < num[..., None]
+        assert torch.equal(num, want_num) and int(num.sum()) > 0 and torch.equal(idx[listed], want_idx[listed])
+    _, _, _, none = plan.planned_attention(layer.gate, layer.policy, q, k, v, q, k, layout, mode="dynamic",
+                                           backend="auto", backward=True)
+    assert none is None
+    calls = []
+    monkeypatch.setattr(attention, "planned_attention", lambda *a, **kw: calls.append(1))
+    layer(*(t.requires_grad_() for t in (q, k, v)))  # CPU + backward: the split route (masked SDPA)
+    assert not calls
