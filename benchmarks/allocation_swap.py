@@ -7,7 +7,7 @@ calibrated threshold), and the perplexity read on the same windows: if the gates
 and mass estimates are the better ones and the layer allocation is what to learn.
 
     python benchmarks/allocation_swap.py --allocation sparsity.json --text corpus:DIR:split=heldout:domains=docs \
-        --out allocation_swap.json [--calibration-text TEXT] [--scorer gate] [--compile dynamic]
+        --out allocation_swap.json [--calibration-text TEXT] [--density 0.1] [--scorer gate] [--compile dynamic]
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--calibration-text", default=None,
                    help="text the per-layer top-p is fitted on (default: the evaluated window, as the CPU tables)")
     p.add_argument("--out", required=True)
+    p.add_argument("--density", type=float, default=None,
+                   help="scale the allocation to this average density (default: as recorded)")
     p.add_argument("--scorer", default="gate")
     p.add_argument("--adapter", default="seerflex/adapters/smollm2-mix")
     p.add_argument("--compile", default="dynamic")
@@ -38,7 +40,7 @@ def main() -> None:
     p.add_argument("--prefix", type=int, default=1024)
     args = p.parse_args()
     reference = json.load(open(args.allocation))
-    targets = allocation_targets(args.allocation)
+    targets = allocation_targets(args.allocation, args.density)
     model, tokenizer = load_seerflex_model(SparsityArgs(model="smollm2", adapter=args.adapter, dtype="float32",
                                                         compile=args.compile))
     windows = token_windows(tokenizer, args.text, args.window, 1)

@@ -30,7 +30,7 @@ from seerflex.runtime import Runtime
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PARTS = {"plan": (attention, "planned_block_mask"), "flex": (attention, "sparse_attention"),
-         "gate_loss": (GateLoss, "__call__")}
+         "fused": (attention, "planned_attention"), "gate_loss": (GateLoss, "__call__")}  # CUDA: fused, no plan/flex
 
 
 def timed_parts(totals: dict[str, list[float]]) -> None:

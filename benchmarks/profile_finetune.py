@@ -29,7 +29,8 @@ from seerflex.recipes.config import parse_recipe
 RANGES = {"seerflex.layer": (interface, "seerflex_attention"), "seerflex.gate_loss": (GateLoss, "__call__"),
           "seerflex.gate": (AttnGate, "score_blocks"), "seerflex.policy": (Policy, "select"),
           "seerflex.block_mask": (attention, "block_mask_for"), "seerflex.flex": (attention, "sparse_attention"),
-          "seerflex.planned_block_mask": (attention, "planned_block_mask")}
+          "seerflex.planned_block_mask": (attention, "planned_block_mask"),
+          "seerflex.planned_attention": (attention, "planned_attention")}  # CUDA training: the fused route
 
 
 def with_ranges() -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from seerflex.block_mask import block_mask_for
 from seerflex.config import SeerFlexConfig
-from seerflex.flex import dense_attention, sparse_attention
+from seerflex.flex import dense_attention, flex_has_backward, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
 from seerflex.layout import BlockLayout
 from seerflex.plan import fusable, planned_attention, planned_block_mask
@@ -88,7 +88,7 @@ class SeerFlexAttention(nn.Module):
         backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         learns = self.runtime.gate_loss is not None and scorer is self.gate and self.gate.trains()
         fuse = fusable(self.gate, scorer, layout, options.compile, q.device)
-        if fuse and (not backward or q.is_cuda):  # gate, policy, indices, BlockMask, kernel: one compiled graph
+        if fuse and (not backward or flex_has_backward(q.device)):  # gate, policy, indices, mask, kernel: one graph
             out, selection, nan_scores, scores = planned_attention(
                 self.gate, self.policy, q, k, v, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
                 backend=options.backend, scale=scale, score_mod=score_mod, backward=backward, with_logits=learns)
@@ -96,7 +96,7 @@ class SeerFlexAttention(nn.Module):
                 self.runtime.gate_loss(self.layer_idx, scores, inputs)
             self._check_finite(nan_scores, v)  # after the kernel: a NaN output is never returned either way
             return self._finish(out, selection, layout, return_stats)
-        if fuse:  # gate (with its gradient when it learns), policy, indices, backward indices: one graph
+        if fuse:  # training where flex has no backward: gate (and its gradient), policy, both index sets: one graph
             block_mask, selection, nan_scores, scores = planned_block_mask(
                 self.gate, self.policy, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
                 compute_q_blocks=backward, with_logits=learns)

@@ -166,8 +166,14 @@ def block_mask_from_selection(selection: BlockSelection, layout: BlockLayout, *,
 def causal_block_mask(indices: tuple[Tensor, ...], layout: BlockLayout) -> BlockMask:
     """BlockMask from ``selection_indices`` output (4 tensors, or 8 with the transposed ones a backward
     reads): causal ``mask_mod`` on the partial diagonal tiles."""
+    return causal_block_mask_of(indices, layout.seq_len, layout.q_block_size, layout.block_size)
+
+
+def causal_block_mask_of(indices: tuple[Tensor, ...], seq_len: int, q_block_size: int, block_size: int) -> BlockMask:
+    """``causal_block_mask`` from plain sizes (inside a compiled graph, where a layout object's ints would be
+    specialised)."""
     if len(indices) not in (4, 8):
         raise ValueError(f"expected 4 or 8 index tensors, got {len(indices)}")
     q_side = indices[4:] if len(indices) == 8 else (None,) * 4
-    return BlockMask((layout.seq_len, layout.seq_len), *indices[:4], *q_side,
-                     BLOCK_SIZE=(layout.q_block_size, layout.block_size), mask_mod=causal_mask_mod)
+    return BlockMask((seq_len, seq_len), *indices[:4], *q_side, BLOCK_SIZE=(q_block_size, block_size),
+                     mask_mod=causal_mask_mod)

@@ -121,6 +121,12 @@ def kernel_options(device: torch.device, head_dim: int, block_size: tuple[int, i
     return {"BLOCK_M": min(q_block, 128), "BLOCK_N": min(kv_block, 64), "fwd_num_warps": 4, "fwd_num_stages": 2}
 
 
+def flex_has_backward(device: torch.device) -> bool:
+    """flex_attention has a backward on CUDA only ("FlexAttention does not support backward on CPU", torch 2.13):
+    elsewhere training attends through ``masked_sdpa``."""
+    return device.type == "cuda"
+
+
 def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, scale: float | None = None,
                      compile: str = "auto", backend: str = "auto",
                      score_mod: Callable[..., Tensor] | None = None) -> Tensor:
@@ -131,8 +137,8 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, *, 
     past ``RECOMPILE_LIMIT`` shapes it raises instead. ``backend``: ``RuntimeOptions.backend``.
     """
     backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if q.device.type != "cuda" and backward:
-        return masked_sdpa(q, k, v, block_mask, scale=scale, score_mod=score_mod)  # flex has no CPU backward
+    if backward and not flex_has_backward(q.device):
+        return masked_sdpa(q, k, v, block_mask, scale=scale, score_mod=score_mod)
     fn = flex_function(compile, q.device)
     options = flex_options(q, block_mask.BLOCK_SIZE, backend, compiled=fn is not flex_attention,
                            plain_mask=block_mask.mask_mod is causal_mask_mod and score_mod is None, backward=backward)

@@ -1,13 +1,14 @@
-"""The pre-kernel work of a sparse call as one compiled graph: gate logits -> policy -> BlockMask indices,
-and at inference the kernel too.
+"""A sparse call of the learned gate as one compiled graph: gate logits -> policy -> BlockMask indices
+(``planned_block_mask``), and with the kernel (``planned_attention``).
 
 Run one after the other, the gate, the policy and the index builder are three compiled graphs with
-Python, guards and float32 [B, H, nq, nk] scores between them. For the common case (learned gate at
-inference, no padding, compiled) ``planned_block_mask`` runs them as one graph, so inductor fuses
-the masked logits into the policy's priorities and one call replaces three. ``planned_attention``
-adds the BlockMask and flex_attention to that graph: one dynamo call per layer, which is what short
-prompts (launch- and Python-bound) pay for, and what a CUDA training step (host-bound at 32k, benchmarks/NOTES.md
-v14) pays for each way.
+Python, guards and float32 [B, H, nq, nk] scores between them. For the common case (learned gate, no
+padding, compiled) one graph replaces them, so inductor fuses the masked logits into the policy's
+priorities. ``planned_attention`` adds the BlockMask and flex_attention: one dynamo call per layer, which
+is what short prompts (launch- and Python-bound) pay for, and on CUDA what a training step (host-bound at
+32k, benchmarks/NOTES.md v14) pays each way: the BlockMask then carries the backward's indices and a
+learning gate's logits leave the graph with their gradient. ``planned_block_mask`` stays for training off
+CUDA, where flex has no backward and masked SDPA attends.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from seerflex.block_mask import causal_block_mask, causal_mask_mod, selection_indices
+from seerflex.block_mask import causal_block_mask, causal_block_mask_of, selection_indices
 from seerflex.compile import compiled, compiles
 from seerflex.flex import backward_tiles, flex_options, within_recompile_limit
 from seerflex.gates.attn_gate import AttnGate, RopeTables, block_logits
@@ -53,10 +54,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, plan_args: tuple, scale: float | Non
     """``plan`` over ``plan_args`` (gate Q/K first), its BlockMask and flex_attention, as one function (with the
     backward's transposed indices when ``plan_args`` ask for them)."""
     planned = plan(*plan_args)
-    s, indices = q.shape[2], planned[3]
-    q_side = indices[4:] if len(indices) == 8 else (None,) * 4
-    block_mask = BlockMask((s, s), *indices[:4], *q_side, BLOCK_SIZE=(plan_args[8], plan_args[7]),
-                           mask_mod=causal_mask_mod)
+    block_mask = causal_block_mask_of(planned[3], q.shape[2], plan_args[8], plan_args[7])
     out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                          enable_gqa=q.shape[1] != k.shape[1], kernel_options=options)
     return out, planned

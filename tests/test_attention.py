@@ -315,10 +315,44 @@ def test_the_fused_training_route_gives_the_backward_mask_and_the_gates_gradient
         want_num, want_idx = _transpose_ordered(*fwd)
         listed = torch.arange(idx.shape[-1]) < num[..., None]
         assert torch.equal(num, want_num) and int(num.sum()) > 0 and torch.equal(idx[listed], want_idx[listed])
-    _, _, _, none = plan.planned_attention(layer.gate, layer.policy, q, k, v, q, k, layout, mode="dynamic",
-                                           backend="auto", backward=True)
-    assert none is None
+    frozen, learning = (plan.plan_args(layer.gate, layer.policy, q, k, layout, learns)[2:4] for learns in (False, True))
+    assert not any(w.requires_grad for w in frozen) and all(w.requires_grad for w in learning)
     calls = []
     monkeypatch.setattr(attention, "planned_attention", lambda *a, **kw: calls.append(1))
     layer(*(t.requires_grad_() for t in (q, k, v)))  # CPU + backward: the split route (masked SDPA)
     assert not calls
+
+
+@pytest.mark.slow
+def test_a_learning_gate_hands_the_fused_routes_logits_to_its_loss(monkeypatch):
+    """Where flex has a backward (CUDA) a learning layer takes the fused route with ``backward`` and ``with_logits``,
+    and the gate loss gets the logits that route returned; with a frozen base model (q, k, v need no gradient) the
+    same route runs on any device. The gate's gradient through it equals the eager layer's."""
+    import seerflex.attention as attention
+    from seerflex.finetune import GateLoss
+
+    cfg = SeerFlexConfig(policy=TopK(density=0.3), block_size=32)
+    q, k, v = make_inputs(1, 4, 2, 32 * 8 + 5, 32)
+    fused, handed = [], []
+    real = attention.planned_attention
+
+    def spy(*args, **kwargs):
+        fused.append(kwargs)
+        # flex has no CPU backward: the recorded call runs forward only, on detached q, k, v
+        return real(*args[:2], *(t.detach() for t in args[2:5]), *args[5:], **kwargs | {"backward": False})
+
+    monkeypatch.setattr(attention, "planned_attention", spy)
+    monkeypatch.setattr(attention, "flex_has_backward", lambda device: True)
+    grads = []
+    for mode, needs_grad in (("eager", False), ("dynamic", False), ("dynamic", True)):
+        torch.manual_seed(0)
+        layer = sparse_layer(cfg, 4, 2, 32, compile=mode)
+        loss = GateLoss()
+        layer.runtime.gate_loss = lambda i, logits, inputs: (handed.append(logits), loss(i, logits, inputs))
+        layer(*(t.clone().requires_grad_(needs_grad) for t in (q, k, v)))
+        loss.total().backward()
+        grads.append(layer.gate.k_weight.grad)
+        assert handed[-1].requires_grad
+    assert [(c["backward"], c["with_logits"]) for c in fused] == [(False, True), (True, True)]
+    for got in grads[1:]:
+        torch.testing.assert_close(got, grads[0], rtol=1e-4, atol=1e-6)

@@ -319,7 +319,9 @@ class SeerFlexModel(nn.Module):
     @contextmanager
     def gate_training(self, loss: Callable[[int | None, Tensor, Any], None]) -> Iterator[None]:
         """Inside the block, every sparse call of a training gate reports (layer, logits with gradient, its
-        ``ScorerInputs``) to ``loss`` (``Runtime.gate_loss``; e.g. ``seerflex.finetune.GateLoss``)."""
+        ``ScorerInputs``) to ``loss`` (``Runtime.gate_loss``; e.g. ``seerflex.finetune.GateLoss``). On CUDA the
+        logits and the attention output share one compiled backward: backpropagate one summed loss (or pass
+        ``retain_graph=True`` to the first of two ``backward`` calls)."""
         self._runtime.gate_loss = loss
         try:
             yield
