@@ -17,6 +17,7 @@
 #   profile3: profiles of the FLASH step and the SDPA one (superseded by speed4)
 #   speed4: after the training plan compiled as one graph: GPU check, step times side by side, the FLASH profile
 #   check5, speed5: after the whole training layer became one compiled graph each way (SPEEDS=...)
+#   alloc: issue 15, per-layer allocations fitted on training text (loss-sensitivity budget vs XAttention's), per domain
 #   acc:   issue 15 on the GPU: 4 held-out 8k windows per domain, every scorer and rule, and rules calibrated on train text
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
@@ -150,6 +151,35 @@ speed5)  # then side by side: SDPA, dense flex, d 0.1 on FLASH 128 x 128 and on 
     flash) speed d0.1_b128_flash_5 density=0.1 seerflex.block_size=128 ;;
     triton) speed d0.1_5 density=0.1 ;;
     esac
+  done ;;
+alloc)  # issue 15: an allocation across layers the gates own, from loss sensitivity (the mass allocations lost: the
+  # oracle's at +21.4%, RESULTS.md). Per domain, all fitted on the *training* split, read on WINDOWS held-out windows:
+  # the gates' per-layer top-k budget (layer sensitivity, 30 layers x 7 densities), the gates' top-p fitted per layer
+  # to it; XAttention's shared threshold and the gates' top-p at XAttention's allocation, as in the docs transfer.
+  # After stash x3. One command at a time, archive refreshed after each (not run yet)
+  setup
+  A="python -m seerflex.cli eval"
+  M="model=smollm2 dtype=float32"
+  TRAIN="corpus:$CORPUS:split=train:domains"
+  MIX=seerflex/adapters/smollm2-mix
+  S="python benchmarks/allocation_swap.py --density 0.1 --window 8192"
+  keep() { tar czf "$OUT"/alloc.tgz -C $RUN/alloc .; }
+  mkdir -p $RUN/alloc
+  for d in ${DOMAINS:-docs prose code}; do
+    o=$RUN/alloc/$d; mkdir -p $o
+    [ -f $o/budget/budget.json ] || $A budget $M adapter=$MIX scorer=gate policy=topk:0.1 density=0.1 \
+      budget_text=$TRAIN=$d budget_windows=1 out=$o/budget; keep
+    [ -f $o/gate_at_budget.json ] || $S --allocation $o/budget/budget.json --text $HELD=$d \
+      --calibration-text $TRAIN=$d --out $o/gate_at_budget.json; keep
+    [ -f $o/xa_cal/calibrate.json ] || $A calibrate $M adapter=$MIX scorer=xattention policy=threshold:density=0.1 \
+      budget_text=$TRAIN=$d budget_windows=1 out=$o/xa_cal
+    t=$(python -c "import json; print(json.load(open('$o/xa_cal/calibrate.json'))['calibrated']['threshold'])")
+    [ -f $o/xa_sp/sparsity.json ] || $A sparsity $M adapter=$MIX scorer=xattention text=$TRAIN=$d window=8192 \
+      policy=threshold:$t out=$o/xa_sp
+    [ -f $o/gate_at_xattention.json ] || $S --allocation $o/xa_sp/sparsity.json --text $HELD=$d \
+      --calibration-text $TRAIN=$d --out $o/gate_at_xattention.json; keep
+    [ -f $o/xa_heldout/ppl.json ] || $A ppl $M adapter=$MIX window=8192 prefix=1024 windows=1 text=$HELD=$d \
+      scorers=xattention policies=[threshold:$t] out=$o/xa_heldout; keep
   done ;;
 acc)  # issue 15 at 8k on the GPU, 4 held-out windows per domain (after stash x3): each scorer under each rule calibrated
   # on the evaluated windows (as the CPU tables), then the transfer test: the gates' per-layer top-p and XAttention's
