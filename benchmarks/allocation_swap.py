@@ -17,9 +17,9 @@ import json
 import math
 import time
 
-from seerflex.evaluation.calibration import allocation_targets, calibrate_per_layer, layer_density, sparsity_records
-from seerflex.evaluation.nll import window_nll
-from seerflex.evaluation.selection import achieved_density, selection
+from seerflex.evaluation.calibration import allocation_targets, calibrate_per_layer, layer_density
+from seerflex.evaluation.nll import mean_nll
+from seerflex.evaluation.selection import achieved_density
 from seerflex.policies import TopP
 from seerflex.recipes.eval import SparsityArgs, load_seerflex_model, token_windows
 
@@ -47,18 +47,9 @@ def main() -> None:
     fit_on = windows if args.calibration_text is None else token_windows(tokenizer, args.calibration_text, args.window, 1)
     start = time.perf_counter()
     policies, _ = calibrate_per_layer(model, args.scorer, TopP(0.9), targets, fit_on)
-    records = sparsity_records(model, args.scorer, policies, windows)
+    nll, records = mean_nll(model, args.scorer, policies, windows, args.prefix)
     reached, density = layer_density(records), achieved_density(records)
-
-    def perplexity(scorer: str, policy: dict | None) -> float:
-        nll, count = 0.0, 0
-        with selection(model, scorer, policy):
-            for w in windows:
-                part, n = window_nll(model, w, args.prefix)
-                nll, count = nll + part, count + n
-        return math.exp(nll / count)
-
-    ppl, dense = perplexity(args.scorer, policies), perplexity("dense", None)
+    ppl, dense = math.exp(nll), math.exp(mean_nll(model, "dense", None, windows, args.prefix)[0])
     result = {"allocation_from": args.allocation, "reference_policy": reference["args"].get("policy"),
               "reference_scorer": reference["args"].get("scorer"), "scorer": args.scorer, "text": args.text,
               "calibration_text": args.calibration_text or args.text,

@@ -26,6 +26,12 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of this
 SEQS = (4000, 8192) if DEV == "cuda" else (300,)
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference relative to ``b``'s largest magnitude, in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
 def case(seq: int, q_block: int, kv_block: int, padded: bool, mode: str) -> dict:
     torch.manual_seed(seq + q_block + kv_block)
     b, hq, hkv, d = 2, 9, 3, 64
@@ -45,8 +51,7 @@ def case(seq: int, q_block: int, kv_block: int, padded: bool, mode: str) -> dict
     ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
     ref = masked_sdpa(*ref_in, mask)
     want = torch.autograd.grad(ref, ref_in, grad.double())
-    err = {name: float((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-12))
-           for name, a, r in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want))}
+    err = {name: rel(a, r) for name, a, r in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want))}
     dense = float((out.double() - torch.nn.functional.scaled_dot_product_attention(
         *(t.double() for t in (q, k, v)), is_causal=True, enable_gqa=True)).abs().max())
     return {"seq_len": seq, "block": [q_block, kv_block], "backend": kernel_backend(
@@ -81,10 +86,6 @@ def learning_case(seq: int, q_block: int, kv_block: int) -> dict:
         total = loss.total()
         ((out.float() * weights.float()).sum() + total).backward()
         results.append((out, total, layer.gate.k_weight.grad, layer.gate.q_weight.grad, q.grad, k.grad, v.grad))
-
-    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-        a, b = a.detach().double(), b.detach().double()
-        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
     err = {name: rel(a, b) for name, a, b in zip(("gate_loss", "d_gate_k", "d_gate_q"), results[1][1:4], results[0][1:4])}
     layout = BlockLayout(seq, kv_block, None, q_block)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from seerflex.console import progress
-from seerflex.evaluation.nll import window_nll
-from seerflex.evaluation.selection import achieved_density, selection
+from seerflex.evaluation.nll import mean_nll
+from seerflex.evaluation.selection import achieved_density
 from seerflex.policies import Policy, TopK
 
 CANDIDATES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -44,15 +44,7 @@ def layer_sensitivity(model: Any, scorer: str, windows: list[torch.Tensor], pref
     """
     layers = list(model.gated_layers)
 
-    def mean_nll(name: str, policies: dict[int, Policy] | None) -> tuple[float, float]:
-        nll, count = 0.0, 0
-        with selection(model, name, policies) as records:
-            for w in windows:
-                part, n = window_nll(model, w, prefix)
-                nll, count = nll + part, count + n
-        return nll / count, achieved_density(list(records)) or 1.0
-
-    dense, _ = mean_nll("dense", None)
+    dense, _ = mean_nll(model, "dense", None, windows, prefix)
     rise = torch.zeros(len(layers), len(candidates), dtype=torch.float64)
     density = torch.ones_like(rise)
     with progress() as bar:
@@ -60,8 +52,8 @@ def layer_sensitivity(model: Any, scorer: str, windows: list[torch.Tensor], pref
         for li, layer in enumerate(layers):
             for ci, d in enumerate(candidates):
                 if d < 1.0:  # only this layer sparse, every other one dense
-                    nll, density[li, ci] = mean_nll(scorer, {layer: topk_like(base, d)})
-                    rise[li, ci] = nll - dense
+                    nll, records = mean_nll(model, scorer, {layer: topk_like(base, d)}, windows, prefix)
+                    rise[li, ci], density[li, ci] = nll - dense, achieved_density(records) or 1.0
                 bar.advance(task)
     return Sensitivity(layers, list(candidates), rise, density)
 
