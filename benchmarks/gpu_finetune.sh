@@ -152,6 +152,17 @@ speed5)  # then side by side: SDPA, dense flex, d 0.1 on FLASH 128 x 128 and on 
     triton) speed d0.1_5 density=0.1 ;;
     esac
   done ;;
+speed6)  # host levers of the FLASH 128 x 128 step (benchmarks/finetune_variant.py: plain, cudagraphs, skip_guards,
+  # layers, comma-joined to combine), then the fused 64 x 64 Triton step (missing since v15); after check5 or fa4c
+  export PYTHONPATH=/tmp/sc:$PWD
+  setup
+  for v in ${VARIANTS:-plain cudagraphs skip_guards layers}; do
+    dir=$RUN/speed6_$v
+    python benchmarks/finetune_variant.py --variant $v $FT_ARGS steps=12 schedule_steps=0 warmup_steps=2 \
+      checkpoint_every=100 output_dir=$dir overwrite=true density=0.1 seerflex.block_size=${BLOCK:-128} 2>&1 \
+      | grep -v "Warning\|warn(" | tail -${TAIL:-8}
+    mkdir -p "$OUT"/speed6_$v && cp $dir/metrics.jsonl $dir/recipe.json "$OUT"/speed6_$v/ || true
+  done ;;
 alloc)  # issue 15: an allocation across layers the gates own, from loss sensitivity (the mass allocations lost: the
   # oracle's at +21.4%, RESULTS.md). Per domain, all fitted on the *training* split, read on WINDOWS held-out windows:
   # the gates' per-layer top-k budget (layer sensitivity, 30 layers x 7 densities), the gates' top-p fitted per layer

@@ -5,9 +5,10 @@ The fine-tune's forward pass is host-bound (H200 profile, 2026-12-02: over the f
 layer at the fine-tune's shape (SmolLM2: 9 query / 3 KV heads, head 64, bf16 autocast, 32k tokens) runs forward
 and backward; the host time of each part is measured with perf_counter around it (no sync inside), the whole
 call's GPU time with CUDA events after a sync. Variants: the gate learning (gate loss on), the gate frozen, and
-inference. Also a cProfile listing of the learning forward (own time per function).
+inference. Also a cProfile listing of the learning forward (own time per function). ``--levers`` applies
+``finetune_variant.py``'s host levers (cudagraphs, skip_guards) to the same calls.
 
-    python benchmarks/host_train_layer.py --out host.json [--seq 32768] [--block 128]
+    python benchmarks/host_train_layer.py --out host.json [--seq 32768] [--block 128] [--levers cudagraphs]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import seerflex.attention as attention
 from seerflex import RuntimeOptions, SeerFlexAttention, SeerFlexConfig, TopK
 from seerflex.finetune import GateLoss
 from seerflex.runtime import Runtime
+from finetune_variant import apply_variant  # this folder is on the path when the script runs
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PARTS = {"plan": (attention, "planned_block_mask"), "flex": (attention, "sparse_attention"),
@@ -48,7 +50,8 @@ def timed_parts(totals: dict[str, list[float]]) -> None:
         setattr(owner, attr, wrapped)
 
 
-def run(layer: SeerFlexAttention, seq: int, variant: str, totals: dict[str, list[float]], iters: int) -> dict:
+def run(layer: SeerFlexAttention, seq: int, variant: str, totals: dict[str, list[float]], iters: int,
+        levers: list[str]) -> dict:
     torch.manual_seed(0)
     train = variant != "inference"
     layer.gate.requires_grad_(variant == "learn")
@@ -59,6 +62,10 @@ def run(layer: SeerFlexAttention, seq: int, variant: str, totals: dict[str, list
     for i in range(iters + 3):
         for part in totals.values():
             part.append(0.0)
+        if "cudagraphs" in levers:
+            torch.compiler.cudagraph_mark_step_begin()
+        if "skip_guards" in levers and i == 3:  # this variant's graph exists: no guards but those between graphs
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
         torch.cuda.synchronize() if DEV.type == "cuda" else None
         start = torch.cuda.Event(enable_timing=True) if DEV.type == "cuda" else None
         end = torch.cuda.Event(enable_timing=True) if DEV.type == "cuda" else None
@@ -84,6 +91,7 @@ def run(layer: SeerFlexAttention, seq: int, variant: str, totals: dict[str, list
         for t in (q, k, v):
             t.grad = None
         layer.gate.zero_grad(set_to_none=True)
+    torch.compiler.set_stance("default")  # the next variant compiles its own graph
     summary = {key: statistics.median(vals) for key, vals in rows.items()}
     summary |= {f"{name}_host_ms": statistics.median(v[3:]) * 1e3 for name, v in totals.items()}
     for part in totals.values():
@@ -97,16 +105,19 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=32768 if DEV.type == "cuda" else 1024)
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--levers", default="", help="comma-separated finetune_variant.py levers: cudagraphs, skip_guards")
     args = p.parse_args()
+    levers = [name for name in args.levers.split(",") if name]
+    apply_variant([name for name in levers if name == "cudagraphs"])
     runtime = Runtime(RuntimeOptions(dense_below=0, check_finite=False, compile="auto" if DEV.type == "cuda" else "dynamic"))
     layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block), 9, 3, 64,
                               runtime=runtime, layer_idx=0).to(DEV)
     totals: dict[str, list[float]] = {name: [] for name in PARTS}
     timed_parts(totals)
     result = {"device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch": torch.__version__,
-              "seq_len": args.seq, "block": args.block, "date": time.strftime("%Y-%m-%d"), "variants": {}}
+              "seq_len": args.seq, "block": args.block, "levers": levers, "date": time.strftime("%Y-%m-%d"), "variants": {}}
     for variant in ("learn", "frozen", "inference"):
-        result["variants"][variant] = run(layer, args.seq, variant, totals, args.iters)
+        result["variants"][variant] = run(layer, args.seq, variant, totals, args.iters, levers)
         print(variant, {k: round(v, 3) for k, v in result["variants"][variant].items()})
     layer.gate.requires_grad_(True)
     layer.runtime.gate_loss = GateLoss(row_fraction=0.125)
