@@ -6,7 +6,7 @@ learning gate through the layer (on CUDA its fused route: one compiled graph eac
 against float64 over its own selection, the gate's loss and gradients against the eager layer. Prints each case and
 rewrites the JSON after it (a call cut short keeps what it measured).
 
-    python benchmarks/check_flex_backward.py --out check.json [--learning-only]
+    python benchmarks/check_flex_backward.py --out check.json [--learning-only] [--cuda-graphs]
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ def case(seq: int, q_block: int, kv_block: int, padded: bool, mode: str) -> dict
             "density": float(selection.kept.float().mean()), "rel_err": err, "max_abs_diff_from_dense": dense}
 
 
-def learning_case(seq: int, q_block: int, kv_block: int) -> dict:
+def learning_case(seq: int, q_block: int, kv_block: int, graphs: bool = False) -> dict:
     """A learning gate through the whole layer, compiled (on CUDA one graph each way: gate with its gradient,
     policy, both index sets, BlockMask, flex) against the same layer eager. The gate's loss and gradients do not
     depend on the selection: compiled vs eager. Output and q, k, v gradients: the compiled run against float64
-    masked SDPA over the compiled run's own selection (a near-tie may pick another block in eager bf16)."""
+    masked SDPA over the compiled run's own selection (a near-tie may pick another block in eager bf16). ``graphs``:
+    the compiled layer replays CUDA graphs (``RuntimeOptions.cuda_graphs``); its third call (warm-up, recording,
+    replay) is the one checked."""
     from seerflex import RuntimeOptions, SeerFlexAttention, SeerFlexConfig
     from seerflex.finetune import GateLoss
     from seerflex.runtime import Runtime
@@ -76,27 +78,31 @@ def learning_case(seq: int, q_block: int, kv_block: int) -> dict:
     for mode in ("eager", "auto"):
         torch.manual_seed(0)
         cfg = SeerFlexConfig(policy=TopK(density=0.1), block_size=kv_block, q_block_size=q_block)
-        layer = SeerFlexAttention(cfg, 9, 3, 64, runtime=Runtime(RuntimeOptions(dense_below=0, compile=mode,
-                                                                                check_finite=False)), layer_idx=0).to(DEV)
+        options = RuntimeOptions(dense_below=0, compile=mode, check_finite=False, cuda_graphs=graphs and mode == "auto")
+        layer = SeerFlexAttention(cfg, 9, 3, 64, runtime=Runtime(options), layer_idx=0).to(DEV)
         finish = layer._finish
         layer._finish = lambda out, selection, *rest: (selections.append(selection), finish(out, selection, *rest))[1]
         layer.runtime.gate_loss = loss = GateLoss(row_fraction=0.25, seed=1)
-        q, k, v = (t.clone().requires_grad_() for t in base)
-        out = layer(q, k, v)
-        total = loss.total()
-        ((out.float() * weights.float()).sum() + total).backward()
+        for _ in range(3 if options.cuda_graphs else 1):
+            if options.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            layer.gate.zero_grad(set_to_none=True)
+            q, k, v = (t.clone().requires_grad_() for t in base)
+            out = layer(q, k, v)
+            total = loss.total()
+            ((out.float() * weights.float()).sum() + total).backward()
         results.append((out, total, layer.gate.k_weight.grad, layer.gate.q_weight.grad, q.grad, k.grad, v.grad))
 
     err = {name: rel(a, b) for name, a, b in zip(("gate_loss", "d_gate_k", "d_gate_q"), results[1][1:4], results[0][1:4])}
     layout = BlockLayout(seq, kv_block, None, q_block)
-    mask = block_mask_for(selections[1], layout, compute_q_blocks=True)
+    mask = block_mask_for(selections[-1], layout, compute_q_blocks=True)
     ref_in = [t.double().requires_grad_() for t in base]
     ref = masked_sdpa(*ref_in, mask)
     want = torch.autograd.grad(ref, ref_in, weights.double())
     err |= {name: rel(a, r) for name, a, r in zip(("out", "dq", "dk", "dv"), (results[1][0], *results[1][4:]),
                                                 (ref, *want))}
-    differ = int((selections[0].kept != selections[1].kept).sum())
-    return {"learning_gate": True, "seq_len": seq, "block": [q_block, kv_block],
+    differ = int((selections[0].kept != selections[-1].kept).sum())
+    return {"learning_gate": True, "cuda_graphs": graphs, "seq_len": seq, "block": [q_block, kv_block],
             "backend": kernel_backend("auto", torch.device(DEV), compiled=DEV == "cuda", plain_mask=True,
                                       block_size=(q_block, kv_block), backward=True),
             "rel_err (gate: compiled vs eager; out, dq/dk/dv: compiled vs f64 on its selection)": err,
@@ -107,6 +113,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--learning-only", action="store_true", help="only the learning gate through the layer")
+    p.add_argument("--cuda-graphs", action="store_true", help="the learning cases also with CUDA-graph replay")
     args = p.parse_args()
     rows = []
     for seq in SEQS:
@@ -115,8 +122,9 @@ def main() -> None:
                 for mode in ("auto", "static"):  # static: the backward lowered in this thread, not autograd's
                     rows.append(case(seq, q_block, kv_block, padded, mode))
                     save(args.out, rows)
-            rows.append(learning_case(seq, q_block, kv_block))
-            save(args.out, rows)
+            for graphs in (False, True) if args.cuda_graphs else (False,):
+                rows.append(learning_case(seq, q_block, kv_block, graphs))
+                save(args.out, rows)
 
 
 def save(path: str, rows: list[dict]) -> None:

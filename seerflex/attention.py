@@ -91,7 +91,8 @@ class SeerFlexAttention(nn.Module):
         if fuse and (not backward or flex_has_backward(q.device)):  # gate, policy, indices, mask, kernel: one graph
             out, selection, nan_scores, scores = planned_attention(
                 self.gate, self.policy, q, k, v, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
-                backend=options.backend, scale=scale, score_mod=score_mod, backward=backward, with_logits=learns)
+                backend=options.backend, scale=scale, score_mod=score_mod, backward=backward, with_logits=learns,
+                graphs=options.cuda_graphs)
             if learns:
                 self.runtime.gate_loss(self.layer_idx, scores, inputs)
             self._check_finite(nan_scores, v)  # after the kernel: a NaN output is never returned either way

@@ -29,15 +29,19 @@ def compiles(mode: str, device: torch.device) -> bool:
     return mode in ("dynamic", "static") or (mode == "auto" and device.type == "cuda")
 
 
-def compiled(fn: F, mode: str, device: torch.device, *, dynamic: bool | None = None) -> F:
-    """``fn`` itself, or its compiled version (made once per function and ``dynamic`` setting).
+def compiled(fn: F, mode: str, device: torch.device, *, dynamic: bool | None = None, graphs: bool = False) -> F:
+    """``fn`` itself, or its compiled version (made once per function, ``dynamic`` and ``graphs`` setting).
 
     ``dynamic``: passed to ``torch.compile`` (None = its default: static first, dynamic on a
     recompile); flex_attention uses ``mode != "static"``, the small graphs their own setting.
+    ``graphs``: on CUDA, inductor's CUDA-graph trees replay the compiled kernels (``mode="reduce-overhead"``):
+    one graph launch instead of a launch per kernel, and the intermediates in one shared pool.
     """
-    return _compile(fn, dynamic) if compiles(mode, device) else fn
+    if not compiles(mode, device):
+        return fn
+    return _compile(fn, dynamic, graphs and device.type == "cuda")
 
 
 @cache
-def _compile(fn: F, dynamic: bool | None) -> F:
-    return torch.compile(fn, dynamic=dynamic)
+def _compile(fn: F, dynamic: bool | None, graphs: bool = False) -> F:
+    return torch.compile(fn, dynamic=dynamic, mode="reduce-overhead" if graphs else None)

@@ -86,14 +86,16 @@ def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, lay
 def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: Tensor, gate_q: Tensor,
                       gate_k: Tensor, layout: BlockLayout, *, mode: str, backend: str, scale: float | None = None,
                       score_mod: Callable[..., Tensor] | None = None, backward: bool = False,
-                      with_logits: bool = False) -> tuple[Tensor, BlockSelection, Tensor, Tensor | None]:
+                      with_logits: bool = False, graphs: bool = False
+                      ) -> tuple[Tensor, BlockSelection, Tensor, Tensor | None]:
     """(output, selection, NaN flag, the gate's logits if ``with_logits``): the whole layer after the projections
     as one compiled graph. ``backward``: the BlockMask carries the transposed indices and AOTAutograd compiles the
     graph's backward (flex's and, with ``with_logits``, the gate's), for training on CUDA (flex has no CPU
-    backward): one dynamo call per layer each way instead of the plan's and flex's."""
+    backward): one dynamo call per layer each way instead of the plan's and flex's. ``graphs``: the graph replays
+    as a CUDA graph (``RuntimeOptions.cuda_graphs``)."""
     options = flex_options(q, (layout.q_block_size, layout.block_size), backend, compiled=True,
                            plain_mask=score_mod is None, backward=backward)
-    fn = compiled(attend, mode, q.device, dynamic=mode != "static")
+    fn = compiled(attend, mode, q.device, dynamic=mode != "static", graphs=graphs)
     args = (*plan_args(gate, policy, gate_q, gate_k, layout, with_logits), backward, with_logits)
     with backward_tiles() if backward else nullcontext():
         out, (order, count, tail, _, nan, logits) = within_recompile_limit(

@@ -32,12 +32,17 @@ class RuntimeOptions:
     ``seerflex[flash]``; an error where it cannot run) or "auto" (FLASH where it can run and the call
     fits it, else Triton; ``seerflex.flex.kernel_backend``). ``dense_below``: prompts shorter than this
     run dense (sparsity only pays on long prefills). ``check_finite``: raise on NaN block scores
-    (one host sync per layer; switch off for CUDA-graph capture)."""
+    (one host sync per layer; switch off for CUDA-graph capture). ``cuda_graphs``: on CUDA, the layer's
+    fused compiled graph (gate, policy, BlockMask, flex; ``seerflex.plan``) replays as a CUDA graph
+    (inductor's CUDA-graph trees): for fixed-length, host-bound work such as a training step (one recording
+    per layer and shape; call ``torch.compiler.cudagraph_mark_step_begin()`` before each step). Its outputs
+    are overwritten by the next replay of the same graph: torch raises if one is read after that."""
 
     compile: str = "auto"
     backend: str = "auto"
     dense_below: int = 1024
     check_finite: bool = True
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         check_mode(self.compile)
@@ -45,8 +50,9 @@ class RuntimeOptions:
             raise ValueError(f"unknown kernel backend {self.backend!r}; choose one of {BACKENDS}")
         if isinstance(self.dense_below, bool) or not isinstance(self.dense_below, int) or self.dense_below < 0:
             raise ValueError(f"dense_below must be a token count >= 0, got {self.dense_below!r}")
-        if not isinstance(self.check_finite, bool):
-            raise ValueError(f"check_finite must be True or False, got {self.check_finite!r}")
+        for name in ("check_finite", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def replace(self, **changes: Any) -> "RuntimeOptions":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

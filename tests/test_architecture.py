@@ -99,6 +99,38 @@ def test_one_compile_decision_for_gate_policy_indices_and_flex(mode, expected, c
     assert sorted(counted_compiles) == expected
 
 
+def test_cuda_graphs_replay_only_the_fused_layer_graph_and_only_on_cuda(monkeypatch):
+    """``RuntimeOptions(cuda_graphs=True)`` asks inductor for CUDA-graph trees (reduce-overhead) for the fused layer
+    graph on CUDA; on a CPU the same call compiles as before, and a non-bool option is refused."""
+    modes: dict[str, str | None] = {}
+
+    def fake_compile(fn, **kwargs):
+        modes[fn.__name__] = kwargs.get("mode")
+        return fn
+
+    seerflex.compile._compile.cache_clear()
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    try:
+        import seerflex.plan as plan
+        for device, want in ((torch.device("cuda"), "reduce-overhead"), (torch.device("cpu"), None)):
+            modes.clear()
+            seerflex.compile._compile.cache_clear()
+            seerflex.compile.compiled(plan.attend, "dynamic", device, dynamic=True, graphs=True)
+            seerflex.compile.compiled(plan.plan, "dynamic", device)
+            assert modes == {"attend": want, "plan": None}
+        layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.3), block_size=32), 4, 2, 16,
+                                  runtime=Runtime(RuntimeOptions(compile="dynamic", dense_below=0, cuda_graphs=True)))
+        modes.clear()
+        seerflex.compile._compile.cache_clear()
+        with torch.no_grad():
+            layer(*(torch.randn(1, h, 200, 16) for h in (4, 2, 2)))
+        assert modes["attend"] is None  # the CPU call of a cuda_graphs runtime: the same graph, no CUDA graphs
+    finally:
+        seerflex.compile._compile.cache_clear()
+    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
+        RuntimeOptions(cuda_graphs="yes")
+
+
 def test_eager_never_compiles_even_on_cuda_devices():
     cuda = torch.device("cuda")
     assert not seerflex.compile.compiles("eager", cuda)

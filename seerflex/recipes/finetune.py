@@ -84,6 +84,10 @@ class FinetuneRecipe:
     skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the KL")
     kl_rows: float = knob(0.125, "fraction of the remaining query-block rows whose target the KL uses, drawn "
                                  "afresh per layer and step (the target costs two dense Q.K passes over its rows)")
+    cuda_graphs: bool = knob(True, "on CUDA, once the density stops changing (after the schedule), each sparse "
+                                   "layer's fused graph replays as a CUDA graph (RuntimeOptions.cuda_graphs): less "
+                                   "host time and memory a step (H200, 32k: RESULTS.md); not under FSDP, whose "
+                                   "parameters move between steps")
     dense_attention: str = knob("sdpa", "attention of a gates=false run: sdpa, or flex_attention (transformers' "
                                         "dense flex, the speed baseline)")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
@@ -136,6 +140,13 @@ class FinetuneRecipe:
     def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
         return SeerFlexConfig.from_dict(self.seerflex), RuntimeOptions(**{"check_finite": False, **self.runtime,
                                                                            "dense_below": 0})
+
+    def graphs_from(self, device: torch.device, sharded: bool) -> int | None:
+        """The first step whose sparse layers replay CUDA graphs (None: never): one recording per layer needs a
+        fixed density (a new top-k bound would record again each step) and parameters that stay where they are."""
+        if not (self.gates and self.cuda_graphs and device.type == "cuda" and not sharded):
+            return None
+        return self.schedule_steps
 
     def density_at(self, step: int) -> float:
         """Linear from dense to ``density`` over ``schedule_steps`` steps, then ``density``."""
@@ -219,6 +230,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                             kernel=sparse_kernel(config, runtime, accelerator) if recipe.gates else recipe.dense_attention)
     policy = config.policy.base_fields()
     gate_loss = GateLoss(recipe.target, recipe.skip_first_rows, recipe.kl_rows, recipe.seed)
+    graphs_from = recipe.graphs_from(accelerator.device, sharded)
     last: dict[str, Any] = {}
     with (wrapped.gate_training(gate_loss) if recipe.gates else nullcontext()), \
             progress(transient=False, disable=not accelerator.is_main_process) as bar:
@@ -229,6 +241,9 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
             if recipe.gates:
                 wrapped.set_policy(TopK(density=density, **policy))
                 gate_loss.step = step
+            if graphs_from is not None and step >= graphs_from:
+                wrapped.set_runtime(cuda_graphs=True)
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
             ids = step_batch(accelerator, recipe, pieces, step)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
@@ -252,7 +267,8 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                     "gate_kl": float(kl.detach()), "density": density, "achieved_density": achieved,
                     "lr": scheduler.get_last_lr()[0], "step_s": seconds,
                     "tokens_per_s": ids.numel() * accelerator.num_processes / seconds,
-                    "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+                    "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                    "reserved_gb": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None}
             bar.update(task, advance=1, info=f"lm {last['lm_loss']:.4f}  kl {last['gate_kl']:.4f}  "
                                                   f"density {achieved:.3f}")
             tensors, optim = gather_state(runner, adamw, names) if checkpoint_due(recipe, step + 1) else ({}, {})
