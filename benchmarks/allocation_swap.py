@@ -26,7 +26,8 @@ from seerflex.recipes.eval import SparsityArgs, load_seerflex_model, token_windo
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--allocation", required=True, help="seerflex eval sparsity JSON whose per-layer densities to reach")
+    p.add_argument("--allocation", required=True,
+                   help="seerflex eval sparsity (or eval budget) JSON whose per-layer densities to reach")
     p.add_argument("--text", required=True, help="evaluated text (its first window)")
     p.add_argument("--calibration-text", default=None,
                    help="text the per-layer top-p is fitted on (default: the evaluated window, as the CPU tables)")

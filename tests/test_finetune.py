@@ -275,3 +275,25 @@ def test_engines_that_shard_parameters_are_refused_before_training(engine, monke
     check_world(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_GPU))  # DDP runs
     with pytest.raises(ValueError, match=f"{engine} is not supported yet"):
         check_world(SimpleNamespace(num_processes=2, distributed_type=getattr(DistributedType, engine)))
+
+
+def test_cuda_graphs_start_when_the_density_is_fixed_and_never_under_sharding(tmp_path, text_file, monkeypatch):
+    """The layers replay CUDA graphs from the first step after the schedule (one recording per layer), on CUDA and
+    unsharded only; each such step marks a new graph step, and the layers then run with ``cuda_graphs`` on."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    r = recipe(tmp_path, text_file)
+    assert r.graphs_from(cuda, sharded=False) == 3
+    assert r.graphs_from(cpu, sharded=False) is None and r.graphs_from(cuda, sharded=True) is None
+    assert recipe(tmp_path, text_file, cuda_graphs=False).graphs_from(cuda, False) is None
+    assert recipe(tmp_path, text_file, gates=False).graphs_from(cuda, False) is None
+    import seerflex.attention as attention
+
+    marks, seen = [], []
+    real = attention.SeerFlexAttention.forward
+    monkeypatch.setattr(FinetuneRecipe, "graphs_from", lambda self, device, sharded: 3)  # as on a GPU
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr(attention.SeerFlexAttention, "forward",
+                        lambda self, *a, **kw: (seen.append(self.runtime.options.cuda_graphs), real(self, *a, **kw))[1])
+    train(recipe(tmp_path, text_file, steps=5, checkpoint_every=100), small_llama(), CharTokenizer())
+    layers = len(seen) // 5
+    assert len(marks) == 2 and seen == [False] * (3 * layers) + [True] * (2 * layers)

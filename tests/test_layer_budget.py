@@ -68,3 +68,20 @@ def test_budget_spec_in_eval_ppl_and_saved_adapter(recipe_model, tiny_text, tmp_
                              "--out", str(tmp_path / "p2")]) == 0
     row = json.loads((tmp_path / "p2" / "ppl.json").read_text())["rows"][0]
     assert row["policy"] == "adapter" and 0 < row["density"] <= 1
+
+
+def test_an_allocation_from_a_budget_reads_the_densities_its_layers_reached(tmp_path):
+    """A budget's ``density`` is the nominal top-k candidate; below the always-kept blocks a layer reaches more
+    (SmolLM2 at 8k: 0.02 -> 0.076). The allocation handed to calibration is what the layers reached, so scaling
+    it to an average does not inflate every layer by the floor's share (the H200 run that read the nominal
+    values averaged 0.118 instead of 0.1)."""
+    from seerflex.evaluation.calibration import allocation_targets
+
+    rows = [{"layer": 0, "density": 0.02, "achieved": 0.076}, {"layer": 1, "density": 0.15, "achieved": 0.124}]
+    budget = tmp_path / "budget.json"
+    budget.write_text(json.dumps({"rows": rows}))
+    assert allocation_targets(str(budget)) == pytest.approx({0: 0.076, 1: 0.124})
+    assert allocation_targets(str(budget), 0.05) == pytest.approx({0: 0.038, 1: 0.062})
+    sparsity = tmp_path / "sparsity.json"  # eval sparsity rows carry the reached density as ``density``
+    sparsity.write_text(json.dumps({"rows": [{"layer": 3, "density": 0.2}]}))
+    assert allocation_targets(str(sparsity), 0.1) == pytest.approx({3: 0.1})

@@ -87,13 +87,14 @@ def calibrate_per_layer(model: Any, scorer: str, policy: Policy, target: float |
 
 
 def allocation_targets(path: str, density: float | None = None) -> dict[int, float]:
-    """Per-layer densities from a ``seerflex eval sparsity`` JSON, scaled to average ``density`` (None: as
-    recorded): another run's allocation across layers (e.g. XAttention's at its calibrated threshold on training
-    text) for ``calibrate_per_layer``. On SmolLM2 docs it was the same on training and held-out text within 0.006
-    a layer."""
+    """Per-layer densities from a ``seerflex eval sparsity`` JSON, or the achieved ones of an ``eval budget`` JSON
+    (whose ``density`` is the nominal top-k candidate: below the always-kept blocks' floor it reaches more), scaled
+    to average ``density`` (None: as recorded): another run's allocation across layers (e.g. XAttention's at its
+    calibrated threshold on training text) for ``calibrate_per_layer``. On SmolLM2 docs it was the same on training
+    and held-out text within 0.006 a layer."""
     try:
         rows = json.loads(Path(path).read_text())["rows"]
-        found = {int(r["layer"]): float(r["density"]) for r in rows}
+        found = {int(r["layer"]): float(r.get("achieved", r["density"])) for r in rows}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"allocation {path!r}: not a readable `seerflex eval sparsity` JSON ({err})") from None
     if not found or not all(math.isfinite(d) and d > 0 for d in found.values()):

@@ -9,7 +9,8 @@ gates' KL against the block attention map of the same Q/K, which trains only the
 the original: the gates' target is computed by ``seerflex.ground_truth`` from the model's own post-RoPE
 Q/K (the original's fused kernel returns it from the attention itself) on a random 1/8 of the query-block
 rows (``kl_rows``; two dense Q.K passes over every row would cost more than the sparse attention), and the
-density is a top-k schedule rather than a fixed threshold. ``accelerate`` places devices, runs bf16 autocast and
+density is a top-k schedule rather than a fixed threshold. Once the density stops changing, each sparse layer's
+fused graph replays as a CUDA graph (``cuda_graphs``): the 32k step is host-bound without. ``accelerate`` places devices, runs bf16 autocast and
 wraps the model for DDP or FSDP2 under ``accelerate launch`` (``--use_fsdp --fsdp_version 2``; FSDP1, DeepSpeed
 and FSDP on a CPU are refused with one line). Checkpoints are atomic, hold the whole trained tensors and
 optimizer state in one format for any launch (under FSDP every rank gathers, rank 0 writes), and resume exactly;
