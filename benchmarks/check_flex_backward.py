@@ -71,6 +71,9 @@ def learning_case(seq: int, q_block: int, kv_block: int, graphs: bool = False) -
     from seerflex.finetune import GateLoss
     from seerflex.runtime import Runtime
 
+    from torch._dynamo.utils import counters
+
+    skips = counters["inductor"]["cudagraph_skips"]  # inductor counts every graph it refused to replay
     torch.manual_seed(seq + q_block + kv_block)
     base = [torch.randn(1, h, seq, 64, device=DEV, dtype=torch.bfloat16) for h in (9, 3, 3)]
     weights = torch.randn(1, 9, seq, 64, device=DEV, dtype=torch.bfloat16)
@@ -106,7 +109,8 @@ def learning_case(seq: int, q_block: int, kv_block: int, graphs: bool = False) -
             "backend": kernel_backend("auto", torch.device(DEV), compiled=DEV == "cuda", plain_mask=True,
                                       block_size=(q_block, kv_block), backward=True),
             "rel_err (gate: compiled vs eager; out, dq/dk/dv: compiled vs f64 on its selection)": err,
-            "blocks_selected_differently_than_eager": differ}
+            "blocks_selected_differently_than_eager": differ,
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips}
 
 
 def main() -> None:

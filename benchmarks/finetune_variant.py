@@ -1,15 +1,16 @@
-"""The fine-tune's host overhead, three experimental levers side by side (benchmarks only; the library has none).
+"""The fine-tune's host overhead: levers tried side by side (benchmarks only; what worked moved into the library).
 
 The 32k fine-tune step's forward is host-bound (benchmarks/NOTES.md v14/v15): each sparse layer's call costs
-~3.5 ms of Python, dynamo guards, AOTAutograd wrappers and ~30 kernel launches. Levers, each one patch:
+~3.5 ms of Python, dynamo guards, AOTAutograd wrappers and ~30 kernel launches. Levers:
 
-* ``cudagraphs``: the fused layer graph (``seerflex.plan.attend``) compiled with ``mode="reduce-overhead"``
-  (inductor's CUDA-graph trees): its kernels replay as one graph; ``cudagraph_mark_step_begin`` per step.
+* ``plain``: the recipe without CUDA graphs (``cuda_graphs=false``), the v15 route.
+* ``cudagraphs``: the fused layer graph replayed as CUDA graphs (``cuda_graphs=true``; was a patch here, measured
+  1.68-1.70x dense flex vs 1.34-1.47x plain on the H200, NOTES v16, now the recipe's default).
 * ``skip_guards``: after ``WARM`` steps, ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: dynamo
   stops evaluating guards other than those that tell its cached graphs apart (unsafe when a new variant would be
-  needed, so only for a run whose shapes and density no longer change: no schedule).
+  needed, so only for a run whose shapes and density no longer change: no schedule). Measured: noise.
 * ``layers``: every decoder layer compiled (``nn.Module.compile``, as torchtune does), so norms, MLP and LoRA
-  stop launching eagerly and the attention call runs inside the layer's graph(s).
+  stop launching eagerly. Measured: a dynamo error at the ground truth's pinned row copy.
 
     python benchmarks/finetune_variant.py --variant cudagraphs,skip_guards recipes/finetune_smollm2.yaml key=value ...
 """
@@ -21,27 +22,20 @@ import sys
 import torch
 
 WARM = 3
+KEYS = {"plain": ["cuda_graphs=false"], "cudagraphs": ["cuda_graphs=true"], "skip_guards": [], "layers": []}
+# skip_guards and layers were measured without CUDA graphs: so they run unless cudagraphs is named with them
 
 
-def apply_variant(names: list[str]) -> None:
-    """Patch seerflex (and the fine-tune recipe) for the named levers."""
-    import seerflex.compile as compile_module
-    import seerflex.plan as plan
+def apply_variant(names: list[str]) -> list[str]:
+    """Patch the fine-tune recipe for the named levers; returns the recipe keys they add."""
     import seerflex.recipes.finetune as finetune
     from seerflex.hf.families import hf_model_of
 
-    unknown = set(names) - {"cudagraphs", "skip_guards", "layers", "plain"}
+    unknown = set(names) - set(KEYS)
     if unknown:
-        raise SystemExit(f"finetune_variant: unknown variant(s) {sorted(unknown)}")
-    if "cudagraphs" in names:
-        original = compile_module._compile.__wrapped__
-
-        def with_graphs(fn, dynamic):
-            if fn is plan.attend:
-                return torch.compile(fn, dynamic=dynamic, mode="reduce-overhead")
-            return original(fn, dynamic)
-
-        compile_module._compile = __import__("functools").cache(with_graphs)
+        raise SystemExit(f"finetune_variant: unknown variant(s) {sorted(unknown)}; known: {sorted(KEYS)}")
+    if {"plain", "cudagraphs"} <= set(names):
+        raise SystemExit("finetune_variant: plain and cudagraphs exclude each other")
     if "layers" in names:
         lora = finetune.with_lora
 
@@ -52,25 +46,25 @@ def apply_variant(names: list[str]) -> None:
             return peft_model
 
         finetune.with_lora = compiled_layers
-    batch = finetune.step_batch
+    if "skip_guards" in names:
+        batch = finetune.step_batch
 
-    def each_step(accelerator, recipe, pieces, step):
-        if "cudagraphs" in names:
-            torch.compiler.cudagraph_mark_step_begin()
-        if "skip_guards" in names and step == WARM:
-            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
-        return batch(accelerator, recipe, pieces, step)
+        def each_step(accelerator, recipe, pieces, step):
+            if step == WARM:
+                torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+            return batch(accelerator, recipe, pieces, step)
 
-    finetune.step_batch = each_step
+        finetune.step_batch = each_step
+    keys = [key for name in names for key in KEYS[name]]
+    return keys or ["cuda_graphs=false"]
 
 
 def main(argv: list[str]) -> int:
     i = argv.index("--variant")
-    names = argv[i + 1].split(",")
-    apply_variant(names)
+    keys = apply_variant(argv[i + 1].split(","))
     from seerflex.recipes import finetune
 
-    code = finetune.main(argv[:i] + argv[i + 2:])
+    code = finetune.main(argv[:i] + argv[i + 2:] + keys)
     from torch._dynamo.utils import counters  # how often dynamo split or recompiled the compiled code
     print("graph breaks:", sum(counters["graph_break"].values()), dict(counters["graph_break"].most_common(8)))
     print("recompiles:", dict(counters["recompiles"].most_common(8)) if "recompiles" in counters else {})

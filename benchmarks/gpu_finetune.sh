@@ -21,6 +21,8 @@
 #   acc:   issue 15 on the GPU: 4 held-out 8k windows per domain, every scorer and rule, and rules calibrated on train text
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
 #   ft2:   d 0.1 with the sampled gate target, fresh gates and gates distilled on the base model; ft2eval: their evals
+# Since v16 (2026-12-02) the recipe replays the sparse layers as CUDA graphs once the schedule ends (cuda_graphs=true):
+# the earlier stages' runs had none; add cuda_graphs=false to repeat them as they were.
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
 # runs out of time is continued by calling the same stage again.
 # Locally first: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 33; pip download --no-deps -d .whl gguf;

@@ -5,8 +5,8 @@ The fine-tune's forward pass is host-bound (H200 profile, 2026-12-02: over the f
 layer at the fine-tune's shape (SmolLM2: 9 query / 3 KV heads, head 64, bf16 autocast, 32k tokens) runs forward
 and backward; the host time of each part is measured with perf_counter around it (no sync inside), the whole
 call's GPU time with CUDA events after a sync. Variants: the gate learning (gate loss on), the gate frozen, and
-inference. Also a cProfile listing of the learning forward (own time per function). ``--levers`` applies
-``finetune_variant.py``'s host levers (cudagraphs, skip_guards) to the same calls.
+inference. Also a cProfile listing of the learning forward (own time per function). ``--levers``: host levers on
+the same calls: cudagraphs (``RuntimeOptions.cuda_graphs``), skip_guards (as in ``finetune_variant.py``).
 
     python benchmarks/host_train_layer.py --out host.json [--seq 32768] [--block 128] [--levers cudagraphs]
 """
@@ -28,7 +28,6 @@ import seerflex.attention as attention
 from seerflex import RuntimeOptions, SeerFlexAttention, SeerFlexConfig, TopK
 from seerflex.finetune import GateLoss
 from seerflex.runtime import Runtime
-from finetune_variant import apply_variant  # this folder is on the path when the script runs
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PARTS = {"plan": (attention, "planned_block_mask"), "flex": (attention, "sparse_attention"),
@@ -108,8 +107,8 @@ def main() -> None:
     p.add_argument("--levers", default="", help="comma-separated finetune_variant.py levers: cudagraphs, skip_guards")
     args = p.parse_args()
     levers = [name for name in args.levers.split(",") if name]
-    apply_variant([name for name in levers if name == "cudagraphs"])
-    runtime = Runtime(RuntimeOptions(dense_below=0, check_finite=False, compile="auto" if DEV.type == "cuda" else "dynamic"))
+    runtime = Runtime(RuntimeOptions(dense_below=0, check_finite=False, compile="auto" if DEV.type == "cuda" else "dynamic",
+                                     cuda_graphs="cudagraphs" in levers))
     layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block), 9, 3, 64,
                               runtime=runtime, layer_idx=0).to(DEV)
     totals: dict[str, list[float]] = {name: [] for name in PARTS}

@@ -35,8 +35,10 @@ class RuntimeOptions:
     (one host sync per layer; switch off for CUDA-graph capture). ``cuda_graphs``: on CUDA, the layer's
     fused compiled graph (gate, policy, BlockMask, flex; ``seerflex.plan``) replays as a CUDA graph
     (inductor's CUDA-graph trees): for fixed-length, host-bound work such as a training step (one recording
-    per layer and shape; call ``torch.compiler.cudagraph_mark_step_begin()`` before each step). Its outputs
-    are overwritten by the next replay of the same graph: torch raises if one is read after that."""
+    per layer and shape; call ``torch.compiler.cudagraph_mark_step_begin()`` before each step). Its outputs,
+    gradients included, are overwritten by the next replay of the same graph (torch raises if one is read
+    after that): no gradient accumulation across steps, and under ``no_grad`` use each output before the
+    layer's next call."""
 
     compile: str = "auto"
     backend: str = "auto"

@@ -122,9 +122,14 @@ def test_cuda_graphs_replay_only_the_fused_layer_graph_and_only_on_cuda(monkeypa
                                   runtime=Runtime(RuntimeOptions(compile="dynamic", dense_below=0, cuda_graphs=True)))
         modes.clear()
         seerflex.compile._compile.cache_clear()
+        asked = []
+        real = plan.compiled
+        monkeypatch.setattr(plan, "compiled", lambda fn, *a, **kw: (asked.append((fn.__name__, kw.get("graphs"))),
+                                                                    real(fn, *a, **kw))[1])
         with torch.no_grad():
             layer(*(torch.randn(1, h, 200, 16) for h in (4, 2, 2)))
-        assert modes["attend"] is None  # the CPU call of a cuda_graphs runtime: the same graph, no CUDA graphs
+        assert asked == [("attend", True)]  # the layer asks for graphs for its fused graph ...
+        assert modes["attend"] is None  # ... which a CPU call compiles as before, without CUDA graphs
     finally:
         seerflex.compile._compile.cache_clear()
     with pytest.raises(ValueError, match="cuda_graphs must be True or False"):

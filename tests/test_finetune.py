@@ -99,6 +99,7 @@ def test_kill_and_resume_gives_the_same_run(tmp_path, text_file, killed_after_ch
     ({"skip_first_rows": 1.0}, r"skip_first_rows must be in \[0, 1\)"), ({"target": "sum"}, "target must be max or mass"),
     ({"dense_attention": "eager2", "gates": False}, "dense_attention must be sdpa or flex_attention"),
     ({"dense_attention": "flex_attention"}, "dense_attention chooses the attention of a gates=false run"),
+    ({"runtime": {"cuda_graphs": True}}, "runtime.cuda_graphs: use the cuda_graphs knob"),
 ])
 def test_bad_recipes_fail_before_loading(tmp_path, text_file, changes, message):
     with pytest.raises(ValueError, match=message):

@@ -91,12 +91,14 @@ def allocation_targets(path: str, density: float | None = None) -> dict[int, flo
     (whose ``density`` is the nominal top-k candidate: below the always-kept blocks' floor it reaches more), scaled
     to average ``density`` (None: as recorded): another run's allocation across layers (e.g. XAttention's at its
     calibrated threshold on training text) for ``calibrate_per_layer``. On SmolLM2 docs it was the same on training
-    and held-out text within 0.006 a layer."""
+    and held-out text within 0.006 a layer. Scaled below what it was recorded at, layers at the always-kept floor
+    get targets they cannot reach (they stay at the floor)."""
     try:
         rows = json.loads(Path(path).read_text())["rows"]
         found = {int(r["layer"]): float(r.get("achieved", r["density"])) for r in rows}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"allocation {path!r}: not a readable `seerflex eval sparsity` JSON ({err})") from None
+        raise ValueError(f"allocation {path!r}: not a readable `seerflex eval sparsity` or `eval budget` JSON "
+                         f"({err})") from None
     if not found or not all(math.isfinite(d) and d > 0 for d in found.values()):
         raise ValueError(f"allocation {path!r}: needs a positive density for each layer, got {found}")
     scale = 1.0 if density is None else density / (sum(found.values()) / len(found))

@@ -216,8 +216,8 @@ class SeerFlexModel(nn.Module):
         self._runtime.sparse_layers = chosen
 
     def set_runtime(self, **options: Any) -> None:
-        """Change runtime options (``compile``, ``backend``, ``dense_below``, ``check_finite``) for
-        every layer; they are never saved with the adapter."""
+        """Change runtime options (``compile``, ``backend``, ``dense_below``, ``check_finite``, ``cuda_graphs``)
+        for every layer; they are never saved with the adapter."""
         self._runtime.options = self._runtime.options.replace(**options)
 
     @property

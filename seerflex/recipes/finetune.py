@@ -10,11 +10,11 @@ the original: the gates' target is computed by ``seerflex.ground_truth`` from th
 Q/K (the original's fused kernel returns it from the attention itself) on a random 1/8 of the query-block
 rows (``kl_rows``; two dense Q.K passes over every row would cost more than the sparse attention), and the
 density is a top-k schedule rather than a fixed threshold. Once the density stops changing, each sparse layer's
-fused graph replays as a CUDA graph (``cuda_graphs``): the 32k step is host-bound without. ``accelerate`` places devices, runs bf16 autocast and
-wraps the model for DDP or FSDP2 under ``accelerate launch`` (``--use_fsdp --fsdp_version 2``; FSDP1, DeepSpeed
-and FSDP on a CPU are refused with one line). Checkpoints are atomic, hold the whole trained tensors and
-optimizer state in one format for any launch (under FSDP every rank gathers, rank 0 writes), and resume exactly;
-the end of a run exports a transformers model with its rope scaling, the seerflex gates, and the LoRA adapter.
+fused graph replays as a CUDA graph (``cuda_graphs``): the 32k step is host-bound without. ``accelerate``
+places devices, runs bf16 autocast and wraps the model for DDP or FSDP2 under ``accelerate launch``
+(``--use_fsdp --fsdp_version 2``; FSDP1, DeepSpeed and FSDP on a CPU are refused with one line). Checkpoints
+are atomic, hold the whole trained tensors and optimizer state in one format for any launch (under FSDP every
+rank gathers, rank 0 writes), and resume exactly; the end of a run exports a transformers model with its rope scaling, the seerflex gates, and the LoRA adapter.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class FinetuneRecipe:
                                  "afresh per layer and step (the target costs two dense Q.K passes over its rows)")
     cuda_graphs: bool = knob(True, "on CUDA, once the density stops changing (after the schedule), each sparse "
                                    "layer's fused graph replays as a CUDA graph (RuntimeOptions.cuda_graphs): less "
-                                   "host time and memory a step (H200, 32k: RESULTS.md); not under FSDP, whose "
-                                   "parameters move between steps")
+                                   "host time a step (H200, 32k: RESULTS.md); the first two steps after the switch "
+                                   "compile and record; not under FSDP, whose parameters move between steps")
     dense_attention: str = knob("sdpa", "attention of a gates=false run: sdpa, or flex_attention (transformers' "
                                         "dense flex, the speed baseline)")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
@@ -131,6 +131,9 @@ class FinetuneRecipe:
                              "is the gates' sparse one")
         if self.dense_attention == "flex_attention" and not torch.cuda.is_available():
             raise ValueError("dense_attention=flex_attention trains on CUDA only (flex attention has no CPU backward)")
+        if "cuda_graphs" in self.runtime:
+            raise ValueError("runtime.cuda_graphs: use the cuda_graphs knob (graphs start after the density schedule; "
+                             "from step 0 each new density would record again)")
         check_mixture(self.mixture, self.data)
         if self.gates_from is not None and not self.gates:
             raise ValueError("gates_from starts gates, gates=false trains none: drop one of them")
@@ -243,7 +246,9 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                 wrapped.set_policy(TopK(density=density, **policy))
                 gate_loss.step = step
             if graphs_from is not None and step >= graphs_from:
-                wrapped.set_runtime(cuda_graphs=True)
+                if not wrapped.runtime_options.cuda_graphs:  # the switch: the graphs' pool starts from what is free
+                    wrapped.set_runtime(cuda_graphs=True)
+                    torch.cuda.empty_cache()
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
             ids = step_batch(accelerator, recipe, pieces, step)
             if torch.cuda.is_available():
