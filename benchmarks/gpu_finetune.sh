@@ -17,6 +17,7 @@
 #   profile3: profiles of the FLASH step and the SDPA one (superseded by speed4)
 #   speed4: after the training plan compiled as one graph: GPU check, step times side by side, the FLASH profile
 #   check5, speed5: after the whole training layer became one compiled graph each way (SPEEDS=...)
+#   speed6: host levers side by side (finetune_variant.py); speed7, check6: the recipe's CUDA-graph switch, its GPU check
 #   alloc: issue 15, per-layer allocations fitted on training text (loss-sensitivity budget vs XAttention's), per domain
 #   acc:   issue 15 on the GPU: 4 held-out 8k windows per domain, every scorer and rule, and rules calibrated on train text
 #   speed2: the same side by side once the layers' per-call host syncs left the training path, with a sync report
@@ -165,6 +166,20 @@ speed6)  # host levers of the FLASH 128 x 128 step (benchmarks/finetune_variant.
       | grep -v "Warning\|warn(" | tail -${TAIL:-8}
     mkdir -p "$OUT"/speed6_$v && cp $dir/metrics.jsonl $dir/recipe.json "$OUT"/speed6_$v/ || true
   done ;;
+speed7)  # next (after check5 or fa4c): the recipe's own CUDA-graph switch with a short schedule (graphs from step 4),
+  # side by side with cuda_graphs=false, reserved memory in the metrics; each run in its own $OUT folder
+  export PYTHONPATH=/tmp/sc:$PWD
+  setup
+  for g in ${GRAPHS:-true false true false}; do
+    n=$((${n:-0} + 1)); dir=$RUN/speed7_${g}_$n
+    $FT steps=14 schedule_steps=4 warmup_steps=2 checkpoint_every=100 output_dir=$dir overwrite=true density=0.1 \
+      seerflex.block_size=128 cuda_graphs=$g 2>&1 | grep -v "Warning\|warn(\|━" | tail -4
+    mkdir -p "$OUT"/speed7_${g}_$n && cp $dir/metrics.jsonl $dir/recipe.json "$OUT"/speed7_${g}_$n/
+  done ;;
+check6)  # the learning layer with and without CUDA graphs, every shape (FA4 installed: 128 x 128 on FLASH)
+  export PYTHONPATH=/tmp/sc:$PWD
+  timeout ${CHECK_S:-400} python benchmarks/check_flex_backward.py --out "$OUT"/check_flex_backward_7.json --learning-only \
+    --cuda-graphs 2>&1 | grep -v Warning ;;
 alloc)  # issue 15: an allocation across layers the gates own, from loss sensitivity (the mass allocations lost: the
   # oracle's at +21.4%, RESULTS.md). Per domain, all fitted on the *training* split, read on WINDOWS held-out windows:
   # the gates' per-layer top-k budget (layer sensitivity, 30 layers x 7 densities), the gates' top-p fitted per layer
