@@ -70,7 +70,6 @@ def learning_case(seq: int, q_block: int, kv_block: int, graphs: bool = False) -
     from seerflex import RuntimeOptions, SeerFlexAttention, SeerFlexConfig
     from seerflex.finetune import GateLoss
     from seerflex.runtime import Runtime
-
     from torch._dynamo.utils import counters
 
     skips = counters["inductor"]["cudagraph_skips"]  # inductor counts every graph it refused to replay

@@ -156,7 +156,7 @@ speed5)  # then side by side: SDPA, dense flex, d 0.1 on FLASH 128 x 128 and on 
     esac
   done ;;
 speed6)  # host levers of the FLASH 128 x 128 step (benchmarks/finetune_variant.py: plain, cudagraphs, skip_guards,
-  # layers, comma-joined to combine), then the fused 64 x 64 Triton step (missing since v15); after check5 or fa4c
+  # layers, comma-joined to combine); BLOCK=64 for the fused 64 x 64 Triton step (missing since v15); after fa4c
   export PYTHONPATH=/tmp/sc:$PWD
   setup
   for v in ${VARIANTS:-plain cudagraphs skip_guards layers}; do

@@ -107,14 +107,15 @@ def main() -> None:
     p.add_argument("--levers", default="", help="comma-separated finetune_variant.py levers: cudagraphs, skip_guards")
     args = p.parse_args()
     levers = [name for name in args.levers.split(",") if name]
-    runtime = Runtime(RuntimeOptions(dense_below=0, check_finite=False, compile="auto" if DEV.type == "cuda" else "dynamic",
-                                     cuda_graphs="cudagraphs" in levers))
+    runtime = Runtime(RuntimeOptions(dense_below=0, check_finite=False, cuda_graphs="cudagraphs" in levers,
+                                     compile="auto" if DEV.type == "cuda" else "dynamic"))
     layer = SeerFlexAttention(SeerFlexConfig(policy=TopK(density=0.1), block_size=args.block), 9, 3, 64,
                               runtime=runtime, layer_idx=0).to(DEV)
     totals: dict[str, list[float]] = {name: [] for name in PARTS}
     timed_parts(totals)
     result = {"device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch": torch.__version__,
-              "seq_len": args.seq, "block": args.block, "levers": levers, "date": time.strftime("%Y-%m-%d"), "variants": {}}
+              "seq_len": args.seq, "block": args.block, "levers": levers, "date": time.strftime("%Y-%m-%d"),
+              "variants": {}}
     for variant in ("learn", "frozen", "inference"):
         result["variants"][variant] = run(layer, args.seq, variant, totals, args.iters, levers)
         print(variant, {k: round(v, 3) for k, v in result["variants"][variant].items()})

@@ -43,5 +43,5 @@ def compiled(fn: F, mode: str, device: torch.device, *, dynamic: bool | None = N
 
 
 @cache
-def _compile(fn: F, dynamic: bool | None, graphs: bool = False) -> F:
+def _compile(fn: F, dynamic: bool | None, graphs: bool) -> F:
     return torch.compile(fn, dynamic=dynamic, mode="reduce-overhead" if graphs else None)

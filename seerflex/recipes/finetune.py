@@ -14,7 +14,8 @@ fused graph replays as a CUDA graph (``cuda_graphs``): the 32k step is host-boun
 places devices, runs bf16 autocast and wraps the model for DDP or FSDP2 under ``accelerate launch``
 (``--use_fsdp --fsdp_version 2``; FSDP1, DeepSpeed and FSDP on a CPU are refused with one line). Checkpoints
 are atomic, hold the whole trained tensors and optimizer state in one format for any launch (under FSDP every
-rank gathers, rank 0 writes), and resume exactly; the end of a run exports a transformers model with its rope scaling, the seerflex gates, and the LoRA adapter.
+rank gathers, rank 0 writes), and resume exactly; the end of a run exports a transformers model with its rope
+scaling, the seerflex gates, and the LoRA adapter.
 """
 
 from __future__ import annotations
