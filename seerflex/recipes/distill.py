@@ -32,7 +32,7 @@ from seerflex.texts import load_domains
 class DistillRecipe:
     """Train gates by self-distillation; every key can come from the YAML file or a key=value override."""
 
-    model: str = knob("smollm2", "'smollm2' (bundled, seerflex.assets) or a transformers folder / hub id")
+    model: str = knob("smollm2", "smollm2, qwen2.5-coder-0.5b (offline, seerflex.assets) or a transformers folder / hub id")
     data: str = knob("austen:exclude=Emma", "text source (seerflex.texts): austen[:...], corpus:FOLDER, files, "
                                             "folders or a hub dataset")
     mixture: dict = knob({}, "domain -> weight for a corpus: source (empty: every document once per epoch)")

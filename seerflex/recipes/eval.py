@@ -54,7 +54,7 @@ GPU = torch.cuda.is_available()
 class EvalArgs:
     """What every eval command loads."""
 
-    model: str = knob("smollm2", "'smollm2' (bundled) or a transformers folder / hub id")
+    model: str = knob("smollm2", "smollm2, qwen2.5-coder-0.5b (offline, seerflex.assets) or a transformers folder / hub id")
     adapter: str | None = knob(None, "seerflex adapter folder (learned gates); none: untrained gates")
     device: str = knob("cuda" if GPU else "cpu", "torch device")
     dtype: str = knob("bfloat16" if GPU else "float32", "model dtype")

@@ -58,7 +58,7 @@ DATA_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "seed", "lr", 
 class FinetuneRecipe:
     """Extend the context (YaRN) and fine-tune model and gates together through sparse attention."""
 
-    model: str = knob("smollm2", "'smollm2' (bundled) or a transformers folder / hub id")
+    model: str = knob("smollm2", "smollm2, qwen2.5-coder-0.5b (offline, seerflex.assets) or a transformers folder / hub id")
     data: str = knob("austen:exclude=Emma", "text source (seerflex.texts): austen[:...], corpus:FOLDER, files, ...")
     mixture: dict = knob({}, "domain -> weight for a corpus: source")
     text_field: str = knob("text", "column holding the text in json/parquet/hub data")

@@ -24,3 +24,13 @@ class OracleScores:
                                     attention_mask=layout.valid_tokens)
         scores = truth.clamp(min=1e-30).log()
         return scores.masked_fill(~layout.selectable_blocks(x.q.device), float("-inf"))
+
+
+class OracleMaxScores(OracleScores):
+    """The exact map under the original's ``max`` target (each block's largest attention weight): the bound of
+    gates distilled with ``target=max``."""
+
+    name = "oracle_max"
+
+    def __init__(self) -> None:
+        super().__init__("max")

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue 15's second model on the lent GPU machine: Qwen2.5-Coder-0.5B-Instruct (32k context, GQA 14/2), gates distilled
+# at 16k on the corpus mixture, then perplexity per held-out domain at 32k and the RULER-style suite at 16k / 32k for
+# the gates next to XAttention, FlexPrefill, MInference's vertical-slash and the oracle. Calls follow each other within
+# the machine's warm window (each may carry at most 64 MiB with the ~23 MB tree):
+#   part:    carry .assets/qwen/pN (N = 0 ... 11; the first call also .whl/gguf-*.whl) -> kept in /tmp/qparts
+#   distill: carry .assets/corpus.tgz -> GGUF reassembled + checked (sha256), corpus unpacked, gates distilled
+#            (re-entrant: a cut run resumes from its checkpoint when the stage is called again)
+#   ppl:     32k perplexity per held-out domain, every scorer at top-k 0.05 / 0.1 / 0.2 (equal achieved density:
+#            the same rule and forced blocks, only the ranking differs), then the cumulative-mass rule calibrated to
+#            0.1 for the gates, XAttention and the oracle
+#   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1
+# Every command's result folder is skipped when present, and $OUT gets a refreshed archive after each.
+# Locally first: bash ../shared/tools/split_for_device.sh <qwen gguf> .assets/qwen 40 (seerflex.assets.gguf_path);
+#   pip download --no-deps -d .whl gguf; tar czf .assets/corpus.tgz -C ~/.cache/seerflex/corpus .
+# SEQ=1024 LEN=2048 SHORT=1024 STEPS=2 SAMPLES=1 OUT=/tmp/o bash benchmarks/gpu_qwen.sh ppl: a quick local check of the lines.
+set -euo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
+RUN=${RUN:-/tmp/run}/qwen
+CORPUS=$SEERFLEX_CACHE/corpus
+L=${LEN:-32768}
+HELD="corpus:$CORPUS:split=heldout:domains"
+MODEL="model=qwen2.5-coder-0.5b"
+ADAPTER=$RUN/distill/adapter
+SCORERS=gate,xattention,flexprefill,vertical_slash,oracle
+A="python -m seerflex.cli eval"
+mkdir -p $RUN/eval "$OUT"
+keep() { tar czf "$OUT"/qwen_eval.tgz -C $RUN/eval .; }
+
+setup() {  # the GGUF from its carried parts (checked once), the corpus, the device's description
+  local G=$SEERFLEX_CACHE/qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
+  mkdir -p "$(dirname $G)" $CORPUS
+  if [ ! -f $G.checked ] && [ -d /tmp/qparts ]; then
+    cat /tmp/qparts/part.* > $G
+    echo "$(cat /tmp/qparts/sha256)  $G" | sha256sum -c && touch $G.checked
+  fi
+  [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
+  python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
+    >> "$OUT"/device.txt
+}
+
+case "$1" in
+part)
+  if ls .whl/gguf-*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/gguf-*.whl
+  fi
+  mkdir -p /tmp/qparts && cp .assets/qwen/p*/part.* /tmp/qparts/ && cp .assets/qwen/sha256 /tmp/qparts/
+  ls /tmp/qparts | tr '\n' ' ' ;;
+distill)
+  setup
+  again=""; [ -d $RUN/distill ] && again="resume=true"
+  [ -d $ADAPTER ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
+    seq_len=${SEQ:-16384} steps=${STEPS:-400} output_dir=$RUN/distill $again
+  mkdir -p "$OUT"/distill && cp $RUN/distill/metrics.jsonl $RUN/distill/recipe.json "$OUT"/distill/
+  cp -r $ADAPTER "$OUT"/distill/adapter ;;
+ppl)
+  setup
+  W="window=$L prefix=$((L / 32)) windows=1"
+  for d in code docs prose; do
+    o=$RUN/eval/ppl_topk_$d
+    [ -f $o/ppl.json ] || $A ppl $MODEL adapter=$ADAPTER $W text=$HELD=$d scorers=dense,$SCORERS \
+      policies=[topk:0.05,topk:0.1,topk:0.2] out=$o; keep
+  done
+  for d in code docs prose; do
+    for s in gate xattention oracle; do
+      o=$RUN/eval/ppl_topp_${d}_$s
+      [ -f $o/ppl.json ] || $A ppl $MODEL adapter=$ADAPTER $W text=$HELD=$d scorers=$s \
+        policies=[topp:density=0.1] out=$o; keep
+    done
+  done ;;
+ruler)
+  setup
+  o=$RUN/eval/ruler
+  [ -f $o/ruler.json ] || $A ruler $MODEL adapter=$ADAPTER lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} \
+    haystack=$HELD=prose scorers=dense,gate,xattention,flexprefill,vertical_slash policies=[topk:0.1] out=$o
+  keep ;;
+*) echo "unknown stage $1"; exit 2 ;;
+esac
