@@ -14,8 +14,9 @@
 #            layer as one compiled graph; then TTFT, Triton at 128 x 64 and a kernel profile of the layer
 #   TAG=v10 rect, rect3: the same after float16 ranking and the grouped K projection, TTFT of 128 x 64 and 128 x 128
 #   pool:    after fa4a/fa4b: the Triton pooling op checked on GPU, then 128 x 128 and 128 x 64 at 32k/128k (v11)
-#   interleave: after fa4a, fa4b, in the fa4c call (2026-12-02): HEAD and an older commit alternately, 32k, FLASH 128 x 128;
-#            locally first: git archive $OLD seerflex ':!seerflex/adapters' | tar -x -C old_tree (untracked, travels)
+#   interleave: after fa4a, fa4b, in the fa4c call: HEAD and an older commit alternately, 32k, FLASH 128 x 128 (run on
+#            2026-12-02 in the order head, old, head, old);
+#            locally first: mkdir old_tree && git archive $OLD seerflex ':!seerflex/adapters' | tar -x -C old_tree
 #   arch:    after the runtime/compile refactor (2026-11-30, H200): static, auto and eager layers checked against
 #            the float64 masked reference, and the HF path end to end (TTFT, 4 layers)
 # On 2026-11-25 each of these calls was chained with gpu_smollm2.sh stash (one GGUF part per call).
@@ -86,13 +87,12 @@ fa4c|flash|fused|rect|pool)  # the other wheels (carry .whl/b2), install into /t
   python -m seerflex.cli bench ttft lengths=[65536,131072] densities=[0.1] backend=flash block_size=128 \
     --no-check-finite out="$OUT"/bench_ttft_flash_b128.json ;;
 interleave)  # same machine start, alternating trees: is a change in the layer's total a regression or the machine's?
-  export PYTHONPATH=/tmp/sc:$PWD
-  for i in 1 2; do
-    for tree in head old; do
-      dir=$PWD; [ $tree = old ] && dir=$PWD/old_tree
-      (cd $dir && PYTHONPATH=/tmp/sc:$dir python -m seerflex.cli bench kernel lengths=[32768] densities=[0.1] \
-        compile=static backend=flash q_block_size=128 block_size=128 --no-check-finite out="$OUT"/interleave_${tree}_$i.json)
-    done
+  [ -d old_tree/seerflex ] || { echo "interleave: no old_tree/seerflex (git archive it first, see the header)"; exit 2; }
+  i=0
+  for tree in head old old head; do  # balanced order: neither tree always runs first
+    i=$((i + 1)); dir=$PWD; [ $tree = old ] && dir=$PWD/old_tree
+    (cd $dir && PYTHONPATH=/tmp/sc:$dir python -m seerflex.cli bench kernel lengths=[32768] densities=[0.1] \
+      compile=static backend=flash q_block_size=128 block_size=128 --no-check-finite out="$OUT"/interleave_${tree}_$i.json)
   done ;;
 arch)
   python -m seerflex.cli bench kernel lengths=[8192,32768,131072] densities=[0.1] compile=static --no-check-finite \

@@ -3,13 +3,15 @@
 # at 16k on the corpus mixture, then perplexity per held-out domain at 32k and the RULER-style suite at 16k / 32k for
 # the gates next to XAttention, FlexPrefill, MInference's vertical-slash and the oracle. Calls follow each other within
 # the machine's warm window (each may carry at most 64 MiB with the ~23 MB tree):
-#   part:    carry .assets/qwen/pN (N = 0 ... 11; the first call also .whl/gguf-*.whl) -> kept in /tmp/qparts
+#   part:    carry .assets/qwen/pN (N = 0 ... 11; the first call also .whl/gguf-*.whl and .assets/qwen/sha256)
+#            -> kept in /tmp/qparts
 #   distill: carry .assets/corpus.tgz -> GGUF reassembled + checked (sha256), corpus unpacked, gates distilled
 #            (re-entrant: a cut run resumes from its checkpoint when the stage is called again)
 #   ppl:     32k perplexity per held-out domain, every scorer at top-k 0.05 / 0.1 / 0.2 (equal achieved density:
 #            the same rule and forced blocks, only the ranking differs), then the cumulative-mass rule calibrated to
 #            0.1 for the gates, XAttention and the oracle
-#   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1
+#   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
+#            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
 # Every command's result folder is skipped when present, and $OUT gets a refreshed archive after each.
 # Locally first: bash ../shared/tools/split_for_device.sh <qwen gguf> .assets/qwen 40 (seerflex.assets.gguf_path);
 #   pip download --no-deps -d .whl gguf; tar czf .assets/corpus.tgz -C ~/.cache/seerflex/corpus .
@@ -30,9 +32,10 @@ keep() { tar czf "$OUT"/qwen_eval.tgz -C $RUN/eval .; }
 setup() {  # the GGUF from its carried parts (checked once), the corpus, the device's description
   local G=$SEERFLEX_CACHE/qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
   mkdir -p "$(dirname $G)" $CORPUS
-  if [ ! -f $G.checked ] && [ -d /tmp/qparts ]; then
-    cat /tmp/qparts/part.* > $G
-    echo "$(cat /tmp/qparts/sha256)  $G" | sha256sum -c && touch $G.checked
+  if [ ! -f $G ]; then  # checked before it lands where seerflex.assets would trust it
+    cat /tmp/qparts/part.* > $G.tmp
+    if ! echo "$(cat /tmp/qparts/sha256)  $G.tmp" | sha256sum -c; then rm -f $G.tmp; exit 1; fi
+    mv $G.tmp $G
   fi
   [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
@@ -40,12 +43,13 @@ setup() {  # the GGUF from its carried parts (checked once), the corpus, the dev
     >> "$OUT"/device.txt
 }
 
-case "$1" in
+case "${1:-}" in
 part)
   if ls .whl/gguf-*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/gguf-*.whl
   fi
-  mkdir -p /tmp/qparts && cp .assets/qwen/p*/part.* /tmp/qparts/ && cp .assets/qwen/sha256 /tmp/qparts/
+  mkdir -p /tmp/qparts && cp .assets/qwen/p*/part.* /tmp/qparts/
+  if [ -f .assets/qwen/sha256 ]; then cp .assets/qwen/sha256 /tmp/qparts/; fi
   ls /tmp/qparts | tr '\n' ' ' ;;
 distill)
   setup
@@ -71,9 +75,11 @@ ppl)
   done ;;
 ruler)
   setup
-  o=$RUN/eval/ruler
-  [ -f $o/ruler.json ] || $A ruler $MODEL adapter=$ADAPTER lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} \
-    haystack=$HELD=prose scorers=dense,gate,xattention,flexprefill,vertical_slash policies=[topk:0.1] out=$o
-  keep ;;
+  R="$A ruler $MODEL adapter=$ADAPTER lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
+  [ -f $RUN/eval/ruler/ruler.json ] || $R scorers=dense,gate,xattention,flexprefill,vertical_slash \
+    policies=[topk:0.1] out=$RUN/eval/ruler; keep
+  [ -f $RUN/eval/ruler_oracle/ruler.json ] || $R scorers=oracle policies=[topk:0.1] out=$RUN/eval/ruler_oracle; keep
+  [ -f $RUN/eval/ruler_gate_topp/ruler.json ] || $R scorers=gate policies=[topp:density=0.1] \
+    out=$RUN/eval/ruler_gate_topp; keep ;;
 *) echo "unknown stage $1"; exit 2 ;;
 esac

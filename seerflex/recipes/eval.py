@@ -80,7 +80,8 @@ class PplArgs(BudgetArgs):
     window: int = knob(8192, "tokens per window")
     prefix: int = knob(1024, "loss counted after this many tokens of each window")
     windows: int = knob(3, "windows, evenly spaced through the text")
-    scorers: list[str] = knob(["dense", "gate", "recency", "pooled", "oracle"], "dense, gate, recency, pooled, oracle")
+    scorers: list[str] = knob(["dense", "gate", "recency", "pooled", "oracle"],
+                              "dense, gate or any seerflex.scorers name (xattention, oracle_max, ...)")
     policies: list[str] = knob(["topk:0.05", "topk:0.1", "topk:0.2", "topk:0.5"],
                                "topk:0.1, threshold:2e-3, topp:0.9, topp:density=0.1 (calibrated), budget:0.1, adapter")
 
