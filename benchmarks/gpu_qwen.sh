@@ -15,19 +15,23 @@
 # Every command's result folder is skipped when present, and $OUT gets a refreshed archive after each.
 # Locally first: bash ../shared/tools/split_for_device.sh <qwen gguf> .assets/qwen 40 (seerflex.assets.gguf_path);
 #   pip download --no-deps -d .whl gguf; tar czf .assets/corpus.tgz -C ~/.cache/seerflex/corpus .
-# SEQ=1024 LEN=2048 SHORT=1024 STEPS=2 SAMPLES=1 OUT=/tmp/o bash benchmarks/gpu_qwen.sh ppl: a quick local check of the lines.
+# Locally (checked for distill): PATH=.venv/bin:$PATH SEERFLEX_CACHE=~/.cache/seerflex RUN=/tmp/r OUT=/tmp/o TAG=_t SEQ=1024
+#   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: OUT=DIR gpu_qwen.sh part|distill|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
 CORPUS=$SEERFLEX_CACHE/corpus
 L=${LEN:-32768}
 HELD="corpus:$CORPUS:split=heldout:domains"
 MODEL="model=qwen2.5-coder-0.5b"
-ADAPTER=$RUN/distill/adapter
+D=$RUN/distill${TAG:-}  # TAG=_32k SEQ=32768 STEPS=800: another distillation, read into eval${TAG}
+ADAPTER=$D/adapter
 SCORERS=gate,xattention,flexprefill,vertical_slash,oracle
 A="python -m seerflex.cli eval"
-mkdir -p $RUN/eval "$OUT"
-keep() { tar czf "$OUT"/qwen_eval.tgz -C $RUN/eval .; }
+E=$RUN/eval${TAG:-}
+mkdir -p $E "$OUT"
+keep() { tar czf "$OUT"/qwen_eval${TAG:-}.tgz -C $E .; }
 
 setup() {  # the GGUF from its carried parts (checked once), the corpus, the device's description
   local G=$SEERFLEX_CACHE/qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
@@ -43,7 +47,7 @@ setup() {  # the GGUF from its carried parts (checked once), the corpus, the dev
     >> "$OUT"/device.txt
 }
 
-case "${1:-}" in
+case "$1" in
 part)
   if ls .whl/gguf-*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/gguf-*.whl
@@ -53,22 +57,21 @@ part)
   ls /tmp/qparts | tr '\n' ' ' ;;
 distill)
   setup
-  again=""; [ -d $RUN/distill ] && again="resume=true"
+  again=""; [ -d $D ] && again="resume=true"
   [ -d $ADAPTER ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
-    seq_len=${SEQ:-16384} steps=${STEPS:-400} output_dir=$RUN/distill $again
-  mkdir -p "$OUT"/distill && cp $RUN/distill/metrics.jsonl $RUN/distill/recipe.json "$OUT"/distill/
-  cp -r $ADAPTER "$OUT"/distill/adapter ;;
+    seq_len=${SEQ:-16384} steps=${STEPS:-400} output_dir=$D $again
+  o="$OUT"/$(basename $D) && mkdir -p $o && cp $D/metrics.jsonl $D/recipe.json $o/ && cp -r $ADAPTER $o/adapter ;;
 ppl)
   setup
   W="window=$L prefix=$((L / 32)) windows=1"
   for d in code docs prose; do
-    o=$RUN/eval/ppl_topk_$d
+    o=$E/ppl_topk_$d
     [ -f $o/ppl.json ] || $A ppl $MODEL adapter=$ADAPTER $W text=$HELD=$d scorers=dense,$SCORERS \
       policies=[topk:0.05,topk:0.1,topk:0.2] out=$o; keep
   done
   for d in code docs prose; do
     for s in gate xattention oracle; do
-      o=$RUN/eval/ppl_topp_${d}_$s
+      o=$E/ppl_topp_${d}_$s
       [ -f $o/ppl.json ] || $A ppl $MODEL adapter=$ADAPTER $W text=$HELD=$d scorers=$s \
         policies=[topp:density=0.1] out=$o; keep
     done
@@ -76,10 +79,10 @@ ppl)
 ruler)
   setup
   R="$A ruler $MODEL adapter=$ADAPTER lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
-  [ -f $RUN/eval/ruler/ruler.json ] || $R scorers=dense,gate,xattention,flexprefill,vertical_slash \
-    policies=[topk:0.1] out=$RUN/eval/ruler; keep
-  [ -f $RUN/eval/ruler_oracle/ruler.json ] || $R scorers=oracle policies=[topk:0.1] out=$RUN/eval/ruler_oracle; keep
-  [ -f $RUN/eval/ruler_gate_topp/ruler.json ] || $R scorers=gate policies=[topp:density=0.1] \
-    out=$RUN/eval/ruler_gate_topp; keep ;;
+  [ -f $E/ruler/ruler.json ] || $R scorers=dense,gate,xattention,flexprefill,vertical_slash \
+    policies=[topk:0.1] out=$E/ruler; keep
+  [ -f $E/ruler_oracle/ruler.json ] || $R scorers=oracle policies=[topk:0.1] out=$E/ruler_oracle; keep
+  [ -f $E/ruler_gate_topp/ruler.json ] || $R scorers=gate policies=[topp:density=0.1] \
+    out=$E/ruler_gate_topp; keep ;;
 *) echo "unknown stage $1"; exit 2 ;;
 esac
