@@ -27,7 +27,7 @@ HELD="corpus:$CORPUS:split=heldout:domains"
 MODEL="model=qwen2.5-coder-0.5b"
 D=$RUN/distill${TAG:-}  # TAG=_32k SEQ=32768 STEPS=800: another distillation, read into eval${TAG}
 ADAPTER=$D/adapter
-SCORERS=gate,xattention,flexprefill,vertical_slash,oracle
+SCORERS=gate,xattention,flexprefill,vertical_slash,oracle,oracle_max  # oracle_max: the bound of target=max gates
 A="python -m seerflex.cli eval"
 E=$RUN/eval${TAG:-}
 mkdir -p $E "$OUT"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 DOMAINS = ("prose", "docs", "code")
-SCORERS = ("gate", "xattention", "flexprefill", "vertical_slash", "oracle")
+SCORERS = ("gate", "xattention", "flexprefill", "vertical_slash", "oracle", "oracle_max")
 NAMES = {"gate": "learned gates", "xattention": "XAttention", "flexprefill": "FlexPrefill",
          "vertical_slash": "MInference vertical-slash", "oracle": "oracle (block mass)",
          "oracle_max": "oracle (block max)", "dense": "dense"}
@@ -32,7 +32,7 @@ def main(folder: Path) -> None:
         print(f"\n| {policy} (achieved d = {density:.3f}) | " + " | ".join(DOMAINS) + " |")
         print("| --- |" + " --- |" * len(DOMAINS))
         print("| dense | " + " | ".join(f"{dense[d]:.3f}" for d in DOMAINS) + " |")
-        for s in SCORERS:
+        for s in (s for s in SCORERS if any(r["scorer"] == s for r in topk["code"])):  # the runs' own scorers
             cells = []
             for d in DOMAINS:
                 p = next(r["ppl"] for r in topk[d] if r["scorer"] == s and r["policy"] == policy)
