@@ -46,7 +46,7 @@ def density_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: st
             ax.axhline(r[metric], color="black", linestyle="--", label="dense")
     ax.set_xlabel("achieved block density")
     ax.set_ylabel(metric)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)  # long text specs clipped the title
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path, tight=True)
 
