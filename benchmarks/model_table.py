@@ -1,6 +1,7 @@
-"""Issue 15's per-model table for Qwen2.5-Coder-0.5B (benchmarks/gpu_qwen.sh) as Markdown.
+"""Issue 15's per-model tables (benchmarks/gpu_qwen.sh for Qwen2.5-Coder-0.5B, the CPU runs for SmolLM2) as Markdown.
 
-    python benchmarks/qwen_table.py benchmarks/results/qwen_h200_2026-12-02
+    python benchmarks/model_table.py benchmarks/results/qwen_h200_2026-12-02
+    python benchmarks/model_table.py benchmarks/results/smollm2_table_cpu_2026-12-02
 
 Perplexity rise over dense per held-out domain for every scorer at top-k 0.05 / 0.1 / 0.2 (one rule, so equal
 achieved density: only the ranking differs), the cumulative-mass rule calibrated to 0.1 where it was run, and the
@@ -14,9 +15,9 @@ import sys
 from pathlib import Path
 
 DOMAINS = ("prose", "docs", "code")
-SCORERS = ("gate", "xattention", "flexprefill", "vertical_slash", "oracle", "oracle_max")
+SCORERS = ("gate", "xattention", "flexprefill", "vertical_slash", "pooled", "oracle", "oracle_max")
 NAMES = {"gate": "learned gates", "xattention": "XAttention", "flexprefill": "FlexPrefill",
-         "vertical_slash": "MInference vertical-slash", "oracle": "oracle (block mass)",
+         "vertical_slash": "MInference vertical-slash", "pooled": "pooled Q.K", "oracle": "oracle (block mass)",
          "oracle_max": "oracle (block max)", "dense": "dense"}
 
 
@@ -27,7 +28,7 @@ def rows(path: Path) -> list[dict]:
 def main(folder: Path) -> None:
     topk = {d: rows(folder / f"ppl_topk_{d}" / "ppl.json") for d in DOMAINS}
     dense = {d: next(r["ppl"] for r in topk[d] if r["scorer"] == "dense") for d in DOMAINS}
-    for policy in ("topk:0.05", "topk:0.1", "topk:0.2"):
+    for policy in ("topk:0.1", "topk:0.05", "topk:0.2"):
         density = next(r["density"] for r in topk["code"] if r["policy"] == policy)
         print(f"\n| {policy} (achieved d = {density:.3f}) | " + " | ".join(DOMAINS) + " |")
         print("| --- |" + " --- |" * len(DOMAINS))
@@ -38,6 +39,20 @@ def main(folder: Path) -> None:
                 p = next(r["ppl"] for r in topk[d] if r["scorer"] == s and r["policy"] == policy)
                 cells.append(f"{p:.3f} ({100 * (p / dense[d] - 1):+.1f}%)")
             print(f"| {NAMES[s]} | " + " | ".join(cells) + " |")
+    if list(folder.glob("ppl_topp_*/ppl.json")):
+        calibrated(folder, dense)
+    ruler = [r for sub in ("ruler", "ruler_oracle", "ruler_gate_topp") for r in rows(folder / sub / "ruler.json")]
+    if ruler:
+        lengths = sorted(ruler[0]["by_length"], key=int)
+        print("\n| RULER-style average | policy | density | " + " | ".join(lengths) + " | mean |")
+        print("| --- | --- | --- |" + " --- |" * (len(lengths) + 1))
+        for r in ruler:
+            print(f"| {NAMES[r['scorer']]} | {r['policy']} | {r['density']:.3f} | "
+                  + " | ".join(f"{r['by_length'][n]:.3f}" for n in lengths) + f" | {r['average']:.3f} |")
+
+
+def calibrated(folder: Path, dense: dict[str, float]) -> None:
+    """The cumulative-mass rule calibrated to 0.1, one run per (domain, scorer)."""
     print("\n| cumulative-mass rule calibrated to 0.1 | " + " | ".join(DOMAINS) + " |")
     print("| --- |" + " --- |" * len(DOMAINS))
     for s in ("gate", "xattention", "oracle"):
@@ -47,14 +62,6 @@ def main(folder: Path) -> None:
             cells.append(f"{r[0]['ppl']:.3f} ({100 * (r[0]['ppl'] / dense[d] - 1):+.1f}%, d {r[0]['density']:.3f})"
                          if r else "-")
         print(f"| {NAMES[s]} | " + " | ".join(cells) + " |")
-    ruler = [r for sub in ("ruler", "ruler_oracle", "ruler_gate_topp") for r in rows(folder / sub / "ruler.json")]
-    if ruler:
-        lengths = sorted(ruler[0]["by_length"], key=int)
-        print("\n| RULER-style average | policy | density | " + " | ".join(lengths) + " | mean |")
-        print("| --- | --- | --- |" + " --- |" * (len(lengths) + 1))
-        for r in ruler:
-            print(f"| {NAMES[r['scorer']]} | {r['policy']} | {r['density']:.3f} | "
-                  + " | ".join(f"{r['by_length'][n]:.3f}" for n in lengths) + f" | {r['average']:.3f} |")
 
 
 if __name__ == "__main__":
