@@ -61,3 +61,25 @@ def test_eval_ruler_runs_every_scorer_and_writes_json_table_and_plot(recipe_mode
     assert (out / "ruler_vs_length.png").stat().st_size > 0
     with pytest.raises(ValueError, match="unknown RULER task"):
         eval_recipe.main(["ruler", "model=tiny", "tasks=[qa]"])
+
+
+def test_a_length_at_the_model_context_leaves_room_for_the_answer_and_one_beyond_is_refused(
+        recipe_model, tiny_text, tmp_path, monkeypatch):
+    asked, make = [], ruler.make_sample
+
+    def recording(task, tokenizer, length, haystack, rng):
+        asked.append(length)
+        return make(task, tokenizer, length, haystack, rng)
+
+    monkeypatch.setattr(ruler, "make_sample", recording)
+    monkeypatch.setattr(eval_recipe, "answer", lambda model, tokenizer, ids, new_tokens: "")
+    context = 2048  # the small Llama's max_position_embeddings
+    assert eval_recipe.main(["ruler", "model=tiny", f"lengths=[1024,{context}]", "tasks=[niah_single]",
+                             "samples=1", "new_tokens=16", f"haystack={tiny_text}", "scorers=[dense]",
+                             f"out={tmp_path / 'r'}"]) == 0
+    assert asked == [1024, context - 16]
+    rows = json.loads((tmp_path / "r" / "ruler.json").read_text())["rows"]
+    assert list(rows[0]["by_length"]) == ["1024", str(context)]  # reported under the requested length
+    with pytest.raises(ValueError, match=r"lengths \[4096\] exceed the model's context of 2048 tokens"):
+        eval_recipe.main(["ruler", "model=tiny", "lengths=[1024,4096]", f"haystack={tiny_text}", "scorers=[dense]",
+                          f"out={tmp_path / 'r2'}"])

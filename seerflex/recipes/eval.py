@@ -254,8 +254,10 @@ def ruler_main(argv: list[str]) -> int:
                          else f"samples must be >= 1, got {args.samples}")
     haystack = "\n".join(load_texts(args.haystack))
     model, tokenizer = load_seerflex_model(args)
+    sizes = prompt_sizes(args.lengths, args.new_tokens, getattr(model.config, "max_position_embeddings", None))
     hay = tokenizer(haystack, add_special_tokens=False)["input_ids"]  # once, not per prompt
-    prompts = {(task, n): [ruler.make_sample(task, tokenizer, n, hay, random.Random(f"{args.seed}/{task}/{n}/{i}"))
+    prompts = {(task, n): [ruler.make_sample(task, tokenizer, sizes[n], hay,
+                                             random.Random(f"{args.seed}/{task}/{n}/{i}"))
                            for i in range(args.samples)] for task in args.tasks for n in args.lengths}
     probe = [torch.tensor(tokenizer(prompts[(args.tasks[0], args.lengths[0])][0].prompt)["input_ids"])]
     calibration = budget_windows(args, tokenizer, args.policies)
@@ -279,6 +281,18 @@ def ruler_main(argv: list[str]) -> int:
                                                               *map(str, args.lengths)],
                 [[r["scorer"], r["policy"], r["density"], r["average"], *r["by_length"].values()] for r in rows])
     return 0
+
+
+def prompt_sizes(lengths: list[int], new_tokens: int, context: int | None) -> dict[int, int]:
+    """Prompt tokens per requested length: as RULER counts it, a length at the model's context holds the prompt
+    and its answer, so the prompt leaves ``new_tokens`` free; a length beyond the context is refused."""
+    if context is not None and (beyond := [n for n in lengths if n > context]):
+        raise ValueError(f"lengths {beyond} exceed the model's context of {context} tokens")
+    sizes = {n: n if context is None else min(n, context - new_tokens) for n in lengths}
+    for n, size in sizes.items():
+        if size < n:
+            console.log(f"length {n}: prompts of {size} tokens, {new_tokens} left for the answer in the model's {context}")
+    return sizes
 
 
 def collect_window(model: Any, tokenizer: Any, text: str, window: int, target: str) -> Collector:
