@@ -18,7 +18,7 @@
 # Locally (checked for distill): PATH=.venv/bin:$PATH SEERFLEX_CACHE=~/.cache/seerflex RUN=/tmp/r OUT=/tmp/o TAG=_t SEQ=1024
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
-[ $# -ge 1 ] || { echo "usage: OUT=DIR gpu_qwen.sh part|distill|ppl|ruler"; exit 2; }
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
 CORPUS=$SEERFLEX_CACHE/corpus
@@ -60,7 +60,7 @@ distill)
   again=""; [ -d $D ] && again="resume=true"
   [ -d $ADAPTER ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
     seq_len=${SEQ:-16384} steps=${STEPS:-400} output_dir=$D $again
-  o="$OUT"/$(basename $D) && mkdir -p $o && cp $D/metrics.jsonl $D/recipe.json $o/ && cp -r $ADAPTER $o/adapter ;;
+  o="$OUT/$(basename $D)" && mkdir -p "$o" && cp $D/metrics.jsonl $D/recipe.json "$o"/ && cp -r $ADAPTER "$o"/adapter ;;
 ppl)
   setup
   W="window=$L prefix=$((L / 32)) windows=1"

@@ -33,7 +33,7 @@ def main(folder: Path) -> None:
         print(f"\n| {policy} (achieved d = {density:.3f}) | " + " | ".join(DOMAINS) + " |")
         print("| --- |" + " --- |" * len(DOMAINS))
         print("| dense | " + " | ".join(f"{dense[d]:.3f}" for d in DOMAINS) + " |")
-        for s in (s for s in SCORERS if any(r["scorer"] == s for r in topk["code"])):  # the runs' own scorers
+        for s in (s for s in SCORERS if all(any(r["scorer"] == s for r in topk[d]) for d in DOMAINS)):
             cells = []
             for d in DOMAINS:
                 p = next(r["ppl"] for r in topk[d] if r["scorer"] == s and r["policy"] == policy)

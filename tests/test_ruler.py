@@ -83,3 +83,6 @@ def test_a_length_at_the_model_context_leaves_room_for_the_answer_and_one_beyond
     with pytest.raises(ValueError, match=r"lengths \[4096\] exceed the model's context of 2048 tokens"):
         eval_recipe.main(["ruler", "model=tiny", "lengths=[1024,4096]", f"haystack={tiny_text}", "scorers=[dense]",
                           f"out={tmp_path / 'r2'}"])
+    with pytest.raises(ValueError, match="new_tokens 1024 leaves too little of the model's 2048-token context"):
+        eval_recipe.main(["ruler", "model=tiny", "lengths=[1024]", "new_tokens=1024", f"haystack={tiny_text}",
+                          "scorers=[dense]", f"out={tmp_path / 'r3'}"])

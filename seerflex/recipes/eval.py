@@ -102,7 +102,8 @@ class PasskeyArgs(BudgetArgs):
 class RulerArgs(BudgetArgs):
     """RULER-style long-context tasks (needles, variable tracking, word extraction) per length."""
 
-    lengths: list[int] = knob([4096, 8192], "prompt lengths in tokens (as far as the model's context allows)")
+    lengths: list[int] = knob([4096, 8192], "prompt + answer tokens (RULER's count): up to the model's context; "
+                                            "at the context the prompt leaves new_tokens free")
     tasks: list[str] = knob(list(ruler.TASKS), "tasks (seerflex.evaluation.ruler.TASKS)")
     samples: int = knob(4, "prompts per (task, length)")
     haystack: str = knob("austen:Emma", "filler text of the needle tasks: any text source, e.g. corpus:DIR:split=heldout")
@@ -252,9 +253,9 @@ def ruler_main(argv: list[str]) -> int:
     if unknown or args.samples < 1:
         raise ValueError(f"unknown RULER task(s) {unknown}; tasks: {', '.join(ruler.TASKS)}" if unknown
                          else f"samples must be >= 1, got {args.samples}")
-    haystack = "\n".join(load_texts(args.haystack))
     model, tokenizer = load_seerflex_model(args)
     sizes = prompt_sizes(args.lengths, args.new_tokens, getattr(model.config, "max_position_embeddings", None))
+    haystack = "\n".join(load_texts(args.haystack))
     hay = tokenizer(haystack, add_special_tokens=False)["input_ids"]  # once, not per prompt
     prompts = {(task, n): [ruler.make_sample(task, tokenizer, sizes[n], hay,
                                              random.Random(f"{args.seed}/{task}/{n}/{i}"))
@@ -288,6 +289,8 @@ def prompt_sizes(lengths: list[int], new_tokens: int, context: int | None) -> di
     and its answer, so the prompt leaves ``new_tokens`` free; a length beyond the context is refused."""
     if context is not None and (beyond := [n for n in lengths if n > context]):
         raise ValueError(f"lengths {beyond} exceed the model's context of {context} tokens")
+    if context is not None and new_tokens >= context // 2:
+        raise ValueError(f"new_tokens {new_tokens} leaves too little of the model's {context}-token context for a prompt")
     sizes = {n: n if context is None else min(n, context - new_tokens) for n in lengths}
     for n, size in sizes.items():
         if size < n:
