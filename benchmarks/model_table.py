@@ -1,7 +1,7 @@
 """Issue 15's per-model tables (benchmarks/gpu_qwen.sh for Qwen2.5-Coder-0.5B, the CPU runs for SmolLM2) as Markdown.
 
     python benchmarks/model_table.py benchmarks/results/qwen_h200_2026-12-02
-    python benchmarks/model_table.py benchmarks/results/smollm2_table_cpu_2026-12-02
+    python benchmarks/model_table.py benchmarks/results/smollm2_table_cpu_2026-12-02   (SmolLM2, 8k, CPU)
 
 Perplexity rise over dense per held-out domain for every scorer at top-k 0.05 / 0.1 / 0.2 (one rule, so equal
 achieved density: only the ranking differs), the cumulative-mass rule calibrated to 0.1 where it was run, and the
