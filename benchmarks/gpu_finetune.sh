@@ -29,6 +29,7 @@
 # Locally first: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 33; pip download --no-deps -d .whl gguf;
 #   tar czf .assets/corpus.tgz -C ~/.cache/seerflex/corpus .
 set -euo pipefail
+source "$(dirname "$0")/device_lib.sh"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=/tmp/cache COLUMNS=160
 RUN=/tmp/run
 CORPUS=/tmp/cache/corpus
@@ -72,10 +73,7 @@ setup() {  # the GGUF from its carried parts (checked), the corpus, the device's
   mkdir -p /tmp/cache/smollm2 $CORPUS /tmp/parts
   if [ -d .assets/gguf ]; then cp .assets/gguf/p*/part.* /tmp/parts/; fi
   G=/tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  if [ ! -f $G.checked ]; then
-    cat /tmp/parts/part.* > $G
-    echo "$(cat .assets/gguf/sha256 2>/dev/null || cat /tmp/parts/sha256)  $G" | sha256sum -c && touch $G.checked
-  fi
+  [ -f $G ] || reassemble $G "$(cat .assets/gguf/sha256 2>/dev/null || cat /tmp/parts/sha256)" /tmp/parts/part.*
   [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \

@@ -18,6 +18,7 @@
 # Locally (checked for distill): PATH=.venv/bin:$PATH SEERFLEX_CACHE=~/.cache/seerflex RUN=/tmp/r OUT=/tmp/o TAG=_t SEQ=1024
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
+source "$(dirname "$0")/device_lib.sh"
 [ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
@@ -36,11 +37,7 @@ keep() { tar czf "$OUT"/qwen_eval${TAG:-}.tgz -C $E .; }
 setup() {  # the GGUF from its carried parts (checked once), the corpus, the device's description
   local G=$SEERFLEX_CACHE/qwen2.5-coder-0.5b/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
   mkdir -p "$(dirname $G)" $CORPUS
-  if [ ! -f $G ]; then  # checked before it lands where seerflex.assets would trust it
-    cat /tmp/qparts/part.* > $G.tmp
-    if ! echo "$(cat /tmp/qparts/sha256)  $G.tmp" | sha256sum -c; then rm -f $G.tmp; exit 1; fi
-    mv $G.tmp $G
-  fi
+  [ -f $G ] || reassemble $G "$(cat /tmp/qparts/sha256)" /tmp/qparts/part.*
   [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
