@@ -68,7 +68,6 @@ MODELS = {
                                     "data/part{index:02d}.bin",
                                     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491),
 }
-SMOLLM2_GGUF = MODELS["smollm2"].filename
 
 
 def cache_dir() -> Path:

@@ -31,10 +31,11 @@ def test_missing_novels_without_apt_name_the_manual_route(tmp_path, monkeypatch)
 
 
 def test_gguf_found_in_an_installed_package_folder_without_importing_it(tmp_path, monkeypatch):
-    (tmp_path / assets.SMOLLM2_GGUF).write_bytes(b"GGUF")
+    gguf = assets.MODELS["smollm2"].filename
+    (tmp_path / gguf).write_bytes(b"GGUF")
     monkeypatch.setattr(assets, "find_spec", lambda name: SimpleNamespace(submodule_search_locations=[str(tmp_path)]))
     monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: pytest.fail("no download expected"))
-    assert assets.gguf_path("smollm2") == tmp_path / assets.SMOLLM2_GGUF
+    assert assets.gguf_path("smollm2") == tmp_path / gguf
 
 
 def _fake_pip(parts: dict[str, bytes], calls: list | None = None, member: str = "data/part{:02d}.bin"):
