@@ -10,6 +10,9 @@
 #   ppl:     32k perplexity per held-out domain, every scorer at top-k 0.05 / 0.1 / 0.2 (equal achieved density:
 #            the same rule and forced blocks, only the ranking differs), then the cumulative-mass rule calibrated to
 #            0.1 for the gates, XAttention and the oracle
+#   variants: gate designs side by side (VSTEPS steps at 16k each, then top-k 0.1 at 32k per domain; oracle_max too):
+#            the 16k / 400-step gates trailed their mass oracle, and their recall stopped rising after ~100 steps
+#   best:    the best design (lowest mean rise, benchmarks/best_variant.py) at 32k for longer, read like ppl / ruler
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
 # Every command's result folder is skipped when present, and $OUT gets a refreshed archive after each.
@@ -19,7 +22,7 @@
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
 source "$(dirname "$0")/device_lib.sh"
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|ppl|ruler"; exit 2; }
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
 CORPUS=$SEERFLEX_CACHE/corpus
@@ -28,6 +31,9 @@ HELD="corpus:$CORPUS:split=heldout:domains"
 MODEL="model=qwen2.5-coder-0.5b"
 D=$RUN/distill${TAG:-}  # TAG=_32k SEQ=32768 STEPS=800: another distillation, read into eval${TAG}
 ADAPTER=$D/adapter
+V=${VERTICAL:-8}  # key blocks kept in every row as the last row's best columns (the policies' ``vertical``)
+declare -A DESIGNS=([base]="" [h128]="seerflex.gate_hidden_size=128" [max_target]="target=max"
+  [qmaxminavg_h128]="seerflex.gate_type=Qavgmaxmin_Kmaxminavg seerflex.gate_hidden_size=128")
 SCORERS=gate,xattention,flexprefill,vertical_slash,oracle,oracle_max  # oracle_max: the bound of target=max gates
 A="python -m seerflex.cli eval"
 E=$RUN/eval${TAG:-}
@@ -73,6 +79,45 @@ ppl)
         policies=[topp:density=0.1] out=$o; keep
     done
   done ;;
+variants)
+  setup
+  for d in code docs prose; do  # the original's target as a ranking, next to the mass oracle of the ppl stage
+    [ -f $E/oracle_max_$d/ppl.json ] || $A ppl $MODEL window=$L prefix=$((L / 32)) windows=1 text=$HELD=$d \
+      scorers=dense,oracle_max policies=[topk:0.1] out=$E/oracle_max_$d
+  done; keep
+  for n in base h128 qmaxminavg_h128 max_target; do  # each design distilled, then read at 32k per domain
+    v=$RUN/variant_$n again=""; [ -d $v ] && again="resume=true"
+    [ -d $v/adapter ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
+      seq_len=${SEQ:-16384} steps=${VSTEPS:-150} output_dir=$v $again ${DESIGNS[$n]}
+    mkdir -p $E/variant_$n && cp $v/metrics.jsonl $v/recipe.json $E/variant_$n/
+    for d in code docs prose; do
+      [ -f $E/variant_$n/ppl_$d/ppl.json ] || $A ppl $MODEL adapter=$v/adapter window=$L prefix=$((L / 32)) \
+        windows=1 text=$HELD=$d scorers=gate policies=[topk:0.1] out=$E/variant_$n/ppl_$d
+    done; keep
+  done ;;
+best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like the ppl / ruler stages (gates only,
+  # plus the vertical columns for the gates and XAttention); the baselines' rows are the ppl / ruler stages' own
+  setup
+  n=${DESIGN:-$(python benchmarks/best_variant.py $RUN/eval)}  # DESIGN=name: chosen by an earlier machine's variants
+  echo "best design: $n (${DESIGNS[$n]})"
+  D=$RUN/distill_best E=$RUN/eval_best && mkdir -p $E && echo "$n ${DESIGNS[$n]}" > $E/design.txt
+  again=""; [ -d $D ] && again="resume=true"
+  [ -d $D/adapter ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
+    seq_len=${SEQ:-32768} steps=${STEPS:-400} output_dir=$D $again ${DESIGNS[$n]}
+  cp $D/metrics.jsonl $D/recipe.json $E/ && keep
+  W="$MODEL adapter=$D/adapter window=$L prefix=$((L / 32)) windows=1"
+  for d in code docs prose; do
+    [ -f $E/ppl_topk_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=gate \
+      policies=[topk:0.05,topk:0.1,topk:0.2] out=$E/ppl_topk_$d
+    [ -f $E/ppl_vertical_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=gate,xattention \
+      policies=[topk:0.1:vertical=$V] out=$E/ppl_vertical_$d
+    [ -f $E/ppl_topp_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=gate policies=[topp:density=0.1] \
+      out=$E/ppl_topp_$d; keep
+  done
+  R="$A ruler $MODEL adapter=$D/adapter lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
+  [ -f $E/ruler/ruler.json ] || $R scorers=gate policies=[topk:0.1] out=$E/ruler; keep
+  [ -f $E/ruler_vertical/ruler.json ] || $R scorers=gate,xattention policies=[topk:0.1:vertical=$V] \
+    out=$E/ruler_vertical; keep ;;
 ruler)
   setup
   R="$A ruler $MODEL adapter=$ADAPTER lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"

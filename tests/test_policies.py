@@ -137,6 +137,36 @@ def test_left_padding_moves_the_sink_to_the_first_real_block():
     assert torch.equal(kept[1, 0, :, :3], torch.eye(8, 3, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("ratio", [1, 2])
+@pytest.mark.parametrize("policy", [TopK(density=0.0, sink=1, local=1, vertical=3),
+                                    TopP(0.5, sink=1, local=1, vertical=3), Threshold(0.5, vertical=3)])
+def test_vertical_columns_are_the_last_rows_best_far_blocks_kept_in_every_row(ratio, policy):
+    torch.manual_seed(0)
+    scores, layout = random_scores(n=12, ratio=ratio)
+    kept = policy.select(scores, layout).kept
+    plain = dataclasses.replace(policy, vertical=0).select(scores, layout).kept
+    nk = layout.num_blocks
+    last_forced = forced_of(policy, layout, (1, 1, 12, nk))[0, 0, -1]
+    best = scores[..., -1, :].masked_fill(last_forced, float("-inf")).topk(3, dim=-1).indices
+    columns = torch.zeros(2, 3, nk, dtype=torch.bool).scatter_(-1, best, True)
+    selectable = layout.selectable_blocks(torch.device("cpu"))
+    assert torch.equal(kept[..., :-1, :] & ~plain[..., :-1, :],
+                       (columns[:, :, None] & selectable & ~plain)[..., :-1, :])
+    assert (kept | ~(columns[:, :, None] & selectable)).all()  # every row keeps every column it may see
+
+
+def test_vertical_columns_come_from_the_last_real_row_under_right_padding():
+    mask = torch.ones(2, 8 * 64, dtype=torch.long)
+    mask[1, 5 * 64 + 3:] = 0  # sequence 1 ends inside block 5
+    layout = BlockLayout.from_attention_mask(mask, 8 * 64, 64)
+    scores = torch.full((2, 1, 8, 8), -5.0)
+    scores[:, :, 7, 2] = 5.0  # what the final (padding) row of sequence 1 would pick
+    scores[1, :, 5, 1] = 5.0  # its last real row's pick
+    kept = TopK(density=0.0, sink=0, local=0, dense_last_rows=0, vertical=1).select(scores, layout).kept
+    assert kept[0, 0, 4, 2] and not kept[0, 0, 4, 1]
+    assert kept[1, 0, 4, 1] and not kept[1, 0, 4, 2]
+
+
 def test_per_head_parameters():
     scores, layout = random_scores(h=3)
     kept = TopK(k=[1, 4, 8], sink=0, local=0).select(scores, layout).kept
@@ -153,7 +183,8 @@ def test_per_layer_policy_and_json_round_trip():
 
 
 @pytest.mark.parametrize("policy", [TopK(density=0.2), TopK(k=3, max_blocks=2), TopK.original(0.3),
-                                    TopK(density=[0.1, 0.2, 0.5]), Threshold(0.03, min_blocks=4), TopP(0.8)])
+                                    TopK(density=[0.1, 0.2, 0.5]), Threshold(0.03, min_blocks=4), TopP(0.8),
+                                    TopP(0.8, vertical=2)])
 def test_selection_compiles_as_one_graph_with_the_same_result(policy):
     """The CUDA route compiles the selection; it must trace without graph breaks and agree with eager."""
     from seerflex.policies.base import policy_tensors, select_blocks

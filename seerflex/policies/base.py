@@ -6,7 +6,10 @@ selectable blocks are ranked by gate score, and the policy only decides *how man
 keeps. Counts are clamped to ``[min_blocks, max_blocks]`` (never below the always-on blocks), so no
 row is ever empty. The last ``dense_last_rows`` query-block rows keep every block: the prompt's last
 position produces the first generated token, and sparsifying it broke retrieval (passkey at 8k,
-density ~0.1: 3-8/15 without, 15/15 with one dense row; RESULTS.md). Parameters may be a scalar or
+density ~0.1: 3-8/15 without, 15/15 with one dense row; RESULTS.md). ``vertical`` key blocks, those the
+scorer ranks highest in the last (real) query-block row, are always-on in every row too: MInference's vertical
+lines from the scorer's own reading of the prompt's end, so the blocks the question needs stay reachable by the
+rows in between (variable tracking, multi-hop retrieval). Parameters may be a scalar or
 one value per head (per-head overrides); they enter the computation as tensors, so swapping or
 editing a policy never recompiles anything.
 """
@@ -67,6 +70,7 @@ class Policy:
     min_blocks: int = 1
     max_blocks: int | None = None
     dense_last_rows: int = 1
+    vertical: int = 0
 
     name: ClassVar[str] = ""
     # keys of the priority top-k: float16 needs half the radix passes of float32 (H200, 32 heads: 0.25 -> 0.16 ms
@@ -78,7 +82,7 @@ class Policy:
         for f in dataclasses.fields(self):  # per-head lists become tuples: policies stay immutable
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        for field in ("sink", "local", "min_blocks", "dense_last_rows"):
+        for field in ("sink", "local", "min_blocks", "dense_last_rows", "vertical"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{type(self).__name__}.{field} must be >= 0, got {getattr(self, field)}")
         if self.max_blocks is not None and self.max_blocks < 1:
@@ -110,7 +114,7 @@ class Policy:
     def max_row_count(self, n: int, ratio: int = 1) -> int:
         """An upper bound on any sparse row's count of ``n`` key blocks, from the parameters alone (no look
         at the data); ``ratio`` key blocks per query block are its diagonal group."""
-        forced = ratio + self.local + self.sink
+        forced = ratio + self.local + self.sink + self.vertical
         bound = max(self.count_bound(n, ratio), forced, self.min_blocks)
         if self.max_blocks is not None:
             bound = min(bound, max(self.max_blocks, forced))
@@ -161,6 +165,8 @@ def policy_tensors(policy: Policy, n: int, heads: int, device: torch.device) -> 
     """
     shared = {"sink": policy.sink, "local": policy.local, "min_blocks": policy.min_blocks,
               "max_blocks": n if policy.max_blocks is None else policy.max_blocks}
+    if policy.vertical:  # its presence is static in a compiled graph: no per-head mask when it is off
+        shared["vertical"] = policy.vertical
     tensors = {name: torch.tensor(float(value)) for name, value in shared.items()}
     tensors |= {name: policy.per_head(value, heads) for name, value in policy.rule_parameters(n).items()}
     return {name: t.to(device) for name, t in tensors.items()}
@@ -188,6 +194,9 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     sink = (j >= first) & (j < first + params["sink"])
     forced = (((j >= i * ratio - params["local"]) | sink) & selectable) | diagonal
     scores = scores.float().masked_fill(~selectable, float("-inf"))
+    if "vertical" in params:
+        columns = vertical_columns(scores, forced, valid_blocks, params["vertical"], ratio)
+        forced = forced | (columns[:, :, None] & selectable)
     top = torch.finfo(rank_dtype).max
     # clamped into rank_dtype's range, so only blocks that may not be chosen rank -inf (a -inf or huge negative
     # score of a causal block stays finite and above them), forced blocks the largest finite value, the diagonal +inf
@@ -201,6 +210,20 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     count = count.maximum(n_forced.float()).minimum(n_available.float()).clamp(max=bound)
     count = torch.where(i[:, 0] >= nq - dense_rows, n_available.float(), count)
     return order, count.long().expand(scores.shape[:-1]), (selectable | diagonal)[..., nq - dense_rows:, :]
+
+
+def vertical_columns(scores: Tensor, forced: Tensor, valid_blocks: Tensor | None, vertical: Tensor,
+                     ratio: int) -> Tensor:
+    """[B, H, nk] bool: the ``vertical`` key blocks each head's last real query-block row ranks highest among
+    those it does not force anyway (``scores`` already -inf where a block may not be chosen)."""
+    nq, nk = scores.shape[-2:]
+    b, h = scores.shape[:2]
+    row = torch.full((b,), nq - 1, device=scores.device) if valid_blocks is None \
+        else (nk - 1 - valid_blocks.int().flip(-1).argmax(-1)) // ratio  # right padding: the last real block
+    index = row.view(-1, 1, 1, 1).expand(b, h, 1, nk)
+    last = scores.gather(2, index).masked_fill(forced.expand(b, h, nq, nk).gather(2, index), float("-inf"))[:, :, 0]
+    rank = last.argsort(-1, descending=True).argsort(-1)
+    return (rank < vertical) & (last > float("-inf"))
 
 
 def softmax_probs(scores: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ class Threshold(Policy):
     def count_bound(self, n: int, ratio: int = 1) -> int:
         """At most 1/t blocks can each hold more than t of a row's probability (plus forced ones)."""
         t = float(min(torch.as_tensor(self.threshold, dtype=torch.float64).reshape(-1)))
-        return n if t <= 0 else min(n, ratio + self.sink + self.local + int(1 / t))
+        return n if t <= 0 else min(n, ratio + self.sink + self.local + self.vertical + int(1 / t))
 
     def rule_parameters(self, n: int) -> dict[str, PerHead]:
         return {"threshold": self.threshold}
