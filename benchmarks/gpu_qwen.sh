@@ -95,8 +95,8 @@ variants)
         windows=1 text=$HELD=$d scorers=gate policies=[topk:0.1] out=$E/variant_$n/ppl_$d
     done; keep
   done ;;
-best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like the ppl / ruler stages (gates only,
-  # plus the vertical columns for the gates and XAttention); the baselines' rows are the ppl / ruler stages' own
+best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like the ppl / ruler stages next to dense and
+  # XAttention, with and without the vertical columns; the other baselines' rows are the ppl / ruler stages' own
   setup
   n=${DESIGN:-$(python benchmarks/best_variant.py $RUN/eval)}  # DESIGN=name: chosen by an earlier machine's variants
   echo "best design: $n (${DESIGNS[$n]})"
@@ -106,16 +106,13 @@ best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like t
     seq_len=${SEQ:-32768} steps=${STEPS:-400} output_dir=$D $again ${DESIGNS[$n]}
   cp $D/metrics.jsonl $D/recipe.json $E/ && keep
   W="$MODEL adapter=$D/adapter window=$L prefix=$((L / 32)) windows=1"
-  for d in code docs prose; do
-    [ -f $E/ppl_topk_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=gate \
-      policies=[topk:0.05,topk:0.1,topk:0.2] out=$E/ppl_topk_$d
-    [ -f $E/ppl_vertical_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=gate,xattention \
-      policies=[topk:0.1:vertical=$V] out=$E/ppl_vertical_$d
-    [ -f $E/ppl_topp_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=gate policies=[topp:density=0.1] \
-      out=$E/ppl_topp_$d; keep
+  for d in code docs prose; do  # XAttention and dense again beside the gates: the vertical columns side by side
+    [ -f $E/ppl_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=dense,gate,xattention \
+      policies=[topk:0.05,topk:0.1,topk:0.2,topk:0.1:vertical=$V,topp:density=0.1] out=$E/ppl_$d; keep
   done
   R="$A ruler $MODEL adapter=$D/adapter lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
-  [ -f $E/ruler/ruler.json ] || $R scorers=gate policies=[topk:0.1] out=$E/ruler; keep
+  [ -f $E/ruler/ruler.json ] || $R scorers=dense,gate,xattention,flexprefill,vertical_slash policies=[topk:0.1] \
+    out=$E/ruler; keep
   [ -f $E/ruler_vertical/ruler.json ] || $R scorers=gate,xattention policies=[topk:0.1:vertical=$V] \
     out=$E/ruler_vertical; keep ;;
 ruler)
