@@ -46,6 +46,21 @@ def test_eval_passkey_grid_per_scorer_and_heatmaps(recipe_model, tmp_path, monke
     assert len(list(out.glob("passkey_*.png"))) == 3 and (out / "passkey_vs_density.png").stat().st_size > 0
 
 
+def test_eval_passkey_calibrates_a_mass_rule_at_every_length(recipe_model, tmp_path, monkeypatch):
+    """A mass rule's density moves with length: calibration sees a prompt of each length asked for."""
+    seen = []
+
+    def resolve(model, scorer, spec, windows, *rest):
+        seen.extend(len(w) for w in windows)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(eval_recipe, "resolve_policy", resolve)
+    with pytest.raises(RuntimeError, match="stop"):
+        eval_recipe.main(["passkey", "--model", "tiny", "--lengths", "640", "1280", "--scorers", "pooled",
+                          "--policies", "topp:density=0.5", "--out", str(tmp_path / "pk")])
+    assert len(seen) == 2 and abs(seen[0] - 640) < 64 and abs(seen[1] - 1280) < 64
+
+
 def test_per_layer_calibration_gives_every_layer_the_density(monkeypatch):
     """One global parameter lets a mass rule move density between layers; per layer each one meets the target.
     Two stand-in layers whose top-p density is p and p**2 (a broad and a sharp layer)."""

@@ -86,3 +86,26 @@ def test_a_length_at_the_model_context_leaves_room_for_the_answer_and_one_beyond
     with pytest.raises(ValueError, match="new_tokens 1024 leaves too little of the model's 2048-token context"):
         eval_recipe.main(["ruler", "model=tiny", "lengths=[1024]", "new_tokens=1024", f"haystack={tiny_text}",
                           "scorers=[dense]", f"out={tmp_path / 'r3'}"])
+
+
+def test_a_mass_rule_is_calibrated_on_unscored_prompts_of_every_task_and_length(recipe_model, tiny_text, tmp_path,
+                                                                                monkeypatch):
+    """A mass rule's density moves with task and length: calibration sees one unscored prompt of each, and the
+    calibrated rule's density over the suite lands near its target."""
+    scored, probes = [], []
+    monkeypatch.setattr(eval_recipe, "answer", lambda model, tokenizer, ids, new_tokens: (
+        scored.append(ids.tolist()), model(input_ids=ids[None], use_cache=False), "")[-1])
+    resolve = eval_recipe.resolve_policy
+
+    def recording(model, scorer, spec, windows, *rest):
+        probes.extend(w.tolist() for w in windows)
+        return resolve(model, scorer, spec, windows, *rest)
+
+    monkeypatch.setattr(eval_recipe, "resolve_policy", recording)
+    assert eval_recipe.main(["ruler", "model=tiny", "lengths=[1024,2048]", "tasks=[niah_single,common_words]",
+                             "samples=2", f"haystack={tiny_text}", "scorers=[pooled]", "policies=[topp:density=0.4]",
+                             f"out={tmp_path / 'r'}"]) == 0
+    assert len(probes) == 4 and sorted(len(p) // 512 for p in probes) == [1, 1, 3, 3]  # 2 tasks x ~1000 / ~2000
+    assert not any(p in scored for p in probes)
+    row = json.loads((tmp_path / "r" / "ruler.json").read_text())["rows"][0]
+    assert abs(row["density"] - 0.4) < 0.05

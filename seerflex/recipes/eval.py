@@ -218,7 +218,7 @@ def passkey_main(argv: list[str], kind: str = "passkey") -> int:
     rows, out = [], Path(args.out)
     trial = passkey_trial if kind == "passkey" else needle_trial
     specs = args.policies
-    probe = [passkey_prompt(tokenizer, args.lengths[0], 0.5, 12345)]  # density calibration; not a trial's key
+    probe = [passkey_prompt(tokenizer, n, 0.5, 12345) for n in args.lengths]  # density calibration, every length
     calibration = budget_windows(args, tokenizer, specs)
     for scorer, spec in runs(args.scorers, specs):
         grid = []
@@ -260,7 +260,10 @@ def ruler_main(argv: list[str]) -> int:
     prompts = {(task, n): [ruler.make_sample(task, tokenizer, sizes[n], hay,
                                              random.Random(f"{args.seed}/{task}/{n}/{i}"))
                            for i in range(args.samples)] for task in args.tasks for n in args.lengths}
-    probe = [torch.tensor(tokenizer(prompts[(args.tasks[0], args.lengths[0])][0].prompt)["input_ids"])]
+    # densities are calibrated on unscored prompts, one per task and length: a mass rule's density moves with both
+    # (Qwen's gates calibrated to 0.1 on one 16k prompt spent 0.080 over the suite)
+    probe = [torch.tensor(tokenizer(ruler.make_sample(task, tokenizer, sizes[n], hay, random.Random(
+        f"{args.seed}/{task}/{n}/probe")).prompt)["input_ids"]) for task in args.tasks for n in args.lengths]
     calibration = budget_windows(args, tokenizer, args.policies)
     rows, out = [], Path(args.out)
     for scorer, spec in runs(args.scorers, args.policies):
