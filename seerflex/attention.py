@@ -17,6 +17,7 @@ from seerflex.block_mask import block_mask_for
 from seerflex.config import SeerFlexConfig
 from seerflex.flex import dense_attention, flex_has_backward, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
+from seerflex.last_queries import with_last_queries
 from seerflex.layout import BlockLayout
 from seerflex.plan import fusable, planned_attention, planned_block_mask
 from seerflex.policies import Policy, PolicyLike, SparsityStats, as_policy
@@ -100,11 +101,14 @@ class SeerFlexAttention(nn.Module):
         if fuse:  # training where flex has no backward: gate (and its gradient), policy, both index sets: one graph
             block_mask, selection, nan_scores, scores = planned_block_mask(
                 self.gate, self.policy, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
-                compute_q_blocks=backward, with_logits=learns)
+                compute_q_blocks=backward, with_logits=learns,
+                last=(inputs.q, inputs.k, scale) if self.policy.vertical else None)
         else:
             scores = scorer.score_blocks(inputs)
             nan_scores = torch.isnan(scores).any()
-            selection = self.policy.select(scores.detach(), layout, compile=options.compile)
+            ranked = scores.detach() if not self.policy.vertical else with_last_queries(
+                scores.detach(), inputs.q, inputs.k, layout.valid_tokens, layout.block_size, layout.q_block_size, scale)
+            selection = self.policy.select(ranked, layout, compile=options.compile)
             block_mask = block_mask_for(selection, layout, compile=options.compile, compute_q_blocks=backward)
         if learns:
             self.runtime.gate_loss(self.layer_idx, scores, inputs)  # the gate learns from this very call

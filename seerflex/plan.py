@@ -24,6 +24,7 @@ from seerflex.block_mask import causal_block_mask, causal_block_mask_of, selecti
 from seerflex.compile import compiled, compiles
 from seerflex.flex import backward_tiles, flex_options, within_recompile_limit
 from seerflex.gates.attn_gate import AttnGate, RopeTables, block_logits
+from seerflex.last_queries import with_last_queries
 from seerflex.layout import BlockLayout
 from seerflex.policies.base import BlockSelection, Policy, select_blocks
 
@@ -39,12 +40,16 @@ def fusable(gate: AttnGate, scorer: object, layout: BlockLayout, mode: str, devi
 def plan(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor, rope: RopeTables,
          q_pools: tuple[str, ...], k_pools: tuple[str, ...], block_size: int, q_block_size: int,
          rule: Callable[..., Tensor], params: dict[str, Tensor], bound: int, dense_rows: int, ratio: int,
-         rank_dtype: torch.dtype, transpose: bool = False, with_logits: bool = False) -> Plan:
+         rank_dtype: torch.dtype, transpose: bool = False, with_logits: bool = False,
+         last: tuple[Tensor, Tensor, float | None] | None = None) -> Plan:
     """(order, count, dense tail, BlockMask indices (+ the backward's with ``transpose``), any NaN score,
-    the logits when ``with_logits`` (for a training gate's loss), else None) as pure tensor code."""
+    the logits when ``with_logits`` (for a training gate's loss), else None) as pure tensor code. ``last``:
+    post-RoPE Q/K and scale whose last queries rank a ``vertical`` policy's columns (``seerflex.last_queries``)."""
     scores = block_logits(q, k, q_weight, k_weight, rope, None, None, q_pools, k_pools, block_size, q_block_size)
-    order, count, tail = select_blocks(rule, scores.detach(), None, None, params, bound, dense_rows, ratio,
-                                       rank_dtype)
+    ranked = scores.detach()
+    if last is not None:
+        ranked = with_last_queries(ranked, last[0], last[1], None, block_size, q_block_size, last[2])
+    order, count, tail = select_blocks(rule, ranked, None, None, params, bound, dense_rows, ratio, rank_dtype)
     indices = selection_indices(order, count, dense_rows, scores.shape[-1], ratio, transpose)
     return order, count, tail, indices, torch.isnan(scores).any(), scores if with_logits else None
 
@@ -71,14 +76,15 @@ def plan_args(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: Bloc
 
 
 def planned_block_mask(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, layout: BlockLayout, *, mode: str,
-                       compute_q_blocks: bool = False, with_logits: bool = False
+                       compute_q_blocks: bool = False, with_logits: bool = False,
+                       last: tuple[Tensor, Tensor, float | None] | None = None
                        ) -> tuple[BlockMask, BlockSelection, Tensor, Tensor | None]:
     """(BlockMask, the selection it encodes, a 0-d NaN flag, the gate's logits if ``with_logits``) for
     pre-RoPE ``q``/``k`` of an unpadded layout. A training gate's logits come out with their gradient
     (the graph's backward is compiled too), so its loss needs no second, eager pass of the gate."""
     fn = compiled(plan, mode, q.device)
     order, count, tail, indices, nan, logits = fn(*plan_args(gate, policy, q, k, layout, with_logits),
-                                                  compute_q_blocks, with_logits)
+                                                  compute_q_blocks, with_logits, last)
     block_mask = causal_block_mask(indices, layout)
     return block_mask, BlockSelection(order, count, layout.num_blocks, tail), nan, logits
 
@@ -96,7 +102,8 @@ def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: T
     options = flex_options(q, (layout.q_block_size, layout.block_size), backend, compiled=True,
                            plain_mask=score_mod is None, backward=backward)
     fn = compiled(attend, mode, q.device, dynamic=mode != "static", graphs=graphs)
-    args = (*plan_args(gate, policy, gate_q, gate_k, layout, with_logits), backward, with_logits)
+    last = (q, k, scale) if policy.vertical else None
+    args = (*plan_args(gate, policy, gate_q, gate_k, layout, with_logits), backward, with_logits, last)
     with backward_tiles() if backward else nullcontext():
         out, (order, count, tail, _, nan, logits) = within_recompile_limit(
             lambda: fn(q, k, v, args, scale, score_mod, options), mode)

@@ -1,0 +1,40 @@
+"""The prompt's last queries read exactly: what a policy's ``vertical`` columns are ranked by.
+
+A policy with ``vertical=N`` keeps, in every row, the N far key blocks that the last real query-block row ranks
+highest. A scorer's own last row is an estimate; the last ``LAST_QUERIES`` queries' causal attention
+(post-RoPE Q/K, as MInference's vertical lines) is cheap to compute exactly (64 x S per head) and is what the
+question at the prompt's end reads. The layer therefore writes that attention's log mass per key block into
+the last real row of the scores the policy ranks (never into a learning gate's logits). On Qwen2.5-Coder at 16k
+and 32k, XAttention's own last row as the columns' ranking lifted RULER by 0.043 while the learned gates'
+pooled last row did not (RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+LAST_QUERIES = 64
+
+
+def with_last_queries(scores: Tensor, q: Tensor, k: Tensor, valid_tokens: Tensor | None, block_size: int,
+                      q_block_size: int, scale: float | None = None, last_q: int = LAST_QUERIES) -> Tensor:
+    """``scores`` [B, H, nq, nk] with each sequence's last real query-block row replaced by the log of the block
+    mass that its last ``last_q`` real queries' exact causal attention puts on each key block (``q`` [B, H, S, D],
+    ``k`` [B, Hkv, S, D] post-RoPE; ``valid_tokens`` [B, S] as ``BlockLayout``'s: padding anywhere is left out).
+    Plain tensors and sizes, so the fused plan calls it inside its graph."""
+    b, h, s, d = q.shape
+    valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if valid_tokens is None else valid_tokens
+    end = s - 1 - valid.int().flip(-1).argmax(-1)  # [B] the last real token
+    rows = end[:, None] - torch.arange(min(last_q, s) - 1, -1, -1, device=q.device)  # [B, L]
+    real = (rows >= 0) & valid.gather(1, rows.clamp(min=0))
+    rows = rows.clamp(min=0)
+    queries = q.gather(2, rows[:, None, :, None].expand(b, h, rows.shape[1], d)).float()
+    keys = k.repeat_interleave(h // k.shape[1], dim=1).float()
+    logits = queries @ keys.transpose(-1, -2) * (d ** -0.5 if scale is None else scale)  # [B, H, L, S]
+    allowed = (torch.arange(s, device=q.device) <= rows[:, :, None]) & valid[:, None, :] & real[:, :, None]
+    probs = logits.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+    n = -(-s // block_size)
+    mass = torch.nn.functional.pad(probs.sum(2), (0, n * block_size - s)).view(b, h, n, -1).sum(-1)
+    row = (end // q_block_size).view(b, 1, 1, 1).expand(b, h, 1, n)
+    return scores.scatter(2, row, mass.clamp(min=1e-30).log()[:, :, None].to(scores.dtype))
