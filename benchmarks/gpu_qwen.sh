@@ -114,7 +114,9 @@ best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like t
   [ -f $E/ruler/ruler.json ] || $R scorers=dense,gate,xattention,flexprefill,vertical_slash policies=[topk:0.1] \
     out=$E/ruler; keep
   [ -f $E/ruler_vertical/ruler.json ] || $R scorers=gate,xattention policies=[topk:0.1:vertical=$V] \
-    out=$E/ruler_vertical; keep ;;
+    out=$E/ruler_vertical; keep  # since 84ca047 the columns are the last 64 queries' (seerflex.last_queries)
+  [ -f $E/ruler_topp/ruler.json ] || $R scorers=gate,xattention,vertical_slash policies=[topp:density=0.1] \
+    out=$E/ruler_topp; keep ;;  # calibrated on one unscored prompt per task and length (42481e5)
 ruler)
   setup
   R="$A ruler $MODEL adapter=$ADAPTER lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
