@@ -17,16 +17,14 @@ def ppl(path: Path, scorer: str) -> float:
 
 
 def rises(folder: Path) -> dict[str, float]:
-    """Design -> mean log(ppl / dense ppl) over the domains every design was read on."""
-    out = {}
-    for design in sorted(folder.glob("variant_*")):
-        files = sorted(design.glob("ppl_*/ppl.json"))
-        if not files:
-            continue
-        logs = [math.log(ppl(f, "gate") / ppl(folder / f"oracle_max_{f.parent.name[4:]}" / "ppl.json", "dense"))
-                for f in files]
-        out[design.name.removeprefix("variant_")] = sum(logs) / len(logs)
-    return out
+    """Design -> mean log(ppl / dense ppl) over the domains every design was read on (a cut run's design with
+    fewer domains narrows the comparison for all, so no design is ranked on easier text than another)."""
+    read = {d.name.removeprefix("variant_"): {f.parent.name[4:]: f for f in d.glob("ppl_*/ppl.json")}
+            for d in sorted(folder.glob("variant_*"))}
+    read = {name: files for name, files in read.items() if files}
+    domains = set.intersection(*(set(files) for files in read.values())) if read else set()
+    return {name: sum(math.log(ppl(files[d], "gate") / ppl(folder / f"oracle_max_{d}" / "ppl.json", "dense"))
+                      for d in domains) / len(domains) for name, files in read.items()} if domains else {}
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like t
   [ -d $D/adapter ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
     seq_len=${SEQ:-32768} steps=${STEPS:-400} output_dir=$D $again ${DESIGNS[$n]}
   cp $D/metrics.jsonl $D/recipe.json $E/ && keep
+  [ -d "$OUT"/distill_best_adapter ] || cp -r $D/adapter "$OUT"/distill_best_adapter  # the gates read below
   W="$MODEL adapter=$D/adapter window=$L prefix=$((L / 32)) windows=1"
   for d in code docs prose; do  # XAttention and dense again beside the gates: the vertical columns side by side
     [ -f $E/ppl_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=dense,gate,xattention \

@@ -17,7 +17,7 @@ from seerflex.block_mask import block_mask_for
 from seerflex.config import SeerFlexConfig
 from seerflex.flex import dense_attention, flex_has_backward, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
-from seerflex.last_queries import with_last_queries
+from seerflex.last_queries import ranked_scores
 from seerflex.layout import BlockLayout
 from seerflex.plan import fusable, planned_attention, planned_block_mask
 from seerflex.policies import Policy, PolicyLike, SparsityStats, as_policy
@@ -106,9 +106,7 @@ class SeerFlexAttention(nn.Module):
         else:
             scores = scorer.score_blocks(inputs)
             nan_scores = torch.isnan(scores).any()
-            ranked = scores.detach() if not self.policy.vertical else with_last_queries(
-                scores.detach(), inputs.q, inputs.k, layout.valid_tokens, layout.block_size, layout.q_block_size, scale)
-            selection = self.policy.select(ranked, layout, compile=options.compile)
+            selection = self.policy.select(ranked_scores(self.policy, scores, inputs), layout, compile=options.compile)
             block_mask = block_mask_for(selection, layout, compile=options.compile, compute_q_blocks=backward)
         if learns:
             self.runtime.gate_loss(self.layer_idx, scores, inputs)  # the gate learns from this very call

@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seerflex.policies.base import Policy
+from seerflex.scorer import ScorerInputs
+
 LAST_QUERIES = 64
 
 
@@ -22,19 +25,34 @@ def with_last_queries(scores: Tensor, q: Tensor, k: Tensor, valid_tokens: Tensor
     """``scores`` [B, H, nq, nk] with each sequence's last real query-block row replaced by the log of the block
     mass that its last ``last_q`` real queries' exact causal attention puts on each key block (``q`` [B, H, S, D],
     ``k`` [B, Hkv, S, D] post-RoPE; ``valid_tokens`` [B, S] as ``BlockLayout``'s: padding anywhere is left out).
-    Plain tensors and sizes, so the fused plan calls it inside its graph."""
+    Plain tensors and sizes, so the fused plan calls it inside its graph. A ``score_mod`` (soft-capping) is not
+    applied: the ranking reads plain scaled dot products. Memory: [B, H, L, S] float32, as vertical-slash's
+    estimate (1 GiB at 128k tokens with 32 heads)."""
     b, h, s, d = q.shape
     valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if valid_tokens is None else valid_tokens
     end = s - 1 - valid.int().flip(-1).argmax(-1)  # [B] the last real token
     rows = end[:, None] - torch.arange(min(last_q, s) - 1, -1, -1, device=q.device)  # [B, L]
     real = (rows >= 0) & valid.gather(1, rows.clamp(min=0))
     rows = rows.clamp(min=0)
-    queries = q.gather(2, rows[:, None, :, None].expand(b, h, rows.shape[1], d)).float()
-    keys = k.repeat_interleave(h // k.shape[1], dim=1).float()
-    logits = queries @ keys.transpose(-1, -2) * (d ** -0.5 if scale is None else scale)  # [B, H, L, S]
+    hkv, n_rows = k.shape[1], rows.shape[1]
+    # GQA without repeating K: query heads h = kv * group + g read key head kv, so a head group is one matmul
+    queries = q.gather(2, rows[:, None, :, None].expand(b, h, n_rows, d)).float().reshape(b, hkv, -1, d)
+    logits = (queries @ k.float().transpose(-1, -2)).view(b, h, n_rows, s)  # [B, H, L, S]
+    logits = logits * (d ** -0.5 if scale is None else scale)
     allowed = (torch.arange(s, device=q.device) <= rows[:, :, None]) & valid[:, None, :] & real[:, :, None]
-    probs = logits.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+    probs = logits.masked_fill_(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num_(0.0)
     n = -(-s // block_size)
     mass = torch.nn.functional.pad(probs.sum(2), (0, n * block_size - s)).view(b, h, n, -1).sum(-1)
     row = (end // q_block_size).view(b, 1, 1, 1).expand(b, h, 1, n)
     return scores.scatter(2, row, mass.clamp(min=1e-30).log()[:, :, None].to(scores.dtype))
+
+
+def ranked_scores(policy: Policy, scores: Tensor, inputs: ScorerInputs) -> Tensor:
+    """What ``policy`` ranks for one call's ``scores``: detached, with the last queries' row when it keeps
+    ``vertical`` columns (the layer and the distillation collector read the same)."""
+    scores = scores.detach()
+    if not policy.vertical:
+        return scores
+    layout = inputs.layout
+    return with_last_queries(scores, inputs.q.detach(), inputs.k.detach(), layout.valid_tokens, layout.block_size,
+                             layout.q_block_size, inputs.scale)

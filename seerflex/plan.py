@@ -102,7 +102,7 @@ def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: T
     options = flex_options(q, (layout.q_block_size, layout.block_size), backend, compiled=True,
                            plain_mask=score_mod is None, backward=backward)
     fn = compiled(attend, mode, q.device, dynamic=mode != "static", graphs=graphs)
-    last = (q, k, scale) if policy.vertical else None
+    last = (q.detach(), k.detach(), scale) if policy.vertical else None
     args = (*plan_args(gate, policy, gate_q, gate_k, layout, with_logits), backward, with_logits, last)
     with backward_tiles() if backward else nullcontext():
         out, (order, count, tail, _, nan, logits) = within_recompile_limit(

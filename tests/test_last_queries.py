@@ -7,7 +7,8 @@ import torch
 
 from reference import dense_attention_f64, relative_error, token_mask
 from seerflex import BlockLayout, RuntimeOptions, SeerFlexAttention, SeerFlexConfig, TopK, TopP
-from seerflex.last_queries import with_last_queries
+from seerflex.last_queries import ranked_scores, with_last_queries
+from seerflex.scorer import ScorerInputs
 from seerflex.runtime import Runtime
 
 
@@ -21,9 +22,11 @@ def mask_of(b: int, s: int, pad: str) -> torch.Tensor | None:
 
 
 @pytest.mark.parametrize("ratio", [1, 2])
-@pytest.mark.parametrize(("s", "pad"), [(301, "none"), (301, "right"), (250, "left"), (40, "none")])
+@pytest.mark.parametrize(("s", "pad"), [(301, "none"), (301, "right"), (250, "left"), (40, "none"), (20, "none"),
+                                      (50, "left"), (50, "right")])
 def test_the_last_real_row_becomes_the_last_queries_exact_block_mass(s, pad, ratio):
-    """GQA, batch 2, odd lengths, padding on either side, fewer tokens than queries read; every other row kept."""
+    """GQA, batch 2, odd lengths, padding on either side, fewer tokens (20) or real tokens (13 after padding)
+    than queries read; every other row kept."""
     torch.manual_seed(0)
     b, h, hkv, d, block, last = 2, 4, 2, 16, 16, 24
     q, k = torch.randn(b, h, s, d), torch.randn(b, hkv, s, d)
@@ -83,3 +86,29 @@ def test_a_vertical_policy_layer_matches_f64_with_the_last_queries_columns(compi
     ref = dense_attention_f64(q, k, v, token_mask(kept, s, 32, valid, 32 * ratio))
     rows = None if valid is None else valid
     assert relative_error(out, ref, rows) < 1e-5
+
+
+def test_the_layer_and_the_distillation_collector_rank_the_same_scores(tiny_text, tmp_path, monkeypatch):
+    """``ranked_scores``: plain detached scores without vertical columns, the last queries' row with them; the
+    collector (distillation recall, ``eval sparsity``) goes through it with the layer's policy."""
+    torch.manual_seed(3)
+    q, k = torch.randn(1, 4, 100, 16), torch.randn(1, 2, 100, 16)
+    layout = BlockLayout(100, 16)
+    scores = torch.randn(1, 4, 7, 7, requires_grad=True)
+    inputs = ScorerInputs(q, k, q, k, layout, "eager", 0.2)
+    plain = ranked_scores(TopK(density=0.1), scores, inputs)
+    assert torch.equal(plain, scores.detach()) and not plain.requires_grad
+    assert torch.equal(ranked_scores(TopK(density=0.1, vertical=1), scores, inputs),
+                       with_last_queries(scores.detach(), q, k, None, 16, 16, 0.2))
+
+    from seerflex.distill import collector
+    from seerflex.recipes import eval as eval_recipe
+    from models import CharTokenizer, SMALL_LLAMA, tiny_model
+
+    seen = []
+    monkeypatch.setattr(collector, "ranked_scores", lambda policy, s, x: (seen.append(policy.vertical), s.detach())[1])
+    monkeypatch.setattr(eval_recipe, "load_model",
+                        lambda name, dtype=torch.float32: (tiny_model("llama", **SMALL_LLAMA), CharTokenizer()))
+    assert eval_recipe.main(["sparsity", "--model", "tiny", "--text", str(tiny_text), "--window", "1024",
+                             "--policy", "topk:0.3:vertical=2", "--out", str(tmp_path)]) == 0
+    assert seen and set(seen) == {2}

@@ -22,6 +22,7 @@ from transformers.masking_utils import sdpa_mask
 from seerflex.distill.loss import gate_kl, gate_recall
 from seerflex.ground_truth import block_attention_map
 from seerflex.hf.attention_interface import STATE_ATTR
+from seerflex.last_queries import ranked_scores
 from seerflex.layout import BlockLayout
 from seerflex.policies import SparsityStats
 from seerflex.scorer import ScorerInputs
@@ -104,15 +105,13 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     layout = BlockLayout.from_attention_mask(padding, query.shape[2], layer.config.block_size, layer.config.q_block_size)
     mode = layer.runtime.options.compile
     scorer = layer.runtime.scorer  # None: the learned gate (distillation); else a baseline under evaluation
-    if scorer is None:
-        logits = layer.gate(gate_q, gate_k, layout, compile=mode)
-    else:
-        logits = scorer.score_blocks(ScorerInputs(gate_q.detach(), gate_k.detach(), query.detach(), key.detach(),
-                                                  layout, mode, kwargs.get("scaling")))
+    inputs = ScorerInputs(gate_q.detach(), gate_k.detach(), query.detach(), key.detach(), layout, mode,
+                          kwargs.get("scaling"))
+    logits = layer.gate(gate_q, gate_k, layout, compile=mode) if scorer is None else scorer.score_blocks(inputs)
     with torch.no_grad():
         target = block_attention_map(query, key, block_size=layout.block_size, q_block_size=layout.q_block_size,
                                      mode=_active.target,
                                      scale=kwargs.get("scaling"), attention_mask=padding)
-        kept = layer.policy.select(logits.detach(), layout, compile=mode).kept
+        kept = layer.policy.select(ranked_scores(layer.policy, logits, inputs), layout, compile=mode).kept
     _active.add(state.layer_idx, logits, target, kept, layout)
     return out

@@ -129,8 +129,9 @@ class Policy:
                    params: dict[str, Tensor]) -> Tensor:
         """How many blocks each row keeps, forced ones included ([B, H, nq] or broadcastable).
 
-        Pure tensor code (it is compiled): ``forced`` and ``selectable`` are [B or 1, 1, nq, nk]
-        masks, ``params`` holds ``rule_parameters`` as [1, H, 1] float32 tensors."""
+        Pure tensor code (it is compiled): ``forced`` and ``selectable`` are [B or 1, 1 or H, nq, nk]
+        masks (``forced`` per head with ``vertical`` columns), ``params`` holds ``rule_parameters`` as [1, H, 1]
+        float32 tensors."""
         raise NotImplementedError
 
     def rule_parameters(self, n: int) -> dict[str, PerHead]:
@@ -188,7 +189,8 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     i, group = block_grid(nq, nk, ratio, scores.device)
     j = torch.arange(nk, device=scores.device)[None, :]
     diagonal = group == i
-    # masks stay [B or 1, 1, nq, nk] and broadcast: per-head copies would dominate the cost
+    # masks stay [B or 1, 1, nq, nk] and broadcast: per-head copies would dominate the cost (only ``vertical``,
+    # per head by nature, makes ``forced`` [B, H, nq, nk])
     selectable = selectable_blocks(nq, nk, ratio, valid_blocks, scores.device)
     first = 0 if first_block is None else first_block.view(-1, 1, 1, 1)
     sink = (j >= first) & (j < first + params["sink"])
