@@ -116,8 +116,10 @@ best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like t
     out=$E/ruler; keep
   [ -f $E/ruler_vertical/ruler.json ] || $R scorers=gate,xattention policies=[topk:0.1:vertical=$V] \
     out=$E/ruler_vertical; keep  # since 84ca047 the columns are the last 64 queries' (seerflex.last_queries)
-  [ -f $E/ruler_topp/ruler.json ] || $R scorers=gate,xattention,vertical_slash policies=[topp:density=0.1] \
-    out=$E/ruler_topp; keep ;;  # calibrated on one unscored prompt per task and length (42481e5)
+  for s in gate xattention; do  # calibrated on one unscored prompt per task and length (42481e5): 14 prompts x 12
+    # bisection steps per scorer, most of a call each; a cut call's next run resumes at the missing folder
+    [ -f $E/ruler_topp_$s/ruler.json ] || $R scorers=$s policies=[topp:density=0.1] out=$E/ruler_topp_$s; keep
+  done ;;
 ruler)
   setup
   R="$A ruler $MODEL adapter=$ADAPTER lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
