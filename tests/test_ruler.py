@@ -77,7 +77,7 @@ def test_a_length_at_the_model_context_leaves_room_for_the_answer_and_one_beyond
     assert eval_recipe.main(["ruler", "model=tiny", f"lengths=[1024,{context}]", "tasks=[niah_single]",
                              "samples=1", "new_tokens=16", f"haystack={tiny_text}", "scorers=[dense]",
                              f"out={tmp_path / 'r'}"]) == 0
-    assert asked == [1024, context - 16]
+    assert asked == [1024, context - 16] * 2  # the scored prompts, then the unscored calibration prompts
     rows = json.loads((tmp_path / "r" / "ruler.json").read_text())["rows"]
     assert list(rows[0]["by_length"]) == ["1024", str(context)]  # reported under the requested length
     with pytest.raises(ValueError, match=r"lengths \[4096\] exceed the model's context of 2048 tokens"):
