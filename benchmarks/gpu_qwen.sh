@@ -50,6 +50,14 @@ setup() {  # the GGUF from its carried parts (checked once), the corpus, the dev
     >> "$OUT"/device.txt
 }
 
+distill_into() {  # DIR SEQ STEPS [KEY=VALUE...]: gates distilled into DIR/adapter, resumed where a cut call stopped
+  local dir=$1 seq=$2 steps=$3 again=""
+  shift 3
+  [ -d $dir ] && again="resume=true"
+  [ -d $dir/adapter ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
+    seq_len=$seq steps=$steps output_dir=$dir $again "$@"
+}
+
 case "$1" in
 part)
   if ls .whl/gguf-*.whl > /dev/null 2>&1; then
@@ -60,9 +68,7 @@ part)
   ls /tmp/qparts | tr '\n' ' ' ;;
 distill)
   setup
-  again=""; [ -d $D ] && again="resume=true"
-  [ -d $ADAPTER ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
-    seq_len=${SEQ:-16384} steps=${STEPS:-400} output_dir=$D $again
+  distill_into $D ${SEQ:-16384} ${STEPS:-400}
   o="$OUT/$(basename $D)" && mkdir -p "$o" && cp $D/metrics.jsonl $D/recipe.json "$o"/ && cp -r $ADAPTER "$o"/adapter ;;
 ppl)
   setup
@@ -86,9 +92,8 @@ variants)
       scorers=dense,oracle_max policies=[topk:0.1] out=$E/oracle_max_$d
   done; keep
   for n in base h128 qmaxminavg_h128 max_target; do  # each design distilled, then read at 32k per domain
-    v=$RUN/variant_$n again=""; [ -d $v ] && again="resume=true"
-    [ -d $v/adapter ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
-      seq_len=${SEQ:-16384} steps=${VSTEPS:-150} output_dir=$v $again ${DESIGNS[$n]}
+    v=$RUN/variant_$n
+    distill_into $v ${SEQ:-16384} ${VSTEPS:-150} ${DESIGNS[$n]}
     mkdir -p $E/variant_$n && cp $v/metrics.jsonl $v/recipe.json $E/variant_$n/
     for d in code docs prose; do
       [ -f $E/variant_$n/ppl_$d/ppl.json ] || $A ppl $MODEL adapter=$v/adapter window=$L prefix=$((L / 32)) \
@@ -101,9 +106,7 @@ best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like t
   n=${DESIGN:-$(python benchmarks/best_variant.py $RUN/eval)}  # DESIGN=name: chosen by an earlier machine's variants
   echo "best design: $n (${DESIGNS[$n]})"
   D=$RUN/distill_best E=$RUN/eval_best && mkdir -p $E && echo "$n ${DESIGNS[$n]}" > $E/design.txt
-  again=""; [ -d $D ] && again="resume=true"
-  [ -d $D/adapter ] || python -m seerflex.cli distill recipes/distill_qwen_coder.yaml data=corpus:$CORPUS \
-    seq_len=${SEQ:-32768} steps=${STEPS:-400} output_dir=$D $again ${DESIGNS[$n]}
+  distill_into $D ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]}
   cp $D/metrics.jsonl $D/recipe.json $E/ && keep
   [ -d "$OUT"/distill_best_adapter ] || cp -r $D/adapter "$OUT"/distill_best_adapter  # the gates read below
   W="$MODEL adapter=$D/adapter window=$L prefix=$((L / 32)) windows=1"

@@ -17,7 +17,7 @@ from seerflex.block_mask import block_mask_for
 from seerflex.config import SeerFlexConfig
 from seerflex.flex import dense_attention, flex_has_backward, sparse_attention
 from seerflex.gates import AttnGate, RopeSpec
-from seerflex.last_queries import ranked_scores
+from seerflex.last_queries import last_query_inputs, ranked_scores
 from seerflex.layout import BlockLayout
 from seerflex.plan import fusable, planned_attention, planned_block_mask
 from seerflex.policies import Policy, PolicyLike, SparsityStats, as_policy
@@ -102,7 +102,7 @@ class SeerFlexAttention(nn.Module):
             block_mask, selection, nan_scores, scores = planned_block_mask(
                 self.gate, self.policy, inputs.gate_q, inputs.gate_k, layout, mode=options.compile,
                 compute_q_blocks=backward, with_logits=learns,
-                last=(inputs.q, inputs.k, scale) if self.policy.vertical else None)
+                last=last_query_inputs(self.policy, inputs.q, inputs.k, scale))
         else:
             scores = scorer.score_blocks(inputs)
             nan_scores = torch.isnan(scores).any()

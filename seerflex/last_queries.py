@@ -47,12 +47,15 @@ def with_last_queries(scores: Tensor, q: Tensor, k: Tensor, valid_tokens: Tensor
     return scores.scatter(2, row, mass.clamp(min=1e-30).log()[:, :, None].to(scores.dtype))
 
 
+def last_query_inputs(policy: Policy, q: Tensor, k: Tensor, scale: float | None
+                      ) -> tuple[Tensor, Tensor, float | None] | None:
+    """The post-RoPE Q/K and scale whose last queries rank ``policy``'s vertical columns; None without them."""
+    return (q.detach(), k.detach(), scale) if policy.vertical else None
+
+
 def ranked_scores(policy: Policy, scores: Tensor, inputs: ScorerInputs) -> Tensor:
     """What ``policy`` ranks for one call's ``scores``: detached, with the last queries' row when it keeps
     ``vertical`` columns (the layer and the distillation collector read the same)."""
-    scores = scores.detach()
-    if not policy.vertical:
-        return scores
-    layout = inputs.layout
-    return with_last_queries(scores, inputs.q.detach(), inputs.k.detach(), layout.valid_tokens, layout.block_size,
-                             layout.q_block_size, inputs.scale)
+    last, layout = last_query_inputs(policy, inputs.q, inputs.k, inputs.scale), inputs.layout
+    return scores.detach() if last is None else with_last_queries(
+        scores.detach(), last[0], last[1], layout.valid_tokens, layout.block_size, layout.q_block_size, last[2])

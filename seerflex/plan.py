@@ -24,7 +24,7 @@ from seerflex.block_mask import causal_block_mask, causal_block_mask_of, selecti
 from seerflex.compile import compiled, compiles
 from seerflex.flex import backward_tiles, flex_options, within_recompile_limit
 from seerflex.gates.attn_gate import AttnGate, RopeTables, block_logits
-from seerflex.last_queries import with_last_queries
+from seerflex.last_queries import last_query_inputs, with_last_queries
 from seerflex.layout import BlockLayout
 from seerflex.policies.base import BlockSelection, Policy, select_blocks
 
@@ -102,8 +102,8 @@ def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: T
     options = flex_options(q, (layout.q_block_size, layout.block_size), backend, compiled=True,
                            plain_mask=score_mod is None, backward=backward)
     fn = compiled(attend, mode, q.device, dynamic=mode != "static", graphs=graphs)
-    last = (q.detach(), k.detach(), scale) if policy.vertical else None
-    args = (*plan_args(gate, policy, gate_q, gate_k, layout, with_logits), backward, with_logits, last)
+    args = (*plan_args(gate, policy, gate_q, gate_k, layout, with_logits), backward, with_logits,
+            last_query_inputs(policy, q, k, scale))
     with backward_tiles() if backward else nullcontext():
         out, (order, count, tail, _, nan, logits) = within_recompile_limit(
             lambda: fn(q, k, v, args, scale, score_mod, options), mode)

@@ -6,12 +6,13 @@ selectable blocks are ranked by gate score, and the policy only decides *how man
 keeps. Counts are clamped to ``[min_blocks, max_blocks]`` (never below the always-on blocks), so no
 row is ever empty. The last ``dense_last_rows`` query-block rows keep every block: the prompt's last
 position produces the first generated token, and sparsifying it broke retrieval (passkey at 8k,
-density ~0.1: 3-8/15 without, 15/15 with one dense row; RESULTS.md). ``vertical`` key blocks, those ranked highest in the last (real)
-query-block row, are always-on in every row too: MInference's vertical lines, so the blocks the question at
-the prompt's end needs stay reachable by the rows in between (variable tracking, multi-hop retrieval). The
-attention layer writes the last 64 queries' exact attention into that row first (``seerflex.last_queries``). Parameters may be a scalar or
-one value per head (per-head overrides); they enter the computation as tensors, so swapping or
-editing a policy never recompiles anything.
+density ~0.1: 3-8/15 without, 15/15 with one dense row; RESULTS.md). ``vertical`` key blocks, those
+ranked highest in the last (real) query-block row, are always-on in every row too: MInference's vertical
+lines, so the blocks the question at the prompt's end needs stay reachable by the rows in between
+(variable tracking, multi-hop retrieval). The attention layer writes the last 64 queries' exact attention
+into that row first (``seerflex.last_queries``). Parameters may be a scalar or one value per head
+(per-head overrides); they enter the computation as tensors, so swapping or editing a policy never
+recompiles anything.
 """
 
 from __future__ import annotations
