@@ -13,6 +13,8 @@
 #   variants: gate designs side by side (VSTEPS steps at 16k each, then top-k 0.1 at 32k per domain; oracle_max too):
 #            the 16k / 400-step gates trailed their mass oracle, and their recall stopped rising after ~100 steps
 #   best:    the best design (lowest mean rise, benchmarks/best_variant.py) at 32k for longer, read like ppl / ruler
+#   vertical: best's gates and XAttention on RULER with exact vertical columns, and with top-p calibrated per task
+#   output:  the output oracle (seerflex.scorers.oracle_output) beside the mass oracle and XAttention, per domain
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
 # Every command's result folder is skipped when present, and $OUT gets a refreshed archive after each.
@@ -22,7 +24,7 @@
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
 source "$(dirname "$0")/device_lib.sh"
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|ppl|ruler"; exit 2; }
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|vertical|output|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
 CORPUS=$SEERFLEX_CACHE/corpus
@@ -101,7 +103,8 @@ variants)
     done; keep
   done ;;
 best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like the ppl / ruler stages next to dense and
-  # XAttention, with and without the vertical columns; the other baselines' rows are the ppl / ruler stages' own
+  # XAttention, with and without the vertical columns; the other baselines' rows are the ppl / ruler stages' own.
+  # RULER with the columns: the vertical stage
   setup
   n=${DESIGN:-$(python benchmarks/best_variant.py $RUN/eval)}  # DESIGN=name: chosen by an earlier machine's variants
   echo "best design: $n (${DESIGNS[$n]})"
@@ -117,11 +120,28 @@ best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like t
   R="$A ruler $MODEL adapter=$D/adapter lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
   [ -f $E/ruler/ruler.json ] || $R scorers=dense,gate,xattention,flexprefill,vertical_slash policies=[topk:0.1] \
     out=$E/ruler; keep
+  ;;
+vertical)  # after best (its adapter; distilled again if this machine has none): the vertical columns, now the last
+  # 64 queries' exact attention for every scorer (84ca047), and top-p calibrated on one unscored prompt per task and
+  # length (42481e5): 14 prompts x 12 bisection steps per scorer, most of a call each; a cut call resumes at the
+  # missing folder
+  setup
+  n=${DESIGN:-qmaxminavg_h128} D=$RUN/distill_best E=$RUN/eval_best && mkdir -p $E
+  distill_into $D ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]}
+  [ -d "$OUT"/distill_best_adapter ] || cp -r $D/adapter "$OUT"/distill_best_adapter  # kept before any cut
+  R="$A ruler $MODEL adapter=$D/adapter lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
   [ -f $E/ruler_vertical/ruler.json ] || $R scorers=gate,xattention policies=[topk:0.1:vertical=$V] \
-    out=$E/ruler_vertical; keep  # since 84ca047 the columns are the last 64 queries' (seerflex.last_queries)
-  for s in gate xattention; do  # calibrated on one unscored prompt per task and length (42481e5): 14 prompts x 12
-    # bisection steps per scorer, most of a call each; a cut call's next run resumes at the missing folder
+    out=$E/ruler_vertical; keep
+  for s in gate xattention; do
     [ -f $E/ruler_topp_$s/ruler.json ] || $R scorers=$s policies=[topp:density=0.1] out=$E/ruler_topp_$s; keep
+  done ;;
+output)  # the output oracle (blocks ranked by how far dropping them moves each query's output) beside the mass
+  # oracle and XAttention, per domain at 32k: is there room above the mass map for a value-aware target?
+  setup
+  E=$RUN/eval_best && mkdir -p $E  # beside the vertical stage's folders, in one archive
+  for d in code docs prose; do
+    [ -f $E/output_$d/ppl.json ] || $A ppl $MODEL window=$L prefix=$((L / 32)) windows=1 text=$HELD=$d \
+      scorers=dense,oracle,oracle_output,xattention policies=[topk:0.05,topk:0.1,topk:0.2] out=$E/output_$d; keep
   done ;;
 ruler)
   setup

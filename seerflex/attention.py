@@ -85,7 +85,7 @@ class SeerFlexAttention(nn.Module):
         layout = BlockLayout.from_attention_mask(attention_mask, q.shape[2], self.config.block_size,
                                                  self.config.q_block_size)
         inputs = ScorerInputs((q if gate_q is None else gate_q).detach(), (k if gate_k is None else gate_k).detach(),
-                              q.detach(), k.detach(), layout, options.compile, scale)
+                              q.detach(), k.detach(), layout, options.compile, scale, v.detach())
         backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         learns = self.runtime.gate_loss is not None and scorer is self.gate and self.gate.trains()
         fuse = fusable(self.gate, scorer, layout, options.compile, q.device)

@@ -34,6 +34,7 @@ class ScorerInputs:
     layout: BlockLayout
     compile: str = "auto"
     scale: float | None = None
+    v: Tensor | None = None
 
 
 @runtime_checkable

@@ -39,7 +39,7 @@ def test_every_scorer_drives_exact_sparse_attention(name, qbs):
     mask[1, :50] = 0
     out = layer(q, k, v, attention_mask=mask)
     layout = BlockLayout.from_attention_mask(mask, 200, 32, qbs)
-    scores = layer.runtime.scorer.score_blocks(ScorerInputs(q, k, q, k, layout))
+    scores = layer.runtime.scorer.score_blocks(ScorerInputs(q, k, q, k, layout, v=v))
     assert scores.shape == (2, 4, *layout.shape)
     kept = layer.policy.select(scores, layout).kept
     ref = dense_attention_f64(q, k, v, token_mask(kept, 200, 32, mask, qbs))

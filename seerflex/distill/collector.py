@@ -106,7 +106,7 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     mode = layer.runtime.options.compile
     scorer = layer.runtime.scorer  # None: the learned gate (distillation); else a baseline under evaluation
     inputs = ScorerInputs(gate_q.detach(), gate_k.detach(), query.detach(), key.detach(), layout, mode,
-                          kwargs.get("scaling"))
+                          kwargs.get("scaling"), value.detach())
     logits = layer.gate(gate_q, gate_k, layout, compile=mode) if scorer is None else scorer.score_blocks(inputs)
     with torch.no_grad():
         target = block_attention_map(query, key, block_size=layout.block_size, q_block_size=layout.q_block_size,

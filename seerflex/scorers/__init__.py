@@ -12,14 +12,15 @@ from typing import Callable
 from seerflex.scorer import BlockScorer, ScorerInputs
 from seerflex.scorers.flexprefill import FlexPrefillScores
 from seerflex.scorers.oracle import OracleMaxScores, OracleScores
+from seerflex.scorers.oracle_output import OracleOutputScores
 from seerflex.scorers.pooled import PooledQKScores
 from seerflex.scorers.recency import RecencyScores
 from seerflex.scorers.vertical_slash import VerticalSlashScores
 from seerflex.scorers.xattention import XAttentionScores
 
 SCORERS: dict[str, Callable[[], BlockScorer]] = {
-    cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores, OracleMaxScores, XAttentionScores,
-                              VerticalSlashScores, FlexPrefillScores)}
+    cls.name: cls for cls in (RecencyScores, PooledQKScores, OracleScores, OracleMaxScores, OracleOutputScores,
+                              XAttentionScores, VerticalSlashScores, FlexPrefillScores)}
 
 
 def make_scorer(name: str) -> BlockScorer:
@@ -29,5 +30,5 @@ def make_scorer(name: str) -> BlockScorer:
     return SCORERS[name]()
 
 
-__all__ = ["SCORERS", "BlockScorer", "FlexPrefillScores", "OracleMaxScores", "OracleScores", "PooledQKScores",
-           "RecencyScores", "ScorerInputs", "VerticalSlashScores", "XAttentionScores", "make_scorer"]
+__all__ = ["SCORERS", "BlockScorer", "FlexPrefillScores", "OracleMaxScores", "OracleOutputScores", "OracleScores",
+           "PooledQKScores", "RecencyScores", "ScorerInputs", "VerticalSlashScores", "XAttentionScores", "make_scorer"]
