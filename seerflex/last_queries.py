@@ -20,30 +20,46 @@ from seerflex.scorer import ScorerInputs
 LAST_QUERIES = 64
 
 
-def with_last_queries(scores: Tensor, q: Tensor, k: Tensor, valid_tokens: Tensor | None, block_size: int,
-                      q_block_size: int, scale: float | None = None, last_q: int = LAST_QUERIES) -> Tensor:
-    """``scores`` [B, H, nq, nk] with each sequence's last real query-block row replaced by the log of the block
-    mass that its last ``last_q`` real queries' exact causal attention puts on each key block (``q`` [B, H, S, D],
-    ``k`` [B, Hkv, S, D] post-RoPE; ``valid_tokens`` [B, S] as ``BlockLayout``'s: padding anywhere is left out).
-    Plain tensors and sizes, so the fused plan calls it inside its graph. A ``score_mod`` (soft-capping) is not
-    applied: the ranking reads plain scaled dot products. Memory: [B, H, L, S] float32, as vertical-slash's
-    estimate (1 GiB at 128k tokens with 32 heads)."""
+def last_rows(valid: Tensor, last_q: int = LAST_QUERIES) -> tuple[Tensor, Tensor]:
+    """(rows [B, L], real [B, L]): the positions of each sequence's last ``last_q`` real tokens (``valid`` [B, S]
+    bool), oldest first; where a sequence has fewer, the missing rows are position 0 and not ``real``."""
+    s = valid.shape[1]
+    end = s - 1 - valid.int().flip(-1).argmax(-1)  # [B] the last real token
+    rows = end[:, None] - torch.arange(min(last_q, s) - 1, -1, -1, device=valid.device)  # [B, L]
+    real = (rows >= 0) & valid.gather(1, rows.clamp(min=0))
+    return rows.clamp(min=0), real
+
+
+def last_query_attention(q: Tensor, k: Tensor, valid_tokens: Tensor | None, scale: float | None = None,
+                         last_q: int = LAST_QUERIES) -> tuple[Tensor, Tensor]:
+    """(probs [B, H, L, S] float32, rows [B, L]): the causal attention of each sequence's last ``last_q`` real
+    queries (post-RoPE ``q`` [B, H, S, D], ``k`` [B, Hkv, S, D]; padding anywhere is left out, and a sequence with
+    fewer real tokens has zero rows) and their positions. The one reading of the prompt's end that the vertical
+    columns, MInference's vertical-slash lines and FlexPrefill share. A ``score_mod`` (soft-capping) is not applied.
+    Memory: [B, H, L, S] float32 (1 GiB at 128k tokens with 32 heads)."""
     b, h, s, d = q.shape
     valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if valid_tokens is None else valid_tokens
-    end = s - 1 - valid.int().flip(-1).argmax(-1)  # [B] the last real token
-    rows = end[:, None] - torch.arange(min(last_q, s) - 1, -1, -1, device=q.device)  # [B, L]
-    real = (rows >= 0) & valid.gather(1, rows.clamp(min=0))
-    rows = rows.clamp(min=0)
+    rows, real = last_rows(valid, last_q)
     hkv, n_rows = k.shape[1], rows.shape[1]
     # GQA without repeating K: query heads h = kv * group + g read key head kv, so a head group is one matmul
     queries = q.gather(2, rows[:, None, :, None].expand(b, h, n_rows, d)).float().reshape(b, hkv, -1, d)
     logits = (queries @ k.float().transpose(-1, -2)).view(b, h, n_rows, s)  # [B, H, L, S]
     logits = logits * (d ** -0.5 if scale is None else scale)
     allowed = (torch.arange(s, device=q.device) <= rows[:, :, None]) & valid[:, None, :] & real[:, :, None]
-    probs = logits.masked_fill_(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num_(0.0)
+    return logits.masked_fill_(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num_(0.0), rows
+
+
+def with_last_queries(scores: Tensor, q: Tensor, k: Tensor, valid_tokens: Tensor | None, block_size: int,
+                      q_block_size: int, scale: float | None = None, last_q: int = LAST_QUERIES) -> Tensor:
+    """``scores`` [B, H, nq, nk] with each sequence's last real query-block row replaced by the log of the block
+    mass that its last ``last_q`` real queries' exact causal attention (``last_query_attention``) puts on each key
+    block (``valid_tokens`` [B, S] as ``BlockLayout``'s). Plain tensors and sizes, so the fused plan calls it
+    inside its graph."""
+    b, h, s, _ = q.shape
+    probs, rows = last_query_attention(q, k, valid_tokens, scale, last_q)
     n = -(-s // block_size)
     mass = torch.nn.functional.pad(probs.sum(2), (0, n * block_size - s)).view(b, h, n, -1).sum(-1)
-    row = (end // q_block_size).view(b, 1, 1, 1).expand(b, h, 1, n)
+    row = (rows[:, -1] // q_block_size).view(b, 1, 1, 1).expand(b, h, 1, n)
     return scores.scatter(2, row, mass.clamp(min=1e-30).log()[:, :, None].to(scores.dtype))
 
 

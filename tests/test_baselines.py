@@ -84,20 +84,20 @@ def test_xattention_scores_equal_a_direct_float64_implementation(left_pad, qbs):
         XAttentionScores(stride=24).score_blocks(ScorerInputs(q, k, q, k, layout))
 
 
-def vertical_slash_direct(q, k, bs, last_q, valid, qbs=None):
-    """The vertical-slash block estimate with explicit loops over tiles, lines and the last queries (float64)."""
+def vertical_slash_direct(q, k, bs, last_q, valid, qbs=None, scale=None):
+    """The vertical-slash block estimate with explicit loops over tiles, lines and the last real queries (float64)."""
     qbs = qbs or bs
     q, k = q.double(), k.double().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     b, h, s, d = q.shape
     n, nq = -(-s // bs), -(-s // qbs)
     out = torch.zeros(b, h, nq, n, dtype=torch.float64)
     for bi in range(b):
-        rows = [r for r in range(s - last_q, s) if valid[bi, r]]
+        rows = [r for r in range(s) if valid[bi, r]][-last_q:]
         for hi in range(h):
             vertical, slash = torch.zeros(s, dtype=torch.float64), torch.zeros(s, dtype=torch.float64)
             for r in rows:
                 keys = [c for c in range(r + 1) if valid[bi, c]]
-                p = (q[bi, hi, r] @ k[bi, hi, keys].T / d ** 0.5).softmax(-1)
+                p = (q[bi, hi, r] @ k[bi, hi, keys].T * (scale or d ** -0.5)).softmax(-1)
                 for c, pc in zip(keys, p):
                     vertical[c] += pc
                     slash[r - c] += pc
@@ -109,16 +109,19 @@ def vertical_slash_direct(q, k, bs, last_q, valid, qbs=None):
     return out
 
 
-@pytest.mark.parametrize(("left_pad", "qbs"), [(0, 32), (21, 32), (21, 64)])
-def test_vertical_slash_scores_equal_a_direct_float64_implementation(left_pad, qbs):
+@pytest.mark.parametrize(("left_pad", "right_pad", "qbs", "scale"),
+                         [(0, 0, 32, None), (21, 0, 32, None), (21, 0, 64, None), (0, 30, 32, 0.2), (5, 70, 64, None)])
+def test_vertical_slash_scores_equal_a_direct_float64_implementation(left_pad, right_pad, qbs, scale):
+    """Under right padding the lines are the last *real* queries' (a sequence shorter than last_q: all of them)."""
     from seerflex.scorers import VerticalSlashScores
 
     q, k = torch.randn(2, 2, 90, 8) * 2, torch.randn(2, 1, 90, 8) * 2
     mask = torch.ones(2, 90, dtype=torch.long)
     mask[1, :left_pad] = 0
+    mask[1, 90 - right_pad:] = 0
     layout = BlockLayout.from_attention_mask(mask, 90, 32, qbs)
-    scores = VerticalSlashScores(last_q=16).score_blocks(ScorerInputs(q, k, q, k, layout))
-    direct = vertical_slash_direct(q, k, 32, 16, mask.bool(), qbs)
+    scores = VerticalSlashScores(last_q=16).score_blocks(ScorerInputs(q, k, q, k, layout, scale=scale))
+    direct = vertical_slash_direct(q, k, 32, 16, mask.bool(), qbs, scale)
     selectable = layout.selectable_blocks(torch.device("cpu")).expand_as(scores)
     torch.testing.assert_close(scores.exp()[selectable].double(), direct[selectable], rtol=1e-4, atol=1e-6)
 
@@ -164,3 +167,38 @@ def test_oracle_max_ranks_key_blocks_by_their_largest_float64_attention_weight()
     for i in range(8):  # the causal part of every query block, in the same order
         assert torch.equal(scores[..., i, : i + 1].argsort(-1, descending=True),
                            direct[..., i, : i + 1].argsort(-1, descending=True))
+
+
+@pytest.mark.parametrize("name", ["vertical_slash", "flexprefill", "xattention", "oracle", "oracle_output"])
+def test_a_right_padded_sequence_scores_as_it_does_alone(name):
+    """Padding after the prompt changes nothing a scorer sees: the real blocks' scores of a right-padded sequence in a
+    batch equal those of the same sequence run alone (FlexPrefill's per-head choice included)."""
+    torch.manual_seed(3)
+    q, k, v = torch.randn(2, 4, 128, 16) * 2, torch.randn(2, 2, 128, 16) * 2, torch.randn(2, 2, 128, 16)
+    mask = torch.ones(2, 128, dtype=torch.long)
+    mask[1, 96:] = 0
+    scorer = SCORERS[name]() if name != "flexprefill" else SCORERS[name](last_q=64)
+    batch = scorer.score_blocks(ScorerInputs(q, k, q, k, BlockLayout.from_attention_mask(mask, 128, 32), v=v))
+    alone = scorer.score_blocks(ScorerInputs(q[1:, :, :96], k[1:, :, :96], q[1:, :, :96], k[1:, :, :96],
+                                             BlockLayout(96, 32), v=v[1:, :, :96]))
+    torch.testing.assert_close(batch[1, :, :3, :3], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_flexprefill_decides_a_right_padded_sequence_as_it_does_alone():
+    """The per-head choice reads the last *real* queries: over a grid of tau every head decides as it does alone."""
+    from seerflex.scorers import FlexPrefillScores
+
+    torch.manual_seed(4)
+    q, k = torch.randn(2, 4, 256, 16), torch.randn(2, 2, 256, 16)
+    q *= torch.tensor([0.05, 0.5, 2.0, 4.0]).view(1, 4, 1, 1)  # from near-uniform to peaked attention
+    q[1, :, 192:] *= 10  # padding that would pull a mean over the last positions away
+    mask = torch.ones(2, 256, dtype=torch.long)
+    mask[1, 192:] = 0
+    batch = ScorerInputs(q, k, q, k, BlockLayout.from_attention_mask(mask, 256, 32))
+    alone = ScorerInputs(q[1:, :, :192], k[1:, :, :192], q[1:, :, :192], k[1:, :, :192], BlockLayout(192, 32))
+    decisions = set()
+    for tau in torch.linspace(0.0, 0.8, 81).tolist():
+        scorer = FlexPrefillScores(tau=tau, last_q=64)
+        assert torch.equal(scorer.query_aware(batch)[1], scorer.query_aware(alone)[0]), tau
+        decisions.add(int(scorer.query_aware(alone).sum()))
+    assert len(decisions) >= 3  # the grid crosses the heads' distances

@@ -4,7 +4,8 @@ For each head the last ``last_q`` queries give two block distributions over the 
 *estimate* softmax(mean(q_last) . avgpool(K)^T / sqrt(d)) and the *measured* block-pooled vertical
 mass of their real attention. When the square root of their Jensen-Shannon divergence is below
 ``tau`` the head is query-aware: its tiles are scored by pooled Q . pooled K (``pooled``). Otherwise
-it follows vertical and slash lines (``vertical_slash``). Published defaults: tau 0.1, 128 last
+it follows vertical and slash lines (``vertical_slash``). Both read each sequence's last real queries.
+Published defaults: tau 0.1, 128 last
 queries, a cumulative-mass budget gamma 0.95 (``topp:0.95:local=0``).
 """
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from seerflex.gates.pooling import block_pool
+from seerflex.last_queries import last_rows
 from seerflex.scorer import ScorerInputs
 from seerflex.scorers.pooled import PooledQKScores
 from seerflex.scorers.vertical_slash import block_sums, last_query_lines, tile_scores
@@ -33,11 +35,17 @@ class FlexPrefillScores:
         measured = block_sums(vertical, layout)
         measured = measured / measured.sum(-1, keepdim=True).clamp(min=1e-30)
         q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
-        mean_q = q[:, :, max(0, q.shape[2] - self.last_q):].float().mean(2, keepdim=True)  # [b, h, 1, d]
+        b, h, s, d = q.shape
+        valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if layout.valid_tokens is None \
+            else layout.valid_tokens
+        rows, real_rows = last_rows(valid, self.last_q)  # the same queries as the measured lines
+        last = q.gather(2, rows[:, None, :, None].expand(b, h, rows.shape[1], d)).float() * real_rows[:, None, :, None]
+        mean_q = last.sum(2, keepdim=True) / real_rows.sum(-1).clamp(min=1)[:, None, None, None]  # [b, h, 1, d]
         pooled_k = block_pool(k, ("avg",), layout.block_size, layout.valid_tokens).float()  # [b, h, n, d]
-        logits = (mean_q @ pooled_k.transpose(-1, -2))[:, :, 0] * q.shape[-1] ** -0.5
-        real = layout.selectable_blocks(q.device)[:, 0, -1]  # key blocks the last row may see: [b or 1, n]
-        estimate = logits.masked_fill(~real[:, None, :], float("-inf")).softmax(-1)
+        logits = (mean_q @ pooled_k.transpose(-1, -2))[:, :, 0] * (d ** -0.5 if x.scale is None else x.scale)
+        seen = layout.selectable_blocks(q.device)[:, 0].expand(b, -1, -1)  # [b, nq, n]
+        seen = seen[torch.arange(b, device=q.device), rows[:, -1] // layout.q_block_size]  # the last real query's row
+        estimate = logits.masked_fill(~seen[:, None, :], float("-inf")).softmax(-1)
         middle = (estimate + measured) / 2
         js = 0.5 * (kl(estimate, middle) + kl(measured, middle))
         return js.clamp(min=0).sqrt() < self.tau

@@ -1,13 +1,13 @@
 """MInference's vertical-slash estimate (Jiang et al. 2024, microsoft/MInference), mapped to blocks.
 
-The last ``last_q`` queries (64) attend to every key (causal softmax, post-RoPE Q/K). Their summed
+The last ``last_q`` real queries (64) attend to every key (causal softmax, post-RoPE Q/K). Their summed
 probabilities per key column are the *vertical* lines (tokens every query reads: sinks, anchors) and
 per offset q - k the *slash* lines (fixed relative distances: local windows, periodic patterns). A
 tile's score is the log of the vertical mass of its key block plus the slash mass of every offset
 that crosses the tile, so a policy keeps the tiles the strongest lines pass through. MInference
 itself keeps the top 1000 vertical and 6096 slash lines and computes every tile a kept line crosses;
 here the same estimate ranks tiles and the policy sets the budget (e.g. ``topk:0.1`` or
-``topp:0.95``). Padded query rows are left out of the estimate.
+``topp:0.95``). Padding is left out: under right padding the lines are the last *real* queries'.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seerflex.last_queries import last_query_attention
 from seerflex.layout import BlockLayout
 from seerflex.scorer import ScorerInputs
 
@@ -57,20 +58,11 @@ def block_sums(lines: Tensor, layout: BlockLayout) -> Tensor:
 
 
 def last_query_lines(x: ScorerInputs, last_q: int) -> tuple[Tensor, Tensor]:
-    """(vertical [B, H, S], slash [B, H, S]): the last ``last_q`` queries' causal attention summed per key
-    column and per offset q - k (post-RoPE Q/K, GQA repeated; padded rows and keys left out)."""
-    q, k = x.q, x.k.repeat_interleave(x.q.shape[1] // x.k.shape[1], dim=1)
-    b, h, s, d = q.shape
-    last = min(last_q, s)
-    valid = torch.ones(b, s, dtype=torch.bool, device=q.device) if x.layout.valid_tokens is None \
-        else x.layout.valid_tokens
-    rows = torch.arange(s - last, s, device=q.device)
-    keys = torch.arange(s, device=q.device)
-    allowed = (keys[None, :] <= rows[:, None])[None, None] & valid[:, None, None, :]
-    scores = (q[:, :, s - last:].float() @ k.float().transpose(-1, -2)) * d ** -0.5
-    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
-    probs = probs * valid[:, None, s - last:, None]
-    offsets = (rows[:, None] - keys[None, :]).clamp(min=0)  # q - k; masked entries carry no probability
-    slash = torch.zeros(b, h, s, device=q.device).scatter_add_(-1, offsets.flatten().expand(b, h, -1),
-                                                                probs.flatten(2))
+    """(vertical [B, H, S], slash [B, H, S]): each sequence's last ``last_q`` real queries' causal attention
+    (``seerflex.last_queries``) summed per key column and per offset q - k."""
+    probs, rows = last_query_attention(x.q, x.k, x.layout.valid_tokens, x.scale, last_q)  # [B, H, L, S], [B, L]
+    b, h, n_rows, s = probs.shape
+    offsets = (rows[:, :, None] - torch.arange(s, device=probs.device)).clamp(min=0)  # masked keys carry no mass
+    slash = torch.zeros(b, h, s, device=probs.device).scatter_add_(
+        -1, offsets.flatten(1)[:, None].expand(b, h, n_rows * s), probs.flatten(2))
     return probs.sum(2), slash
