@@ -14,6 +14,7 @@
 #            the 16k / 400-step gates trailed their mass oracle, and their recall stopped rising after ~100 steps
 #   best:    the best design (lowest mean rise, benchmarks/best_variant.py) at 32k for longer, read like ppl / ruler
 #   vertical: best's gates and XAttention on RULER with exact vertical columns, and with top-p calibrated per task
+#   layers:  best's gates, XAttention and the oracle: recall per layer and head on held-out code at 32k
 #   output:  the output oracle (seerflex.scorers.oracle_output) beside the mass oracle and XAttention, per domain
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
@@ -24,7 +25,7 @@
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
 source "$(dirname "$0")/device_lib.sh"
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|vertical|output|ppl|ruler"; exit 2; }
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|vertical|layers|output|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
 CORPUS=$SEERFLEX_CACHE/corpus
@@ -134,6 +135,16 @@ vertical)  # after best (its adapter; distilled again if this machine has none):
     out=$E/ruler_vertical; keep
   for s in gate xattention; do
     [ -f $E/ruler_topp_$s/ruler.json ] || $R scorers=$s policies=[topp:density=0.1] out=$E/ruler_topp_$s; keep
+  done ;;
+layers)  # where the gates lose, per layer and head: recall of the block-mass map at top-k 0.1 on one held-out 32k code
+  # window (where the 32k gates trail their oracle most, RESULTS.md) for the gates, XAttention and the oracle
+  setup
+  n=${DESIGN:-qmaxminavg_h128} D=$RUN/distill_best E=$RUN/eval_best && mkdir -p $E
+  distill_into $D ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]}
+  [ -d "$OUT"/distill_best_adapter ] || cp -r $D/adapter "$OUT"/distill_best_adapter
+  for s in gate xattention oracle; do
+    [ -f $E/layers_$s/sparsity.json ] || $A sparsity $MODEL adapter=$D/adapter window=$L text=$HELD=code scorer=$s \
+      policy=topk:0.1 out=$E/layers_$s; keep
   done ;;
 output)  # the output oracle (blocks ranked by how far dropping them moves each query's output) beside the mass
   # oracle and XAttention, per domain at 32k: is there room above the mass map for a value-aware target?

@@ -94,3 +94,23 @@ def test_packing_and_batch_order_are_deterministic():
     assert sorted(sum(first[:2], []) + first[2][:1]) == list(range(9))  # one epoch visits every piece once
     with pytest.raises(ValueError, match="unknown key"):
         parse_recipe(DistillRecipe, ["stepz=3"], prog="seerflex distill")
+
+
+def test_per_head_stats_count_the_rows_that_keep_under_half_their_mass():
+    """``lost``: the share of real query-block rows whose kept blocks hold under half the target mass; a padded row
+    (no target) counts in neither numerator nor denominator."""
+    from seerflex import BlockLayout
+    from seerflex.distill.collector import Collector
+
+    target = torch.zeros(1, 2, 4, 4)
+    target[0, :, 0, 0] = 1.0
+    target[0, :, 1, :2] = torch.tensor([0.3, 0.7])
+    target[0, :, 2, :3] = torch.tensor([0.6, 0.2, 0.2])  # row 3: padding, no target
+    kept = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    kept[0, :, :, 0] = True  # head 0 keeps block 0 only: rows 0 (1.0), 1 (0.3), 2 (0.6)
+    kept[0, 1, 1, 1] = True  # head 1 also block 1 of row 1: 1.0
+    collector = Collector(target="mass", skip_first_rows=0.0, per_head=True)
+    collector.add(0, torch.zeros(1, 2, 4, 4), target, kept, BlockLayout(4 * 16, 16))
+    density, recall, lost = collector.head_stats[0]
+    torch.testing.assert_close(lost, torch.tensor([1 / 3, 0.0]))
+    torch.testing.assert_close(recall, torch.tensor([(1.0 + 0.3 + 0.6) / 4, (1.0 + 1.0 + 0.6) / 4]))

@@ -40,7 +40,8 @@ class Collector:
     per_head: bool = False  # also keep per-head density and recall (evaluation)
     losses: dict[int, Tensor] = field(default_factory=dict)
     recalls: dict[int, float] = field(default_factory=dict)
-    head_stats: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (density [H], recall [H])
+    # layer -> (density [H], recall [H], lost [H]: the share of real query-block rows that keep under half their mass)
+    head_stats: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
     maps: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (gate softmax, target) of batch 0
 
     def add(self, layer_idx: int, logits: Tensor, target: Tensor, kept: Tensor, layout: BlockLayout) -> None:
@@ -48,8 +49,11 @@ class Collector:
         self.recalls[layer_idx] = float(gate_recall(kept, target, self.skip_first_rows))
         if self.per_head:
             first = int(kept.shape[-2] * self.skip_first_rows)
-            recall = (target * kept)[..., first:, :].sum(-1).mean((0, 2)).cpu()
-            self.head_stats[layer_idx] = (SparsityStats.of(kept, layout).density.cpu(), recall)
+            rows = (target * kept)[..., first:, :].sum(-1)  # [B, H, rows]: each query block's covered mass
+            real = target[..., first:, :].sum(-1) > 0  # padded query blocks have no target
+            lost = ((rows < 0.5) & real).sum((0, 2)) / real.sum((0, 2)).clamp(min=1)
+            self.head_stats[layer_idx] = (SparsityStats.of(kept, layout).density.cpu(), rows.mean((0, 2)).cpu(),
+                                          lost.float().cpu())
             self.maps[layer_idx] = (logits.detach()[0].float().softmax(-1).nan_to_num(0).cpu(), target[0].cpu())
 
     def total(self, scale: float = 10.0) -> Tensor:

@@ -329,6 +329,7 @@ def sparsity_main(argv: list[str]) -> int:
     layers = sorted(collector.head_stats)
     density = [collector.head_stats[i][0].tolist() for i in layers]
     recall = [collector.head_stats[i][1].tolist() for i in layers]
+    lost = [collector.head_stats[i][2].tolist() for i in layers]
     out = Path(args.out)
     heads = [str(h) for h in range(len(density[0]))]
     plots.heatmap(density, [str(i) for i in layers], heads, out / "density.png", f"achieved density, {args.policy}",
@@ -338,11 +339,13 @@ def sparsity_main(argv: list[str]) -> int:
     gate_map, truth = collector.maps[args.layer]
     plots.block_maps(gate_map[args.head].tolist(), truth[args.head].tolist(), out / "block_maps.png",
                      f"layer {args.layer}, head {args.head}")
-    rows = [{"layer": i, "density": sum(d) / len(d), "recall": sum(r) / len(r), "density_per_head": d,
-             "recall_per_head": r} for i, d, r in zip(layers, density, recall)]
+    rows = [{"layer": i, "density": sum(d) / len(d), "recall": sum(r) / len(r), "lost_rows": sum(x) / len(x),
+             "density_per_head": d, "recall_per_head": r, "lost_rows_per_head": x}
+            for i, d, r, x in zip(layers, density, recall, lost)]
     write_json(out / "sparsity.json", {"environment": environment(), "args": asdict(args), "rows": rows})
-    print_table(f"sparsity per layer ({args.policy})", ["layer", "density", "recall"],
-                [[r["layer"], r["density"], r["recall"]] for r in rows])
+    print_table(f"sparsity per layer ({args.policy}; lost rows: query blocks keeping under half their mass)",
+                ["layer", "density", "recall", "lost rows"],
+                [[r["layer"], r["density"], r["recall"], r["lost_rows"]] for r in rows])
     return 0
 
 

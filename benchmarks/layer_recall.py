@@ -1,0 +1,68 @@
+"""Where the learned gates lose, per layer and head: `seerflex eval sparsity` runs of several scorers side by side.
+
+    python benchmarks/layer_recall.py OUT_DIR gate=DIR xattention=DIR oracle=DIR
+
+Each DIR holds one scorer's `sparsity.json` (same model, window, text and policy). Prints a Markdown table of the
+recall of the block-mass map per layer (the share of each query block's attention that the kept blocks hold) with, in
+brackets, the share of query blocks that keep under half of theirs (a mean hides such rows), the heads furthest
+below the oracle, and writes `layer_recall.png` (recall per layer) and `gate_gap.png` (oracle minus
+gates per layer and head) to OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from seerflex.evaluation.plots import _pyplot, _save, heatmap
+
+
+def load(folder: str) -> dict:
+    data = json.loads((Path(folder) / "sparsity.json").read_text())
+    return {"args": data["args"], "rows": sorted(data["rows"], key=lambda r: r["layer"])}
+
+
+def main(out: Path, runs: dict[str, dict]) -> None:
+    names = list(runs)
+    layers = [r["layer"] for r in runs[names[0]]["rows"]]
+    recall = {n: [r["recall"] for r in runs[n]["rows"]] for n in names}
+    lost = {n: [r.get("lost_rows") for r in runs[n]["rows"]] for n in names}  # absent in runs before 2026-12-03
+    args = runs[names[0]]["args"]
+    print(f"recall of the block-mass map per layer, {args['policy']}, window {args['window']}, {args['text']}\n")
+    print("| layer | " + " | ".join(names) + (" | oracle - gate |" if {"gate", "oracle"} <= set(names) else " |"))
+    print("| --- |" + " --- |" * (len(names) + ({"gate", "oracle"} <= set(names))))
+    for i, layer in enumerate(layers):
+        cells = [f"{recall[n][i]:.3f}" + ("" if lost[n][i] is None else f" ({100 * lost[n][i]:.0f}%)") for n in names]
+        if {"gate", "oracle"} <= set(names):
+            cells.append(f"{recall['oracle'][i] - recall['gate'][i]:+.3f}")
+        print(f"| {layer} | " + " | ".join(cells) + " |")
+    means = [sum(recall[n]) / len(layers) for n in names]
+    cells = [f"{m:.3f}" + ("" if None in lost[n] else f" ({100 * sum(lost[n]) / len(layers):.0f}%)")
+             for n, m in zip(names, means)]
+    if {"gate", "oracle"} <= set(names):
+        cells.append(f"{means[names.index('oracle')] - means[names.index('gate')]:+.3f}")
+    print("| mean | " + " | ".join(cells) + " |")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for n in names:
+        ax.plot(layers, recall[n], marker="o", markersize=3, label=n)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("recall of the block-mass map")
+    ax.set_title(f"{args['model']}, {args['policy']}, {args['window']} tokens", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, out / "layer_recall.png", tight=True)
+    if {"gate", "oracle"} <= set(names):
+        heads = [[o - g for o, g in zip(ro["recall_per_head"], rg["recall_per_head"])]
+                 for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
+        worst = sorted(((gap, layer, h) for layer, row in zip(layers, heads) for h, gap in enumerate(row)), reverse=True)
+        print("\nheads furthest below the oracle (layer, head: oracle - gate): "
+              + ", ".join(f"{layer}.{h}: {gap:+.3f}" for gap, layer, h in worst[:8]))
+        heatmap(heads, [str(layer) for layer in layers], [str(h) for h in range(len(heads[0]))], out / "gate_gap.png",
+                "oracle recall minus gate recall", "head", "layer", vmax=max(0.05, worst[0][0]))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or not all("=" in a for a in sys.argv[2:]):
+        sys.exit("usage: layer_recall.py OUT_DIR scorer=DIR [scorer=DIR ...]")
+    main(Path(sys.argv[1]), {a.split("=", 1)[0]: load(a.split("=", 1)[1]) for a in sys.argv[2:]})
