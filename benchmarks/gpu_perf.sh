@@ -17,6 +17,8 @@
 #   interleave: after fa4a, fa4b, in the fa4c call: HEAD and an older commit alternately, 32k, FLASH 128 x 128 (run on
 #            2026-12-02 in the order head, old, head, old);
 #            locally first: mkdir old_tree && git archive $OLD seerflex ':!seerflex/adapters' | tar -x -C old_tree
+#   columns: what the vertical columns cost (the last 64 queries' exact attention per layer): the layer at 32k/128k,
+#            density 0.1, vertical=0 and vertical=8 alternately, Triton 128 x 64 (after fa4a/fa4b: add BACKEND=flash)
 #   arch:    after the runtime/compile refactor (2026-11-30, H200): static, auto and eager layers checked against
 #            the float64 masked reference, and the HF path end to end (TTFT, 4 layers)
 # On 2026-11-25 each of these calls was chained with gpu_smollm2.sh stash (one GGUF part per call).
@@ -29,6 +31,13 @@ kernel)
   python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 \
     --compile auto --no-finite-check --out "$OUT"/bench_kernel_v3_auto.json
   python benchmarks/perf_experiments.py --lengths 8192 32768 131072 --out "$OUT"/perf_experiments_v3.json ;;
+columns)  # the deciding measurement for turning vertical=8 on by default (RULER 76% -> 93% for the gates, RESULTS.md)
+  for n in 1 2; do
+    for v in 0 8; do
+      python -m seerflex.cli bench kernel --lengths 32768 131072 --densities 0.1 --q-block-size 128 --vertical $v \
+        --backend ${BACKEND:-auto} --compile static --no-finite-check --out "$OUT"/bench_kernel_columns_v${v}_$n.json
+    done
+  done ;;
 kernel4)
   python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 0.05 \
     --compile static --no-finite-check --out "$OUT"/bench_kernel_v4_static.json

@@ -23,6 +23,11 @@ def test_bench_kernel_on_cpu_checks_and_times(tmp_path):
                               "block_size=32", "q_block_size=64", "dtype=float32", "device=cpu", f"out={out}"]) == 0
     row = json.loads(out.read_text())["results"][-1]
     assert (row["q_block_size"], row["block_size"]) == (64, 32) and row["max_rel_err"] < 1e-4
+    # vertical columns: the checked selection is the layer's own (with the last queries' columns), timed apart
+    assert bench_kernel.main(["lengths=[512]", "densities=[0.2]", "heads=4", "kv_heads=2", "head_dim=32",
+                              "block_size=32", "vertical=3", "dtype=float32", "device=cpu", f"out={out}"]) == 0
+    row = json.loads(out.read_text())["results"][-1]
+    assert row["vertical"] == 3 and row["columns_ms"] > 0 and row["max_rel_err"] < 1e-4
 
 
 def test_demo_with_bundled_style_adapter(tmp_path, monkeypatch, recipe_model):

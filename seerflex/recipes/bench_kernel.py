@@ -21,11 +21,13 @@ from seerflex.block_mask import block_mask_for, causal_mask_mod
 from seerflex.compile import compiles
 from seerflex.console import console
 from seerflex.flex import dense_attention, kernel_backend, sparse_attention
+from seerflex.last_queries import last_query_inputs, ranked_scores
 from seerflex.plan import fusable, planned_block_mask
 from seerflex.policies import SparsityStats
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import Runtime, RuntimeOptions
+from seerflex.scorer import ScorerInputs
 
 GPU = torch.cuda.is_available()
 
@@ -40,6 +42,8 @@ class BenchKernelArgs:
     kv_heads: int = knob(8, "KV heads")
     head_dim: int = knob(128, "head size")
     block_size: int = knob(64, "key block size")
+    vertical: int = knob(0, "key blocks per row kept as the last 64 queries' vertical columns (the policies' "
+                                "``vertical``); their exact attention is then part of the layer's time (columns_ms)")
     q_block_size: int | None = knob(None, "query block size, a multiple of block_size (128 with block_size=64: FA4's "
                                           "128-row tiles); default block_size")
     dtype: str = knob("bfloat16", "tensor dtype")
@@ -113,7 +117,8 @@ def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[
                for h in (args.heads, args.kv_heads, args.kv_heads))
     rows: list[dict[str, Any]] = []
     base = {"seq_len": s, "compile": args.compile, "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
-            "dtype": args.dtype, "block_size": args.block_size, "q_block_size": args.q_block_size or args.block_size}
+            "dtype": args.dtype, "block_size": args.block_size, "q_block_size": args.q_block_size or args.block_size,
+            "vertical": args.vertical}
     sdpa_ms = timed(lambda: dense_attention(q, k, v))
     rows.append(base | {"method": "sdpa dense", "density": 1.0, "total_ms": sdpa_ms})
     dense_layout = BlockLayout(s, 128)
@@ -122,13 +127,16 @@ def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[
     flex_ms = timed(lambda: sparse_attention(q, k, v, dense_mask, compile=args.compile))
     rows.append(base | {"method": "flex dense", "density": 1.0, "total_ms": flex_ms})
     for density in densities:
-        cfg = SeerFlexConfig(policy=TopK(density=density), block_size=args.block_size, q_block_size=args.q_block_size)
+        cfg = SeerFlexConfig(policy=TopK(density=density, vertical=args.vertical), block_size=args.block_size,
+                             q_block_size=args.q_block_size)
         runtime = Runtime(RuntimeOptions(compile=args.compile, backend=args.backend, dense_below=0,
                                          check_finite=args.check_finite))
         layer = SeerFlexAttention(cfg, args.heads, args.kv_heads, args.head_dim, runtime=runtime).to(dev, dtype)
         layout, mode = BlockLayout(s, cfg.block_size, None, cfg.q_block_size), args.compile
         scores = layer.gate(q, k, layout, compile=mode)
-        selection = layer.policy.select(scores, layout, compile=mode)
+        inputs = ScorerInputs(q, k, q, k, layout, mode)
+        ranked = ranked_scores(layer.policy, scores, inputs)  # with the last queries' row when vertical > 0
+        selection = layer.policy.select(ranked, layout, compile=mode)
         kept = selection.kept
         build = lambda: block_mask_for(selection, layout, compile=mode)  # noqa: E731
         block_mask = build()
@@ -138,15 +146,19 @@ def bench_length(s: int, densities: list[float], args: BenchKernelArgs) -> list[
             "method": "seerflex", "density": density,
             "achieved_density": SparsityStats.of(kept, layout).mean_density,
             "gate_ms": timed(lambda: layer.gate(q, k, layout, compile=mode)),
-            "policy_ms": timed(lambda: layer.policy.select(scores, layout, compile=mode)),
+            "policy_ms": timed(lambda: layer.policy.select(ranked, layout, compile=mode)),
             "build_ms": timed(build),
             "kernel": kernel_backend(args.backend, dev, compiled=compiles(mode, dev),
                                      plain_mask=block_mask.mask_mod is causal_mask_mod, dtype=dtype),
             "kernel_ms": timed(lambda: sparse_attention(q, k, v, block_mask, compile=mode, backend=args.backend)),
             "total_ms": timed(lambda: layer(q, k, v)),
         }
+        if args.vertical:
+            row["columns_ms"] = timed(lambda: ranked_scores(layer.policy, scores, inputs))
         if fusable(layer.gate, layer.gate, layout, mode, dev):  # what the layer runs before the kernel
-            row["plan_ms"] = timed(lambda: planned_block_mask(layer.gate, layer.policy, q, k, layout, mode=mode))
+            last = last_query_inputs(layer.policy, q, k, None)
+            row["plan_ms"] = timed(lambda: planned_block_mask(layer.gate, layer.policy, q, k, layout, mode=mode,
+                                                              last=last))
         if dev.type == "cuda":
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             if not args.check_finite:  # the NaN check syncs with the host, which a graph cannot hold
@@ -178,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"seq_len": s, "error": f"out of memory: {err}"})
                 torch.cuda.empty_cache()
             write_json(args.out, {"environment": environment(), "args": asdict(args), "results": results})
-    cols = ["seq_len", "method", "kernel", "q_block_size", "block_size", "density", "achieved_density", "plan_ms",
+    cols = ["seq_len", "method", "kernel", "q_block_size", "block_size", "vertical", "density", "achieved_density",
+            "columns_ms", "plan_ms",
             "kernel_ms", "total_ms", "graph_ms", "overhead_vs_kernel", "total_vs_density_x_sdpa", "max_rel_err"]
     print_table(f"per-layer attention ({environment()['device']})", cols,
                 [[r.get(c, "") for c in cols] for r in results if "error" not in r])
