@@ -27,31 +27,31 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD COLUMNS=200
 case "$1" in
 kernel)
   python -m seerflex.cli bench kernel --lengths 8192 16384 32768 65536 131072 --densities 0.2 0.1 0.05 \
-    --compile static --no-finite-check --out "$OUT"/bench_kernel_v3_static.json
+    --compile static --no-check-finite --out "$OUT"/bench_kernel_v3_static.json
   python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 \
-    --compile auto --no-finite-check --out "$OUT"/bench_kernel_v3_auto.json
+    --compile auto --no-check-finite --out "$OUT"/bench_kernel_v3_auto.json
   python benchmarks/perf_experiments.py --lengths 8192 32768 131072 --out "$OUT"/perf_experiments_v3.json ;;
 columns)  # the deciding measurement for turning vertical=8 on by default (RULER 76% -> 93% for the gates, RESULTS.md)
   for n in 1 2; do
     for v in 0 8; do
       python -m seerflex.cli bench kernel --lengths 32768 131072 --densities 0.1 --q-block-size 128 --vertical $v \
-        --backend ${BACKEND:-auto} --compile static --no-finite-check --out "$OUT"/bench_kernel_columns_v${v}_$n.json
+        --backend ${BACKEND:-auto} --compile static --no-check-finite --out "$OUT"/bench_kernel_columns_v${v}_$n.json
     done
   done ;;
 kernel4)
   python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 0.05 \
-    --compile static --no-finite-check --out "$OUT"/bench_kernel_v4_static.json
+    --compile static --no-check-finite --out "$OUT"/bench_kernel_v4_static.json
   python -m seerflex.cli bench kernel --lengths 8192 32768 131072 --densities 0.1 --block-size 128 \
-    --compile static --no-finite-check --out "$OUT"/bench_kernel_v4_static_b128.json ;;
+    --compile static --no-check-finite --out "$OUT"/bench_kernel_v4_static_b128.json ;;
 kernel5)  # v5: policies keep the last row dense by default; where the 128k overhead goes
   python -m seerflex.cli bench kernel --lengths 32768 131072 --densities 0.1 \
-    --compile static --no-finite-check --out "$OUT"/bench_kernel_v5_static.json
+    --compile static --no-check-finite --out "$OUT"/bench_kernel_v5_static.json
   python benchmarks/profile_overhead.py --seq-len 131072 | tee "$OUT"/profile_overhead_128k.txt ;;
 ttft2)
-  python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
+  python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-check-finite \
     --out "$OUT"/bench_ttft_v2.json ;;
 ttft3)
-  python -m seerflex.cli bench ttft --lengths 65536 131072 --densities 0.1 0.05 --block-size 128 --no-finite-check \
+  python -m seerflex.cli bench ttft --lengths 65536 131072 --densities 0.1 0.05 --block-size 128 --no-check-finite \
     --out "$OUT"/bench_ttft_v3_b128.json ;;
 fa4a)  # FlashAttention-4 wheels in three carried parts (../shared/tools/fa4_wheels.sh .whl; then .whl/b split into
   mkdir -p /tmp/wh && cp .whl/a/* /tmp/wh/ && ls -la /tmp/wh ;;  # b1 = the cu13.* files, b2 = the other wheels,
@@ -126,6 +126,6 @@ rect2)  # after rect (same warm machine, FA4 in /tmp/site): TTFT, the Triton ker
     python benchmarks/profile_overhead.py --seq-len $s --q-block-size 128 --backend flash | tee "$OUT"/profile_rect_$s.txt
   done ;;
 ttft)
-  python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-finite-check \
+  python -m seerflex.cli bench ttft --lengths 32768 65536 131072 --densities 0.1 0.05 --no-check-finite \
     --out "$OUT"/bench_ttft_v2.json ;;
 esac

@@ -15,7 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-from seerflex.evaluation.plots import _pyplot, _save, heatmap
+import matplotlib
+
+from seerflex.evaluation.plots import heatmap
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def load(folder: str) -> dict:
@@ -33,7 +38,8 @@ def main(out: Path, runs: dict[str, dict]) -> None:
     print("| layer | " + " | ".join(names) + (" | oracle - gate |" if {"gate", "oracle"} <= set(names) else " |"))
     print("| --- |" + " --- |" * (len(names) + ({"gate", "oracle"} <= set(names))))
     for i, layer in enumerate(layers):
-        cells = [f"{recall[n][i]:.3f}" + ("" if lost[n][i] is None else f" ({100 * lost[n][i]:.0f}%)") for n in names]
+        cells = [f"{recall[n][i]:.3f}" + ("" if lost[n][i] is None else f" ({100 * lost[n][i]:.0f}%)")
+                 for n in names]
         if {"gate", "oracle"} <= set(names):
             cells.append(f"{recall['oracle'][i] - recall['gate'][i]:+.3f}")
         print(f"| {layer} | " + " | ".join(cells) + " |")
@@ -43,7 +49,6 @@ def main(out: Path, runs: dict[str, dict]) -> None:
     if {"gate", "oracle"} <= set(names):
         cells.append(f"{means[names.index('oracle')] - means[names.index('gate')]:+.3f}")
     print("| mean | " + " | ".join(cells) + " |")
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for n in names:
         ax.plot(layers, recall[n], marker="o", markersize=3, label=n)
@@ -51,11 +56,15 @@ def main(out: Path, runs: dict[str, dict]) -> None:
     ax.set_ylabel("recall of the block-mass map")
     ax.set_title(f"{args['model']}, {args['policy']}, {args['window']} tokens", fontsize=10)
     ax.legend(fontsize=8)
-    _save(fig, out / "layer_recall.png", tight=True)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "layer_recall.png", dpi=120)
+    plt.close(fig)
     if {"gate", "oracle"} <= set(names):
         heads = [[o - g for o, g in zip(ro["recall_per_head"], rg["recall_per_head"])]
                  for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
-        worst = sorted(((gap, layer, h) for layer, row in zip(layers, heads) for h, gap in enumerate(row)), reverse=True)
+        worst = sorted(((gap, layer, h) for layer, row in zip(layers, heads) for h, gap in enumerate(row)),
+                       reverse=True)
         print("\nheads furthest below the oracle (layer, head: oracle - gate): "
               + ", ".join(f"{layer}.{h}: {gap:+.3f}" for gap, layer, h in worst[:8]))
         heatmap(heads, [str(layer) for layer in layers], [str(h) for h in range(len(heads[0]))], out / "gate_gap.png",

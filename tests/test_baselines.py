@@ -184,21 +184,65 @@ def test_a_right_padded_sequence_scores_as_it_does_alone(name):
     torch.testing.assert_close(batch[1, :, :3, :3], alone[0], rtol=1e-4, atol=1e-5)
 
 
-def test_flexprefill_decides_a_right_padded_sequence_as_it_does_alone():
-    """The per-head choice reads the last *real* queries: over a grid of tau every head decides as it does alone."""
+@pytest.mark.parametrize(("real", "scale"), [(192, None), (40, 0.3)])
+def test_flexprefill_decides_a_right_padded_sequence_as_it_does_alone(real, scale):
+    """The per-head choice reads the last *real* queries (all of them when fewer than ``last_q``) with the attention's
+    scale: over a grid of tau every head decides as it does alone."""
     from seerflex.scorers import FlexPrefillScores
 
     torch.manual_seed(4)
     q, k = torch.randn(2, 4, 256, 16), torch.randn(2, 2, 256, 16)
     q *= torch.tensor([0.05, 0.5, 2.0, 4.0]).view(1, 4, 1, 1)  # from near-uniform to peaked attention
-    q[1, :, 192:] *= 10  # padding that would pull a mean over the last positions away
+    q[1, :, real:] *= 10  # padding that would pull a mean over the last positions away
     mask = torch.ones(2, 256, dtype=torch.long)
-    mask[1, 192:] = 0
-    batch = ScorerInputs(q, k, q, k, BlockLayout.from_attention_mask(mask, 256, 32))
-    alone = ScorerInputs(q[1:, :, :192], k[1:, :, :192], q[1:, :, :192], k[1:, :, :192], BlockLayout(192, 32))
+    mask[1, real:] = 0
+    batch = ScorerInputs(q, k, q, k, BlockLayout.from_attention_mask(mask, 256, 32), scale=scale)
+    alone = ScorerInputs(q[1:, :, :real], k[1:, :, :real], q[1:, :, :real], k[1:, :, :real], BlockLayout(real, 32),
+                         scale=scale)
     decisions = set()
-    for tau in torch.linspace(0.0, 0.8, 81).tolist():
+    for tau in torch.linspace(0.0, 1.0, 201).tolist():
         scorer = FlexPrefillScores(tau=tau, last_q=64)
         assert torch.equal(scorer.query_aware(batch)[1], scorer.query_aware(alone)[0]), tau
         decisions.add(int(scorer.query_aware(alone).sum()))
     assert len(decisions) >= 3  # the grid crosses the heads' distances
+
+
+def flexprefill_distance_direct(q, k, valid, bs, last_q, scale):
+    """FlexPrefill's sqrt-JS distance per (sequence, head) by loops in float64: the last ``last_q`` real queries'
+    measured block mass against softmax(mean of those queries . mean real key of each block x scale)."""
+    q, k = q.double(), k.double().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    b, h, s, _ = q.shape
+    out = torch.zeros(b, h, dtype=torch.float64)
+    for bi in range(b):
+        real = [t for t in range(s) if valid[bi, t]]
+        rows, end = real[-last_q:], real[-1]
+        blocks = [j for j in range(-(-s // bs)) if j * bs <= end and valid[bi, j * bs: (j + 1) * bs].any()]
+        for hi in range(h):
+            measured = torch.zeros(len(blocks), dtype=torch.float64)
+            for r in rows:
+                keys = [c for c in real if c <= r]
+                p = (q[bi, hi, r] @ k[bi, hi, keys].T * scale).softmax(-1)
+                for c, pc in zip(keys, p):
+                    measured[blocks.index(c // bs)] += pc
+            measured /= measured.sum()
+            mean_q = q[bi, hi, rows].mean(0)
+            pooled = torch.stack([k[bi, hi, [c for c in real if c // bs == j]].mean(0) for j in blocks])
+            estimate = (pooled @ mean_q * scale).softmax(-1)
+            m = (estimate + measured) / 2
+            kl = lambda a, c: torch.where(a > 0, a * (a.clamp(min=1e-300) / c).log(), 0.0).sum()  # noqa: E731
+            out[bi, hi] = (0.5 * (kl(estimate, m) + kl(measured, m))).sqrt()
+    return out
+
+
+def test_flexprefill_choice_equals_a_float64_loop_with_left_padding_short_sequences_and_a_scale():
+    from seerflex.scorers import FlexPrefillScores
+
+    torch.manual_seed(5)
+    q, k = torch.randn(2, 4, 160, 16), torch.randn(2, 2, 160, 16)
+    q *= torch.tensor([0.05, 0.5, 2.0, 4.0]).view(1, 4, 1, 1)
+    mask = torch.ones(2, 160, dtype=torch.long)
+    mask[1, :110] = 0  # 50 real tokens over four blocks, fewer than last_q
+    x = ScorerInputs(q, k, q, k, BlockLayout.from_attention_mask(mask, 160, 16), scale=0.4)
+    distance = flexprefill_distance_direct(q, k, mask.bool(), 16, 64, 0.4)
+    assert (distance > 0.01).all()
+    torch.testing.assert_close(FlexPrefillScores(last_q=64).distance(x).double(), distance, rtol=1e-4, atol=1e-6)

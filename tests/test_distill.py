@@ -113,4 +113,4 @@ def test_per_head_stats_count_the_rows_that_keep_under_half_their_mass():
     collector.add(0, torch.zeros(1, 2, 4, 4), target, kept, BlockLayout(4 * 16, 16))
     density, recall, lost = collector.head_stats[0]
     torch.testing.assert_close(lost, torch.tensor([1 / 3, 0.0]))
-    torch.testing.assert_close(recall, torch.tensor([(1.0 + 0.3 + 0.6) / 4, (1.0 + 1.0 + 0.6) / 4]))
+    torch.testing.assert_close(recall, torch.tensor([(1.0 + 0.3 + 0.6) / 3, (1.0 + 1.0 + 0.6) / 3]))

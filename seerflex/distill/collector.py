@@ -52,8 +52,8 @@ class Collector:
             rows = (target * kept)[..., first:, :].sum(-1)  # [B, H, rows]: each query block's covered mass
             real = target[..., first:, :].sum(-1) > 0  # padded query blocks have no target
             lost = ((rows < 0.5) & real).sum((0, 2)) / real.sum((0, 2)).clamp(min=1)
-            self.head_stats[layer_idx] = (SparsityStats.of(kept, layout).density.cpu(), rows.mean((0, 2)).cpu(),
-                                          lost.float().cpu())
+            recall = (rows * real).sum((0, 2)) / real.sum((0, 2)).clamp(min=1)  # over real rows, as ``lost``
+            self.head_stats[layer_idx] = (SparsityStats.of(kept, layout).density.cpu(), recall.cpu(), lost.float().cpu())
             self.maps[layer_idx] = (logits.detach()[0].float().softmax(-1).nan_to_num(0).cpu(), target[0].cpu())
 
     def total(self, scale: float = 10.0) -> Tensor:

@@ -30,6 +30,10 @@ class FlexPrefillScores:
     def query_aware(self, x: ScorerInputs, lines: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """[B, H] bool: the heads whose estimate is within ``tau`` (sqrt JS) of their measured distribution.
         ``lines``: ``last_query_lines`` of ``x`` when the caller already has them."""
+        return self.distance(x, lines) < self.tau
+
+    def distance(self, x: ScorerInputs, lines: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """[B, H] square root of the Jensen-Shannon divergence between each head's estimate and measurement."""
         layout = x.layout
         vertical, _ = last_query_lines(x, self.last_q) if lines is None else lines
         measured = block_sums(vertical, layout)
@@ -48,7 +52,7 @@ class FlexPrefillScores:
         estimate = logits.masked_fill(~seen[:, None, :], float("-inf")).softmax(-1)
         middle = (estimate + measured) / 2
         js = 0.5 * (kl(estimate, middle) + kl(measured, middle))
-        return js.clamp(min=0).sqrt() < self.tau
+        return js.clamp(min=0).sqrt()
 
     def score_blocks(self, x: ScorerInputs) -> Tensor:
         lines = last_query_lines(x, self.last_q)  # the last queries' attention, computed once for both uses

@@ -4,9 +4,10 @@ The mass oracle keeps the blocks holding the most probability. What a dropped bl
 not its mass p_tj but d_tj = sum_{s in j} p_ts (v_s - o_t): a block whose values equal the output it
 contributes to can go at no cost, however heavy. (Dropping a set J moves o_t by -sum_{j in J} d_tj /
 (1 - sum_{j in J} p_tj), so ranking by ||d_tj|| is the greedy choice for the output error.) The score is
-log mean_{t in query block i} ||d_tj||, on the exact post-RoPE attention: an upper bound on a
-value-aware selection, and the evidence for or against distilling gates towards such a target (on
-Qwen2.5-Coder XAttention already matches the mass oracle, RESULTS.md).
+log mean_{t in query block i} ||d_tj||, on the exact post-RoPE attention (a ``score_mod`` such as
+soft-capping is not applied): a per-block greedy proxy for the output error, the evidence for or against
+distilling gates towards a value-aware target. On Qwen2.5-Coder and SmolLM2 it reads within one point of the
+mass oracle (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from seerflex.scorer import ScorerInputs
 
-CHUNK_ELEMENTS = 1 << 26  # per-block partial outputs held at once (256 MB in float32)
+CHUNK_ELEMENTS = 1 << 26  # elements per chunk tensor (256 MB in float32; ~5 such tensors live at once)
 
 
 class OracleOutputScores:
@@ -57,8 +58,8 @@ class OracleOutputScores:
 
 
 def _block_means(cost: Tensor, q_valid: Tensor, qbs: int) -> Tensor:
-    """[B, H, R, n] per-query costs -> [B, H, ceil(R / qbs), n]: the mean over each query block's real queries (padded ones
-    are left out here)."""
+    """[B, H, R, n] per-query costs -> [B, H, ceil(R / qbs), n]: the mean over each query block's real queries
+    (padded ones are left out here)."""
     pad = -cost.shape[2] % qbs
     cost = torch.nn.functional.pad(cost, (0, 0, 0, pad)).unflatten(2, (-1, qbs))
     real = torch.nn.functional.pad(q_valid, (0, pad)).to(cost.dtype).view(cost.shape[0], 1, -1, qbs, 1)
