@@ -14,7 +14,8 @@
 #            the 16k / 400-step gates trailed their mass oracle, and their recall stopped rising after ~100 steps
 #   best:    the best design (lowest mean rise, benchmarks/best_variant.py) at 32k for longer, read like ppl / ruler
 #   vertical: best's gates and XAttention on RULER with exact vertical columns, and with top-p calibrated per task
-#   layers:  best's gates, XAttention and the oracle: recall per layer and head on held-out code at 32k
+#   layers:  best's gates, XAttention and the oracle: recall per layer and head on held-out code at 32k, then the
+#            gates with the oracle / XAttention swapped into thirds of the layers (benchmarks/layer_swap.py)
 #   output:  the output oracle (seerflex.scorers.oracle_output) beside the mass oracle and XAttention, per domain
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
@@ -145,6 +146,11 @@ layers)  # where the gates lose, per layer and head: recall of the block-mass ma
   for s in gate xattention oracle; do
     [ -f $E/layers_$s/sparsity.json ] || $A sparsity $MODEL adapter=$D/adapter window=$L text=$HELD=code scorer=$s \
       policy=topk:0.1 out=$E/layers_$s; keep
+  done
+  for s in oracle xattention; do  # which layers carry the perplexity gap (on SmolLM2 one layer carried half of it)
+    [ -f $E/swap_$s/layer_swap.json ] || python benchmarks/layer_swap.py $MODEL adapter=$D/adapter window=$L \
+      prefix=$((L / 32)) text=$HELD=code policy=topk:0.1 swap=$s "sets=${SWAP_SETS:-0-7;8-15;16-23}" \
+      out=$E/swap_$s; keep
   done ;;
 output)  # the output oracle (blocks ranked by how far dropping them moves each query's output) beside the mass
   # oracle and XAttention, per domain at 32k: is there room above the mass map for a value-aware target?

@@ -4,7 +4,8 @@
         window=8192 prefix=1024 policy=topk:0.1 swap=oracle sets="3-10;11-29;17-20" out=results/layer_swap
 
 Perplexity with the gates everywhere, the swap scorer everywhere, and the gates with the swap scorer in each set of
-layers only, all under one policy (so equal density up to the scorers' ties). Where a set closes most of the gap, the
+layers only (``18:6,7``: heads 6 and 7 of layer 18), all under one policy (top-k per head row: equal density, and
+logits of different scales may share a layer). Where a set closes most of the gap, the
 gates' misses there are the ones the loss feels: block-mass recall alone did not say so (RESULTS.md, per-layer recall).
 The swapped layers get their own runtime holding the swap scorer, an experiment's device, not an API.
 """
@@ -17,12 +18,15 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from seerflex.attention import SeerFlexAttention
 from seerflex.evaluation.nll import window_nll
 from seerflex.evaluation.policy_specs import parse_policy
 from seerflex.recipes.common import environment, print_table, write_json
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.recipes.eval import EvalArgs, load_seerflex_model, token_windows
+from seerflex.scorer import BlockScorer, ScorerInputs
 from seerflex.scorers import make_scorer
 
 
@@ -34,14 +38,30 @@ class SwapArgs(EvalArgs):
     windows: int = knob(1, "windows")
     policy: str = knob("topk:0.1", "policy spec (no calibration)")
     swap: str = knob("oracle", "the scorer swapped in")
-    sets: str = knob("3-10;11-29", "layer sets, ';'-separated, each 'a-b' or 'a,b,c'")
+    sets: str = knob("3-10;11-29", "layer sets, ';'-separated, each 'a-b', 'a,b,c' or 'layer:head,head'")
 
 
-def layer_set(spec: str) -> set[int]:
+def layer_set(spec: str) -> tuple[set[int], set[int] | None]:
+    """(layers, heads or None for all) of one set spec."""
+    if ":" in spec:
+        layer, heads = spec.split(":")
+        return {int(layer)}, {int(h) for h in heads.split(",")}
     if "-" in spec:
         low, high = spec.split("-")
-        return set(range(int(low), int(high) + 1))
-    return {int(x) for x in spec.split(",")}
+        return set(range(int(low), int(high) + 1)), None
+    return {int(x) for x in spec.split(",")}, None
+
+
+class HeadMix:
+    """The layer's learned gate, with ``swap``'s scores in ``heads``."""
+
+    def __init__(self, gate: torch.nn.Module, swap: BlockScorer, heads: set[int]) -> None:
+        self.gate, self.swap, self.heads = gate, swap, sorted(heads)
+
+    def score_blocks(self, x: ScorerInputs) -> torch.Tensor:
+        scores = self.gate(x.gate_q, x.gate_k, x.layout, compile=x.compile).float().clone()
+        scores[:, self.heads] = self.swap.score_blocks(x)[:, self.heads]
+        return scores
 
 
 def main(argv: list[str]) -> int:
@@ -57,15 +77,19 @@ def main(argv: list[str]) -> int:
     windows = token_windows(tokenizer, args.text, args.window, args.windows)
     layers = [m for m in model.modules() if isinstance(m, SeerFlexAttention)]
     shared = layers[0].runtime
-    swapped_runtime = dataclasses.replace(shared, scorer=make_scorer(args.swap))
+    swap = make_scorer(args.swap)
+    swapped_runtime = dataclasses.replace(shared, scorer=swap)
     every = {m.layer_idx for m in layers}
     rows = []
-    for name, chosen in [("gates", set()), (args.swap, every)] + [(s, layer_set(s)) for s in args.sets.split(";")]:
+    sets = [("gates", (set(), None)), (args.swap, (every, None))] + [(s, layer_set(s)) for s in args.sets.split(";")]
+    for name, (chosen, heads) in sets:
         for m in layers:
-            m.runtime = swapped_runtime if m.layer_idx in chosen else shared
+            m.runtime = shared if m.layer_idx not in chosen else swapped_runtime if heads is None else \
+                dataclasses.replace(shared, scorer=HeadMix(m.gate, swap, heads))
         nll = [window_nll(model, w, args.prefix) for w in windows]
         ppl = math.exp(sum(n for n, _ in nll) / sum(c for _, c in nll))
-        rows.append({"swapped": name, "layers": sorted(chosen), "ppl": ppl})
+        rows.append({"swapped": name, "layers": sorted(chosen), "heads": None if heads is None else sorted(heads),
+                     "ppl": ppl})
     for m in layers:
         m.runtime = shared
     gates, full = rows[0]["ppl"], rows[1]["ppl"]
