@@ -110,6 +110,8 @@ CLI = [
     (["distill", "steps=abc"], "steps: expected a whole number"),
     (["distill", "steps=0"], "steps must be >= 1"),
     (["distill", "target=mean"], "target must be max or mass"),
+    (["distill", "layer_weights={18: -1}"], "finite weights >= 0"),
+    (["distill", "layer_weights={x: 2}"], "is not a layer index"),
     (["distill", "seerflex.block_size=48"], "block_size must be one of"),
     (["distill", "no_such.yaml"], "recipe config no_such.yaml does not exist"),
     (["distill", "a", "b"], "unexpected argument 'a'"),

@@ -114,3 +114,27 @@ def test_per_head_stats_count_the_rows_that_keep_under_half_their_mass():
     density, recall, lost = collector.head_stats[0]
     torch.testing.assert_close(lost, torch.tensor([1 / 3, 0.0]))
     torch.testing.assert_close(recall, torch.tensor([(1.0 + 0.3 + 0.6) / 3, (1.0 + 1.0 + 0.6) / 3]))
+
+
+def test_layer_weights_scale_each_layers_kl_in_the_loss(tmp_path, text_file):
+    """``layer_weights`` multiplies a layer's KL in the total (others 1); a layer without a gate is refused."""
+    from seerflex.distill.collector import Collector
+
+    collector = Collector(layer_weights={1: 4.0, 2: 0.0})
+    collector.losses.update({0: torch.tensor(0.5), 1: torch.tensor(0.25), 2: torch.tensor(3.0)})
+    assert float(collector.total(scale=10.0)) == pytest.approx(10.0 * (0.5 + 4 * 0.25))
+    assert DistillRecipe(layer_weights={"3": 2}).layer_weights == {3: 2.0}  # YAML may key by strings
+    with pytest.raises(ValueError, match=r"layer_weights name layers \[99\] that have no gate"):
+        train(recipe(tmp_path, text_file, steps=1, layer_weights={99: 2.0}), small_llama(), CharTokenizer())
+
+
+def test_weighting_a_layer_speeds_up_its_own_gate(tmp_path, text_file):
+    """The same steps with layer 1's KL weighted x8 end with a lower KL in layer 1 than without the weight."""
+    import json
+
+    def last_kl(out: str, **kw) -> list[float]:
+        train(recipe(tmp_path / out, text_file, steps=4, checkpoint_every=100, **kw), small_llama(), CharTokenizer())
+        return json.loads((tmp_path / out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["layer_kl"]
+
+    plain, weighted = last_kl("plain"), last_kl("weighted", layer_weights={1: 8.0})
+    assert weighted[1] < plain[1]

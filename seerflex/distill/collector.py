@@ -38,6 +38,7 @@ class Collector:
     reduction: Literal["mean", "batchmean"] = "mean"
     skip_first_rows: float = 0.25
     per_head: bool = False  # also keep per-head density and recall (evaluation)
+    layer_weights: dict[int, float] = field(default_factory=dict)  # layer -> weight of its loss in total (others 1)
     losses: dict[int, Tensor] = field(default_factory=dict)
     recalls: dict[int, float] = field(default_factory=dict)
     # layer -> (density [H], recall [H], lost [H]: the share of real query-block rows that keep under half their mass)
@@ -57,10 +58,10 @@ class Collector:
             self.maps[layer_idx] = (logits.detach()[0].float().softmax(-1).nan_to_num(0).cpu(), target[0].cpu())
 
     def total(self, scale: float = 10.0) -> Tensor:
-        """Sum over layers x ``scale`` (the original's x10)."""
+        """Sum over layers, each weighted by ``layer_weights`` (default 1), x ``scale`` (the original's x10)."""
         if not self.losses:
             raise RuntimeError("no gated layer reported a loss: is the model wrapped by get_seerflex_model?")
-        return torch.stack(list(self.losses.values())).sum() * scale
+        return sum(loss * self.layer_weights.get(i, 1.0) for i, loss in self.losses.items()) * scale
 
     def clear(self) -> None:
         self.losses.clear()
