@@ -43,13 +43,16 @@ class SwapArgs(EvalArgs):
 
 def layer_set(spec: str) -> tuple[set[int], set[int] | None]:
     """(layers, heads or None for all) of one set spec."""
-    if ":" in spec:
-        layer, heads = spec.split(":")
-        return {int(layer)}, {int(h) for h in heads.split(",")}
-    if "-" in spec:
-        low, high = spec.split("-")
-        return set(range(int(low), int(high) + 1)), None
-    return {int(x) for x in spec.split(",")}, None
+    try:
+        if ":" in spec:
+            layer, heads = spec.split(":")
+            return {int(layer)}, {int(h) for h in heads.split(",")}
+        if "-" in spec:
+            low, high = spec.split("-")
+            return set(range(int(low), int(high) + 1)), None
+        return {int(x) for x in spec.split(",")}, None
+    except ValueError:
+        raise ValueError(f"bad layer set {spec!r}: use 'a-b', 'a,b,c' or 'layer:head,head'") from None
 
 
 class HeadMix:
@@ -71,18 +74,21 @@ def main(argv: list[str]) -> int:
     policy, target = parse_policy(args.policy)
     if target is not None:
         raise ValueError("layer_swap takes an explicit policy")
+    swap, specs = make_scorer(args.swap), [(s, layer_set(s)) for s in args.sets.split(";")]  # bad input: before loading
     model, tokenizer = load_seerflex_model(args)
     model.set_policy(policy)
     model.set_scorer(None)
     windows = token_windows(tokenizer, args.text, args.window, args.windows)
     layers = [m for m in model.modules() if isinstance(m, SeerFlexAttention)]
     shared = layers[0].runtime
-    swap = make_scorer(args.swap)
     swapped_runtime = dataclasses.replace(shared, scorer=swap)
-    every = {m.layer_idx for m in layers}
+    every, num_heads = {m.layer_idx for m in layers}, layers[0].gate.num_heads
+    for spec, (chosen, heads) in specs:
+        if not chosen <= every or (heads is not None and not heads <= set(range(num_heads))):
+            raise ValueError(f"layer set {spec!r} names layers or heads the model lacks (gated layers "
+                             f"{min(every)}-{max(every)}, heads 0-{num_heads - 1})")
     rows = []
-    sets = [("gates", (set(), None)), (args.swap, (every, None))] + [(s, layer_set(s)) for s in args.sets.split(";")]
-    for name, (chosen, heads) in sets:
+    for name, (chosen, heads) in [("gates", (set(), None)), (args.swap, (every, None))] + specs:
         for m in layers:
             m.runtime = shared if m.layer_idx not in chosen else swapped_runtime if heads is None else \
                 dataclasses.replace(shared, scorer=HeadMix(m.gate, swap, heads))
@@ -102,4 +108,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ValueError as err:  # bad input: one line, exit code 2
+        print(f"layer_swap.py: {err}", file=sys.stderr)
+        sys.exit(2)
