@@ -16,7 +16,7 @@
 #   vertical: best's gates and XAttention on RULER with exact vertical columns, and with top-p calibrated per task
 #   layers:  best's gates, XAttention and the oracle: recall per layer and head on held-out code at 32k, then the
 #            gates with the oracle / XAttention swapped into each layer alone (benchmarks/layer_swap.py)
-#   weighted: after layers: distilled again with each layer's KL weighted by the gap its swap closed
+#   focus:   distilled again with each row's KL weighted by the mass the gates' selection misses there (row_focus)
 #   output:  the output oracle (seerflex.scorers.oracle_output) beside the mass oracle and XAttention, per domain
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
@@ -27,7 +27,7 @@
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
 source "$(dirname "$0")/device_lib.sh"
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= WEIGHT= SWAP_SETS= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|vertical|layers|weighted|output|ppl|ruler"; exit 2; }
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= FOCUS= SWAP_SETS= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|vertical|layers|focus|output|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
 CORPUS=$SEERFLEX_CACHE/corpus
@@ -153,19 +153,19 @@ layers)  # where the gates lose, per layer and head: recall of the block-mass ma
       prefix=$((L / 32)) text=$HELD=code policy=topk:0.1 swap=$s "sets=${SWAP_SETS:-$(seq -s';' 0 23)}" \
       out=$E/swap_$s; keep
   done ;;
-weighted)  # after layers: best's design distilled again with each layer's KL weighted by the share of the gates'
-  # perplexity gap that the oracle closes in that layer alone (1 + WEIGHT x share, benchmarks/layer_swap.py), read
-  # beside best's gates; a cut call resumes
+focus)  # best's design distilled again with each query-block row's KL weighted by 1 + FOCUS x the mass the current
+  # selection misses there (distill row_focus): the layers stage found the gates' gap where rows lose most of their
+  # mass, not in their mean recall; read beside best's gates (same steps and seed), then its lost rows on code
   setup
-  n=${DESIGN:-qmaxminavg_h128} E=$RUN/eval_best && mkdir -p $E
-  [ -f $E/swap_oracle/layer_swap.json ] || { echo "run the layers stage first"; exit 2; }
-  w=$(python benchmarks/swap_weights.py $E/swap_oracle/layer_swap.json ${WEIGHT:-8})
-  echo "layer weights: $w" | tee $E/weights.txt
-  distill_into $RUN/distill_weighted ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]} "layer_weights=$w"
+  n=${DESIGN:-qmaxminavg_h128} E=$RUN/eval_best F=$RUN/distill_focus && mkdir -p $E
+  distill_into $F ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]} row_focus=${FOCUS:-8}
+  cp $F/metrics.jsonl $E/focus_metrics.jsonl
   for d in code docs prose; do
-    [ -f $E/weighted_$d/ppl.json ] || $A ppl $MODEL adapter=$RUN/distill_weighted/adapter window=$L prefix=$((L / 32)) \
-      windows=1 text=$HELD=$d scorers=dense,gate policies=[topk:0.05,topk:0.1,topk:0.2] out=$E/weighted_$d; keep
-  done ;;
+    [ -f $E/focus_$d/ppl.json ] || $A ppl $MODEL adapter=$F/adapter window=$L prefix=$((L / 32)) windows=1 \
+      text=$HELD=$d scorers=dense,gate policies=[topk:0.05,topk:0.1,topk:0.2] out=$E/focus_$d; keep
+  done
+  [ -f $E/focus_layers/sparsity.json ] || $A sparsity $MODEL adapter=$F/adapter window=$L text=$HELD=code scorer=gate \
+    policy=topk:0.1 out=$E/focus_layers; keep ;;
 output)  # the output oracle (blocks ranked by how far dropping them moves each query's output) beside the mass
   # oracle and XAttention, per domain at 32k: is there room above the mass map for a value-aware target?
   setup

@@ -7,6 +7,7 @@ recipes (``seerflex.recipes``).
 from __future__ import annotations
 
 import sys
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,11 +17,40 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def progress(*, transient: bool = True, disable: bool = False) -> Progress:
-    """A progress display with a bar, counts and times, on the shared console."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=transient, disable=disable)
+class _LoggedProgress(Progress):
+    """Progress that also logs a plain line every ``every`` seconds when the console is not a terminal.
+
+    Why: without a terminal rich draws nothing until the bar stops, so a log of a run that is cut
+    (a device call's time limit) would not say how far it got.
+    """
+
+    def __init__(self, *columns, every: float, **kwargs) -> None:
+        super().__init__(*columns, **kwargs)
+        self.every, self._last = every, float("-inf")
+
+    def update(self, task_id, **kwargs) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def _log(self, task_id) -> None:
+        if self.disable or self.console.is_terminal or time.monotonic() - self._last < self.every:
+            return
+        self._last = time.monotonic()
+        task = self._tasks[task_id]
+        total = "" if task.total is None else f"/{task.total:g}"
+        self.console.print(f"{task.description} {task.completed:g}{total} {task.fields.get('info', '')}".rstrip(),
+                           soft_wrap=True, highlight=False, markup=False)
+
+
+def progress(*, transient: bool = True, disable: bool = False, every: float = 30.0) -> Progress:
+    """A progress display with a bar, counts and times, on the shared console (a line per ``every`` s in logs)."""
+    return _LoggedProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                           console=console, transient=transient, disable=disable, every=every)
 
 
 def warn(message: str) -> None:

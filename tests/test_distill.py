@@ -116,25 +116,50 @@ def test_per_head_stats_count_the_rows_that_keep_under_half_their_mass():
     torch.testing.assert_close(recall, torch.tensor([(1.0 + 0.3 + 0.6) / 3, (1.0 + 1.0 + 0.6) / 3]))
 
 
-def test_layer_weights_scale_each_layers_kl_in_the_loss(tmp_path, text_file):
-    """``layer_weights`` multiplies a layer's KL in the total (others 1); a layer without a gate is refused."""
+def test_row_focus_weighs_each_rows_kl_by_the_mass_its_selection_misses():
+    """float64 by hand: row weights 1 + focus x (1 - covered mass), normalised over the counted rows with a target;
+    padded rows (no target) and the skipped first rows count nothing, and a constant weight changes nothing."""
     from seerflex.distill.collector import Collector
+    from seerflex.layout import BlockLayout
 
-    collector = Collector(layer_weights={1: 4.0, 2: 0.0})
-    collector.losses.update({0: torch.tensor(0.5), 1: torch.tensor(0.25), 2: torch.tensor(3.0)})
-    assert float(collector.total(scale=10.0)) == pytest.approx(10.0 * (0.5 + 4 * 0.25))
-    assert DistillRecipe(layer_weights={"3": 2}).layer_weights == {3: 2.0}  # YAML may key by strings
-    with pytest.raises(ValueError, match=r"layer_weights name layers \[99\] that have no gate"):
-        train(recipe(tmp_path, text_file, steps=1, layer_weights={99: 2.0}), small_llama(), CharTokenizer())
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 8, 8, generator=gen).masked_fill(~torch.ones(8, 8, dtype=torch.bool).tril(), float("-inf"))
+    target = torch.rand(2, 3, 8, 8, generator=gen).tril()
+    target = target / target.sum(-1, keepdim=True)
+    target[1, :, 7] = 0.0  # a padded query block
+    kept = torch.rand(2, 3, 8, 8, generator=gen) < 0.4
+    t, logq = target.double(), logits.double().log_softmax(-1)
+    row_kl = torch.where(t > 0, t * (t.log() - logq), torch.zeros_like(t)).sum(-1)[..., 2:]
+    w = (1 + 4.0 * (1 - (t * kept).sum(-1)).clamp(min=0))[..., 2:]
+    real = t.sum(-1)[..., 2:] > 0
+    by_hand = (row_kl * w).sum() / w[real].mean() / (2 * 3 * 6 * 8)
+    collector = Collector(target="mass", row_focus=4.0)
+    collector.add(0, logits, target, kept, BlockLayout(8 * 16, 16))
+    assert torch.isclose(collector.losses[0].double(), by_hand, rtol=1e-5)
+    assert not torch.isclose(collector.losses[0], gate_kl(logits, target), rtol=1e-3)  # the weights do move the loss
+    constant = gate_kl(logits, target, row_weights=torch.full((2, 3, 8), 5.0))
+    assert torch.isclose(constant, gate_kl(logits, target), rtol=1e-6)
 
 
-def test_weighting_a_layer_speeds_up_its_own_gate(tmp_path, text_file):
-    """The same steps with layer 1's KL weighted x8 end with a lower KL in layer 1 than without the weight."""
+def test_row_focus_changes_the_training_is_recorded_and_refuses_bad_values(tmp_path, text_file):
+    """With rows that lose mass (512 tokens, 16 blocks, top 30%) the focused run ends with other gates than the plain
+    one from the same seed; the recipe records the knob, and a negative or non-finite value is refused."""
     import json
 
-    def last_kl(out: str, **kw) -> list[float]:
-        train(recipe(tmp_path / out, text_file, steps=4, checkpoint_every=100, **kw), small_llama(), CharTokenizer())
-        return json.loads((tmp_path / out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["layer_kl"]
+    from safetensors.torch import load_file
 
-    plain, weighted = last_kl("plain"), last_kl("weighted", layer_weights={1: 8.0})
-    assert weighted[1] < plain[1]
+    def gates(out: str, **kw) -> dict[str, torch.Tensor]:
+        train(recipe(tmp_path / out, text_file, seq_len=512, steps=3, checkpoint_every=100, **kw), small_llama(),
+              CharTokenizer())
+        metrics = [json.loads(line) for line in (tmp_path / out / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert metrics[-1]["recall"] < 1.0  # some rows do lose mass, so the weights are not all one
+        return load_file(tmp_path / out / "run" / "adapter" / "adapter_model.safetensors")
+
+    plain, focused = gates("plain"), gates("focused", row_focus=8.0)
+    assert plain.keys() == focused.keys()
+    assert any(not torch.equal(plain[k], focused[k]) for k in plain)
+    saved = json.loads((tmp_path / "focused" / "run" / "recipe.json").read_text())["recipe"]
+    assert saved["row_focus"] == 8.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="row_focus must be a finite number >= 0"):
+            DistillRecipe(row_focus=bad)

@@ -19,7 +19,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from seerflex.distill.loss import gate_kl, gate_recall
+from seerflex.distill.loss import focus_weights, gate_kl, gate_recall
 from seerflex.ground_truth import block_attention_map
 from seerflex.hf.attention_interface import STATE_ATTR
 from seerflex.last_queries import ranked_scores
@@ -38,7 +38,7 @@ class Collector:
     reduction: Literal["mean", "batchmean"] = "mean"
     skip_first_rows: float = 0.25
     per_head: bool = False  # also keep per-head density and recall (evaluation)
-    layer_weights: dict[int, float] = field(default_factory=dict)  # layer -> weight of its loss in total (others 1)
+    row_focus: float = 0.0  # rows weighted 1 + row_focus x the mass the current selection misses (loss.focus_weights)
     losses: dict[int, Tensor] = field(default_factory=dict)
     recalls: dict[int, float] = field(default_factory=dict)
     # layer -> (density [H], recall [H], lost [H]: the share of real query-block rows that keep under half their mass)
@@ -46,7 +46,9 @@ class Collector:
     maps: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (gate softmax, target) of batch 0
 
     def add(self, layer_idx: int, logits: Tensor, target: Tensor, kept: Tensor, layout: BlockLayout) -> None:
-        self.losses[layer_idx] = gate_kl(logits, target, skip_first_rows=self.skip_first_rows, reduction=self.reduction)
+        weights = focus_weights(kept, target, self.row_focus) if self.row_focus else None
+        self.losses[layer_idx] = gate_kl(logits, target, skip_first_rows=self.skip_first_rows, reduction=self.reduction,
+                                         row_weights=weights)
         self.recalls[layer_idx] = float(gate_recall(kept, target, self.skip_first_rows))
         if self.per_head:
             first = int(kept.shape[-2] * self.skip_first_rows)
@@ -58,10 +60,10 @@ class Collector:
             self.maps[layer_idx] = (logits.detach()[0].float().softmax(-1).nan_to_num(0).cpu(), target[0].cpu())
 
     def total(self, scale: float = 10.0) -> Tensor:
-        """Sum over layers, each weighted by ``layer_weights`` (default 1), x ``scale`` (the original's x10)."""
+        """Sum over layers x ``scale`` (the original's x10)."""
         if not self.losses:
             raise RuntimeError("no gated layer reported a loss: is the model wrapped by get_seerflex_model?")
-        return sum(loss * self.layer_weights.get(i, 1.0) for i, loss in self.losses.items()) * scale
+        return sum(self.losses.values()) * scale
 
     def clear(self) -> None:
         self.losses.clear()

@@ -9,13 +9,15 @@ from torch import Tensor
 
 
 def gate_kl(logits: Tensor, target: Tensor, *, skip_first_rows: float = 0.25,
-            reduction: Literal["mean", "batchmean"] = "mean") -> Tensor:
+            reduction: Literal["mean", "batchmean"] = "mean", row_weights: Tensor | None = None) -> Tensor:
     """KL(target || softmax(logits)) over key blocks, for [B, H, n, n] tensors.
 
     The original's choices are the defaults: the first quarter of query-block rows is dropped (short
     rows are trivial and would dominate), and the element-wise mean is taken over the remaining
     rows' entries. ``batchmean`` divides the summed KL by the number of (batch, head, row) instead.
-    -inf logits (blocks above the diagonal) with zero target contribute exactly 0.
+    -inf logits (blocks above the diagonal) with zero target contribute exactly 0. ``row_weights``
+    ([B, H, n], every row) weighs each row's KL, normalised to mean 1 over the counted rows that have a
+    target, so a constant weight changes nothing.
     """
     if reduction not in ("mean", "batchmean"):
         raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'batchmean'")
@@ -23,7 +25,12 @@ def gate_kl(logits: Tensor, target: Tensor, *, skip_first_rows: float = 0.25,
     logits, target = logits[..., first:, :].float(), target[..., first:, :].float()
     log_q = logits.log_softmax(-1)
     terms = torch.where(target > 0, target * (target.clamp(min=1e-30).log() - log_q), torch.zeros_like(target))
-    total = terms.sum()
+    if row_weights is None:
+        total = terms.sum()
+    else:
+        w = row_weights[..., first:].float()
+        real = target.sum(-1) > 0
+        total = (terms.sum(-1) * w).sum() / (w[real].mean() if real.any() else 1.0)
     return total / (terms.numel() if reduction == "mean" else terms[..., 0].numel())
 
 
@@ -32,3 +39,15 @@ def gate_recall(kept: Tensor, target: Tensor, skip_first_rows: float = 0.25) -> 
     """Mean ground-truth mass the kept blocks cover per row (1.0 = nothing important dropped)."""
     first = int(kept.shape[-2] * skip_first_rows)
     return (target[..., first:, :] * kept[..., first:, :]).sum(-1).mean()
+
+
+@torch.no_grad()
+def focus_weights(kept: Tensor, target: Tensor, focus: float) -> Tensor:
+    """[B, H, n] row weights 1 + ``focus`` x the target mass the current selection misses in each row.
+
+    Why: the gates' average recall equals the oracle's while a few rows lose most of their mass, and
+    those rows are where the model's loss rises (RESULTS.md, Qwen per-layer lost rows). Re-weighting
+    whole layers cannot help: each layer's gate has its own parameters, and AdamW is invariant to a
+    loss's scale per parameter; weighting rows inside a head moves its optimum.
+    """
+    return 1.0 + focus * (1.0 - (target * kept).sum(-1)).clamp(min=0.0)

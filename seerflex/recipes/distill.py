@@ -50,8 +50,8 @@ class DistillRecipe:
     reduction: str = knob("mean", "KL reduction: 'mean' (original) or 'batchmean'")
     skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the loss")
     loss_scale: float = knob(10.0, "loss multiplier (the original's x10)")
-    layer_weights: dict = knob({}, "layer index -> weight of its KL term (every other layer 1), e.g. {18: 4}: the "
-                                   "gates' capacity where the model's loss feels their misses (benchmarks/layer_swap.py)")
+    row_focus: float = knob(0.0, "weigh each query-block row's KL by 1 + row_focus x the mass the gates' current "
+                                 "selection misses there: training effort where rows lose most of their attention")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
     output_dir: str = knob("runs/distill", "folder for metrics, checkpoint and the adapter")
     resume: bool = knob(False, "continue from output_dir/checkpoint")
@@ -74,7 +74,8 @@ class DistillRecipe:
                              f"{self.reduction!r}")
         if not 0 <= self.skip_first_rows < 1:
             raise ValueError(f"skip_first_rows must be in [0, 1), got {self.skip_first_rows}")
-        self.layer_weights = checked_layer_weights(self.layer_weights)
+        if not (math.isfinite(self.row_focus) and self.row_focus >= 0):
+            raise ValueError(f"row_focus must be a finite number >= 0, got {self.row_focus}")
         check_mixture(self.mixture, self.data)
         self.configs()
 
@@ -86,23 +87,8 @@ class DistillRecipe:
 
 
 RESUME_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "lr", "weight_decay", "warmup_steps", "seed", "target",
-               "reduction", "skip_first_rows", "loss_scale", "layer_weights")
+               "reduction", "skip_first_rows", "loss_scale", "row_focus")
 
-
-def checked_layer_weights(weights: Any) -> dict[int, float]:
-    """``{layer: weight}`` with int layers >= 0 and finite weights >= 0 (YAML may give the layers as strings)."""
-    if not isinstance(weights, dict):
-        raise ValueError(f"layer_weights must map layer indices to weights, e.g. {{18: 4}}, got {weights!r}")
-    out = {}
-    for layer, weight in weights.items():
-        try:
-            index, value = int(layer), float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"layer_weights: {layer!r}: {weight!r} is not a layer index and a weight") from None
-        if index < 0 or str(index) != str(layer).strip() or not math.isfinite(value) or value < 0:
-            raise ValueError(f"layer_weights: need layer indices >= 0 and finite weights >= 0, got {layer!r}: {weight!r}")
-        out[index] = value
-    return out
 
 
 def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Path:
@@ -127,10 +113,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
                         lambda found, state, gates: check_resumable(found, state, gates, params, config, recipe))
     # the scheduler stays unprepared: accelerate would step it once per process, and the schedule is per step
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
-    unknown = sorted(set(recipe.layer_weights) - set(wrapped.gated_layers))
-    if unknown:
-        raise ValueError(f"layer_weights name layers {unknown} that have no gate; gated layers: {wrapped.gated_layers}")
-    collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows, layer_weights=recipe.layer_weights)
+    collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows, row_focus=recipe.row_focus)
     metrics_file = open_run(accelerator, recipe, out, start, pieces=pieces.shape[0])
     last: dict[str, Any] = {}
     with collecting(hf_model_of(model), collector), \
