@@ -154,12 +154,14 @@ layers)  # where the gates lose, per layer and head: recall of the block-mass ma
       out=$E/swap_$s; keep
   done ;;
 focus)  # best's design distilled again with each query-block row's KL weighted by 1 + FOCUS x the mass the current
-  # selection misses there (distill row_focus): the layers stage found the gates' gap where rows lose most of their
-  # mass, not in their mean recall; read beside best's gates (same steps and seed), then its lost rows on code
+  # selection misses there (distill row_focus): in the layers stage a few heads lost 30-60% of their rows under the
+  # gates and 0-19% under the oracle (a hypothesis: the gap also tracks mean recall); read beside best's gates
+  # (same steps and seed), then its lost rows on code
   setup
   n=${DESIGN:-qmaxminavg_h128} E=$RUN/eval_best F=$RUN/distill_focus && mkdir -p $E
   distill_into $F ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]} row_focus=${FOCUS:-8}
-  cp $F/metrics.jsonl $E/focus_metrics.jsonl
+  [ -d "$OUT"/distill_focus_adapter ] || cp -r $F/adapter "$OUT"/distill_focus_adapter  # kept before any cut
+  cp $F/metrics.jsonl $E/focus_metrics.jsonl && cp $F/recipe.json $E/focus_recipe.json && keep
   for d in code docs prose; do
     [ -f $E/focus_$d/ppl.json ] || $A ppl $MODEL adapter=$F/adapter window=$L prefix=$((L / 32)) windows=1 \
       text=$HELD=$d scorers=dense,gate policies=[topk:0.05,topk:0.1,topk:0.2] out=$E/focus_$d; keep

@@ -37,10 +37,12 @@ class _LoggedProgress(Progress):
         self._log(task_id)
 
     def _log(self, task_id) -> None:
-        if self.disable or self.console.is_terminal or time.monotonic() - self._last < self.every:
-            return
-        self._last = time.monotonic()
-        task = self._tasks[task_id]
+        drawn = self.console.is_terminal and not self.console.is_dumb_terminal  # rich's own condition for a live bar
+        with self._lock:
+            task = self._tasks[task_id]
+            if self.disable or drawn or (time.monotonic() - self._last < self.every and not task.finished):
+                return
+            self._last = time.monotonic()
         total = "" if task.total is None else f"/{task.total:g}"
         self.console.print(f"{task.description} {task.completed:g}{total} {task.fields.get('info', '')}".rstrip(),
                            soft_wrap=True, highlight=False, markup=False)

@@ -29,8 +29,9 @@ def gate_kl(logits: Tensor, target: Tensor, *, skip_first_rows: float = 0.25,
         total = terms.sum()
     else:
         w = row_weights[..., first:].float()
-        real = target.sum(-1) > 0
-        total = (terms.sum(-1) * w).sum() / (w[real].mean() if real.any() else 1.0)
+        real = (target.sum(-1) > 0).float()  # no boolean indexing: no host sync, and compilable
+        mean_w = (w * real).sum() / real.sum().clamp(min=1)
+        total = (terms.sum(-1) * w).sum() / mean_w.clamp(min=torch.finfo(w.dtype).tiny)
     return total / (terms.numel() if reduction == "mean" else terms[..., 0].numel())
 
 
@@ -45,9 +46,10 @@ def gate_recall(kept: Tensor, target: Tensor, skip_first_rows: float = 0.25) -> 
 def focus_weights(kept: Tensor, target: Tensor, focus: float) -> Tensor:
     """[B, H, n] row weights 1 + ``focus`` x the target mass the current selection misses in each row.
 
-    Why: the gates' average recall equals the oracle's while a few rows lose most of their mass, and
-    those rows are where the model's loss rises (RESULTS.md, Qwen per-layer lost rows). Re-weighting
-    whole layers cannot help: each layer's gate has its own parameters, and AdamW is invariant to a
-    loss's scale per parameter; weighting rows inside a head moves its optimum.
+    Why (a hypothesis under test): a few heads' rows lose most of their mass under the gates but not
+    under the oracle (RESULTS.md, Qwen per layer and head), and the KL's plain mean gives those rows no
+    more weight than the rest. Re-weighting whole layers cannot help: each layer's gate has its own
+    parameters, and AdamW is invariant to a loss's scale per parameter (up to eps); weighting rows
+    inside a head moves its optimum.
     """
     return 1.0 + focus * (1.0 - (target * kept).sum(-1)).clamp(min=0.0)

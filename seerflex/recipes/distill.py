@@ -49,7 +49,7 @@ class DistillRecipe:
     target: str = knob("max", "ground truth: 'max' (the original's 2D max) or 'mass' (block probability mass)")
     reduction: str = knob("mean", "KL reduction: 'mean' (original) or 'batchmean'")
     skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the loss")
-    loss_scale: float = knob(10.0, "loss multiplier (the original's x10)")
+    loss_scale: float = knob(10.0, "loss multiplier (the original's x10; under AdamW it only moves eps's share)")
     row_focus: float = knob(0.0, "weigh each query-block row's KL by 1 + row_focus x the mass the gates' current "
                                  "selection misses there: training effort where rows lose most of their attention")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
@@ -88,7 +88,6 @@ class DistillRecipe:
 
 RESUME_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "lr", "weight_decay", "warmup_steps", "seed", "target",
                "reduction", "skip_first_rows", "loss_scale", "row_focus")
-
 
 
 def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Path:
