@@ -5,8 +5,8 @@
 Each DIR holds one scorer's `sparsity.json` (same model, window, text and policy). Prints a Markdown table of the
 recall of the block-mass map per layer (the share of each query block's attention that the kept blocks hold) with, in
 brackets, the share of query blocks that keep under half of theirs (a mean hides such rows), the heads furthest
-below the oracle, and writes `layer_recall.png` (recall per layer) and `gate_gap.png` (oracle minus
-gates per layer and head) to OUT_DIR.
+below the oracle in recall and in lost rows, and writes `layer_recall.png` (recall per layer), `gate_gap.png` (oracle
+minus gates per layer and head) and `lost_gap.png` (the gates' lost rows minus the oracle's) to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -69,6 +69,16 @@ def main(out: Path, runs: dict[str, dict]) -> None:
               + ", ".join(f"{layer}.{h}: {gap:+.3f}" for gap, layer, h in worst[:8]))
         heatmap(heads, [str(layer) for layer in layers], [str(h) for h in range(len(heads[0]))], out / "gate_gap.png",
                 "oracle recall minus gate recall", "head", "layer", vmax=max(0.05, worst[0][0]))
+        if "lost_rows_per_head" in runs["gate"]["rows"][0]:  # the rows a mean hides, per head
+            lost_gap = [[g - o for g, o in zip(rg["lost_rows_per_head"], ro["lost_rows_per_head"])]
+                        for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
+            most = sorted(((gap, layer, h) for layer, row in zip(layers, lost_gap) for h, gap in enumerate(row)),
+                          reverse=True)
+            print("heads losing the most rows beyond the oracle (layer, head: gate - oracle share of rows under half "
+                  "their mass): " + ", ".join(f"{layer}.{h}: {gap:+.2f}" for gap, layer, h in most[:8]))
+            heatmap(lost_gap, [str(layer) for layer in layers], [str(h) for h in range(len(lost_gap[0]))],
+                    out / "lost_gap.png", "gate minus oracle: share of query blocks keeping under half their mass",
+                    "head", "layer", vmax=max(0.05, most[0][0]))
 
 
 if __name__ == "__main__":
