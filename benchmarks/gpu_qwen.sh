@@ -3,8 +3,14 @@
 # at 16k on the corpus mixture, then perplexity per held-out domain at 32k and the RULER-style suite at 16k / 32k for
 # the gates next to XAttention, FlexPrefill, MInference's vertical-slash and the oracle. Calls follow each other within
 # the machine's warm window (each may carry at most 64 MiB with the ~23 MB tree):
-#   part:    carry .assets/qwen/pN (N = 0 ... 11; the first call also .whl/gguf-*.whl and .assets/qwen/sha256)
+#   part:    carry .assets/qwen/pN (N = 0 ... 13; the first call also .whl/gguf-*.whl and .assets/qwen/sha256)
 #            -> kept in /tmp/qparts
+#   apart:   carry .assets/qwen_best/pN (best's run folder sent back earlier by `send`: its parts moved locally into
+#            folders of <= 36 MiB, the sha256 in p0) -> /tmp/aparts: the stages below then read its adapter instead
+#            of distilling again (~185 s)
+#   send:    WHAT=distill_best (default) or distill_focus: that run folder, without its checkpoint, back through $OUT
+#            as 15 MiB parts, in a call of its own (a call returns at most 8 files); locally:
+#            source benchmarks/device_lib.sh; restore_parts <files_at> qwen_distill_best <folder>
 #   distill: carry .assets/corpus.tgz -> GGUF reassembled + checked (sha256), corpus unpacked, gates distilled
 #            (re-entrant: a cut run resumes from its checkpoint when the stage is called again)
 #   ppl:     32k perplexity per held-out domain, every scorer at top-k 0.05 / 0.1 / 0.2 (equal achieved density:
@@ -27,7 +33,7 @@
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)
 set -euo pipefail
 source "$(dirname "$0")/device_lib.sh"
-[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= FOCUS= SWAP_SETS= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|distill|variants|best|vertical|layers|focus|output|ppl|ruler"; exit 2; }
+[ $# -ge 1 ] && [ -n "${OUT:-}" ] || { echo "usage: OUT=DIR [TAG= SEQ= STEPS= VSTEPS= VERTICAL= DESIGN= FOCUS= SWAP_SETS= LEN= SHORT= SAMPLES=] gpu_qwen.sh part|apart|send|distill|variants|best|vertical|layers|focus|output|ppl|ruler"; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=${SEERFLEX_CACHE:-/tmp/cache} COLUMNS=160
 RUN=${RUN:-/tmp/run}/qwen
 CORPUS=$SEERFLEX_CACHE/corpus
@@ -50,6 +56,9 @@ setup() {  # the GGUF from its carried parts (checked once), the corpus, the dev
   mkdir -p "$(dirname $G)" $CORPUS
   [ -f $G ] || reassemble $G "$(cat /tmp/qparts/sha256)" /tmp/qparts/part.*
   [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
+  if [ -f /tmp/aparts/qwen_distill_best.sha256 ] && [ ! -d $RUN/distill_best/adapter ]; then  # carried, not redistilled
+    restore_parts /tmp/aparts qwen_distill_best $RUN/distill_best
+  fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
     >> "$OUT"/device.txt
@@ -71,6 +80,12 @@ part)
   mkdir -p /tmp/qparts && cp .assets/qwen/p*/part.* /tmp/qparts/
   if [ -f .assets/qwen/sha256 ]; then cp .assets/qwen/sha256 /tmp/qparts/; fi
   ls /tmp/qparts | tr '\n' ' ' ;;
+apart)
+  mkdir -p /tmp/aparts && cp .assets/qwen_best/p*/* /tmp/aparts/ && ls /tmp/aparts | tr '\n' ' ' ;;
+send)
+  w=${WHAT:-distill_best}
+  [ -d $RUN/$w/adapter ] || { echo "no $w adapter on this machine"; exit 2; }
+  send_back $RUN/$w qwen_$w && ls "$OUT" ;;
 distill)
   setup
   distill_into $D ${SEQ:-16384} ${STEPS:-400}
@@ -114,7 +129,6 @@ best)  # the variants' best design distilled at SEQ (32k) for STEPS, read like t
   D=$RUN/distill_best E=$RUN/eval_best && mkdir -p $E && echo "$n ${DESIGNS[$n]}" > $E/design.txt
   distill_into $D ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]}
   cp $D/metrics.jsonl $D/recipe.json $E/ && keep
-  [ -d "$OUT"/distill_best_adapter ] || cp -r $D/adapter "$OUT"/distill_best_adapter  # the gates read below
   W="$MODEL adapter=$D/adapter window=$L prefix=$((L / 32)) windows=1"
   for d in code docs prose; do  # XAttention and dense again beside the gates: the vertical columns side by side
     [ -f $E/ppl_$d/ppl.json ] || $A ppl $W text=$HELD=$d scorers=dense,gate,xattention \
@@ -131,7 +145,6 @@ vertical)  # after best (its adapter; distilled again if this machine has none):
   setup
   n=${DESIGN:-qmaxminavg_h128} D=$RUN/distill_best E=$RUN/eval_best && mkdir -p $E
   distill_into $D ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]}
-  [ -d "$OUT"/distill_best_adapter ] || cp -r $D/adapter "$OUT"/distill_best_adapter  # kept before any cut
   R="$A ruler $MODEL adapter=$D/adapter lengths=[${SHORT:-16384},$L] samples=${SAMPLES:-3} haystack=$HELD=prose"
   [ -f $E/ruler_vertical/ruler.json ] || $R scorers=gate,xattention policies=[topk:0.1:vertical=$V] \
     out=$E/ruler_vertical; keep
@@ -143,7 +156,6 @@ layers)  # where the gates lose, per layer and head: recall of the block-mass ma
   setup
   n=${DESIGN:-qmaxminavg_h128} D=$RUN/distill_best E=$RUN/eval_best && mkdir -p $E
   distill_into $D ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]}
-  [ -d "$OUT"/distill_best_adapter ] || cp -r $D/adapter "$OUT"/distill_best_adapter
   for s in gate xattention oracle; do
     [ -f $E/layers_$s/sparsity.json ] || $A sparsity $MODEL adapter=$D/adapter window=$L text=$HELD=code scorer=$s \
       policy=topk:0.1 out=$E/layers_$s; keep
@@ -160,7 +172,6 @@ focus)  # best's design distilled again with each query-block row's KL weighted 
   setup
   n=${DESIGN:-qmaxminavg_h128} E=$RUN/eval_best F=$RUN/distill_focus && mkdir -p $E
   distill_into $F ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]} row_focus=${FOCUS:-8}
-  [ -d "$OUT"/distill_focus_adapter ] || cp -r $F/adapter "$OUT"/distill_focus_adapter  # kept before any cut
   cp $F/metrics.jsonl $E/focus_metrics.jsonl && cp $F/recipe.json $E/focus_recipe.json && keep
   for d in code docs prose; do
     [ -f $E/focus_$d/ppl.json ] || $A ppl $MODEL adapter=$F/adapter window=$L prefix=$((L / 32)) windows=1 \

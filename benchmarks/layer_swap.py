@@ -38,21 +38,26 @@ class SwapArgs(EvalArgs):
     windows: int = knob(1, "windows")
     policy: str = knob("topk:0.1", "policy spec (no calibration)")
     swap: str = knob("oracle", "the scorer swapped in")
-    sets: str = knob("3-10;11-29", "layer sets, ';'-separated, each 'a-b', 'a,b,c' or 'layer:head,head'")
+    sets: str = knob("3-10;11-29", "layer sets, ';'-separated, each 'a-b', 'a,b,c' or 'layer:head,head' or such "
+                                   "parts joined by '+' (e.g. 9:9+11:1,9+16)")
 
 
-def layer_set(spec: str) -> tuple[set[int], set[int] | None]:
-    """(layers, heads or None for all) of one set spec."""
-    try:
-        if ":" in spec:
-            layer, heads = spec.split(":")
-            return {int(layer)}, {int(h) for h in heads.split(",")}
-        if "-" in spec:
-            low, high = spec.split("-")
-            return set(range(int(low), int(high) + 1)), None
-        return {int(x) for x in spec.split(",")}, None
-    except ValueError:
-        raise ValueError(f"bad layer set {spec!r}: use 'a-b', 'a,b,c' or 'layer:head,head'") from None
+def layer_set(spec: str) -> dict[int, set[int] | None]:
+    """layer -> heads (None: every head) of one set spec: '+'-joined parts, each 'a-b', 'a,b,c' or 'layer:head,head'."""
+    chosen: dict[int, set[int] | None] = {}
+    for part in spec.split("+"):
+        try:
+            if ":" in part:
+                layer, heads = part.split(":")
+                chosen[int(layer)] = {int(h) for h in heads.split(",")}
+            elif "-" in part:
+                low, high = part.split("-")
+                chosen.update(dict.fromkeys(range(int(low), int(high) + 1)))
+            else:
+                chosen.update(dict.fromkeys(int(x) for x in part.split(",")))
+        except ValueError:
+            raise ValueError(f"bad layer set {spec!r}: use 'a-b', 'a,b,c' or 'layer:head,head', joined by '+'") from None
+    return chosen
 
 
 class HeadMix:
@@ -83,19 +88,20 @@ def main(argv: list[str]) -> int:
     shared = layers[0].runtime
     swapped_runtime = dataclasses.replace(shared, scorer=swap)
     every, num_heads = {m.layer_idx for m in layers}, layers[0].gate.num_heads
-    for spec, (chosen, heads) in specs:
-        if not chosen <= every or (heads is not None and not heads <= set(range(num_heads))):
+    for spec, chosen in specs:
+        if not set(chosen) <= every or any(h is not None and not h <= set(range(num_heads)) for h in chosen.values()):
             raise ValueError(f"layer set {spec!r} names layers or heads the model lacks (gated layers "
                              f"{min(every)}-{max(every)}, heads 0-{num_heads - 1})")
     rows = []
-    for name, (chosen, heads) in [("gates", (set(), None)), (args.swap, (every, None))] + specs:
+    for name, chosen in [("gates", {}), (args.swap, dict.fromkeys(every))] + specs:
         for m in layers:
+            heads = chosen.get(m.layer_idx)
             m.runtime = shared if m.layer_idx not in chosen else swapped_runtime if heads is None else \
                 dataclasses.replace(shared, scorer=HeadMix(m.gate, swap, heads))
         nll = [window_nll(model, w, args.prefix) for w in windows]
         ppl = math.exp(sum(n for n, _ in nll) / sum(c for _, c in nll))
-        rows.append({"swapped": name, "layers": sorted(chosen), "heads": None if heads is None else sorted(heads),
-                     "ppl": ppl})
+        rows.append({"swapped": name, "layers": sorted(chosen),
+                     "heads": {str(k): sorted(v) for k, v in chosen.items() if v is not None} or None, "ppl": ppl})
     for m in layers:
         m.runtime = shared
     gates, full = rows[0]["ppl"], rows[1]["ppl"]
