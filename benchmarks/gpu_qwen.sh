@@ -8,9 +8,9 @@
 #   apart:   carry .assets/qwen_best/pN (best's run folder sent back earlier by `send`: its parts moved locally into
 #            folders of <= 36 MiB, the sha256 in p0) -> /tmp/aparts: the stages below then read its adapter instead
 #            of distilling again (~185 s)
-#   send:    WHAT=distill_best (default) or distill_focus: that run folder, without its checkpoint, back through $OUT
-#            as 15 MiB parts, in a call of its own (a call returns at most 8 files); locally:
-#            source benchmarks/device_lib.sh; restore_parts <files_at> qwen_distill_best <folder>
+#   send:    WHAT=distill_best (default; distilled first when missing: carry .assets/corpus.tgz) or distill_focus:
+#            that run folder, without its checkpoint, back through $OUT as 15 MiB parts, in a call of its own (a call
+#            returns at most 8 files); locally: source benchmarks/device_lib.sh; restore_parts <files_at> qwen_$WHAT DIR
 #   distill: carry .assets/corpus.tgz -> GGUF reassembled + checked (sha256), corpus unpacked, gates distilled
 #            (re-entrant: a cut run resumes from its checkpoint when the stage is called again)
 #   ppl:     32k perplexity per held-out domain, every scorer at top-k 0.05 / 0.1 / 0.2 (equal achieved density:
@@ -84,6 +84,7 @@ apart)
   mkdir -p /tmp/aparts && cp .assets/qwen_best/p*/* /tmp/aparts/ && ls /tmp/aparts | tr '\n' ' ' ;;
 send)
   w=${WHAT:-distill_best}
+  if [ $w = distill_best ]; then setup; distill_into $RUN/$w ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[${DESIGN:-qmaxminavg_h128}]}; fi
   [ -d $RUN/$w/adapter ] || { echo "no $w adapter on this machine"; exit 2; }
   send_back $RUN/$w qwen_$w && ls "$OUT" ;;
 distill)
