@@ -4,9 +4,11 @@
 
 Each DIR holds one scorer's `sparsity.json` (same model, window, text and policy). Prints a Markdown table of the
 recall of the block-mass map per layer (the share of each query block's attention that the kept blocks hold) with, in
-brackets, the share of query blocks that keep under half of theirs (a mean hides such rows), the heads furthest
-below the oracle in recall and in lost rows, and writes `layer_recall.png` (recall per layer), `gate_gap.png` (oracle
-minus gates per layer and head) and `lost_gap.png` (the gates' lost rows minus the oracle's) to OUT_DIR.
+brackets, the share of query blocks that keep under half of theirs (a mean hides such rows) and after it the free
+recall (the share of the mass beyond the always-on blocks that the chosen blocks hold: the part a scorer decides),
+the heads furthest below the oracle in recall, lost rows and free recall, and writes `layer_recall.png` (recall per
+layer), `gate_gap.png` (oracle minus gates per layer and head), `lost_gap.png` (the gates' lost rows minus the
+oracle's) and `free_gap.png` (the oracle's free recall minus the gates') to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -33,19 +35,21 @@ def main(out: Path, runs: dict[str, dict]) -> None:
     layers = [r["layer"] for r in runs[names[0]]["rows"]]
     recall = {n: [r["recall"] for r in runs[n]["rows"]] for n in names}
     lost = {n: [r.get("lost_rows") for r in runs[n]["rows"]] for n in names}  # absent in runs before 2026-12-03
+    free = {n: [r.get("free_recall") for r in runs[n]["rows"]] for n in names}  # absent before 2026-12-03 evening
     args = runs[names[0]]["args"]
     print(f"recall of the block-mass map per layer, {args['policy']}, window {args['window']}, {args['text']}\n")
+    print("cells: recall (share of query blocks keeping under half their mass) free recall\n")
     print("| layer | " + " | ".join(names) + (" | oracle - gate |" if {"gate", "oracle"} <= set(names) else " |"))
     print("| --- |" + " --- |" * (len(names) + ({"gate", "oracle"} <= set(names))))
     for i, layer in enumerate(layers):
         cells = [f"{recall[n][i]:.3f}" + ("" if lost[n][i] is None else f" ({100 * lost[n][i]:.0f}%)")
-                 for n in names]
+                 + ("" if free[n][i] is None else f" {free[n][i]:.2f}") for n in names]
         if {"gate", "oracle"} <= set(names):
             cells.append(f"{recall['oracle'][i] - recall['gate'][i]:+.3f}")
         print(f"| {layer} | " + " | ".join(cells) + " |")
     means = [sum(recall[n]) / len(layers) for n in names]
     cells = [f"{m:.3f}" + ("" if None in lost[n] else f" ({100 * sum(lost[n]) / len(layers):.0f}%)")
-             for n, m in zip(names, means)]
+             + ("" if None in free[n] else f" {sum(free[n]) / len(layers):.2f}") for n, m in zip(names, means)]
     if {"gate", "oracle"} <= set(names):
         cells.append(f"{means[names.index('oracle')] - means[names.index('gate')]:+.3f}")
     print("| mean | " + " | ".join(cells) + " |")
@@ -78,6 +82,16 @@ def main(out: Path, runs: dict[str, dict]) -> None:
                   "their mass): " + ", ".join(f"{layer}.{h}: {gap:+.2f}" for gap, layer, h in most[:8]))
             heatmap(lost_gap, [str(layer) for layer in layers], [str(h) for h in range(len(lost_gap[0]))],
                     out / "lost_gap.png", "gate minus oracle: share of query blocks keeping under half their mass",
+                    "head", "layer", vmax=max(0.05, most[0][0]))
+        if "free_recall_per_head" in runs["gate"]["rows"][0]:  # the part of the map the scorers decide
+            free_gap = [[o - g for o, g in zip(ro["free_recall_per_head"], rg["free_recall_per_head"])]
+                        for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
+            most = sorted(((gap, layer, h) for layer, row in zip(layers, free_gap) for h, gap in enumerate(row)),
+                          reverse=True)
+            print("heads furthest below the oracle in free recall (layer, head: oracle - gate): "
+                  + ", ".join(f"{layer}.{h}: {gap:+.2f}" for gap, layer, h in most[:8]))
+            heatmap(free_gap, [str(layer) for layer in layers], [str(h) for h in range(len(free_gap[0]))],
+                    out / "free_gap.png", "oracle minus gate: free recall (mass beyond the always-on blocks)",
                     "head", "layer", vmax=max(0.05, most[0][0]))
 
 

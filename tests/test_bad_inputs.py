@@ -111,6 +111,7 @@ CLI = [
     (["distill", "steps=0"], "steps must be >= 1"),
     (["distill", "target=mean"], "target must be max or mass"),
     (["distill", "row_focus=-1"], "row_focus must be a finite number >= 0"),
+    (["distill", "kl_blocks=some"], "kl_blocks must be all or free"),
     (["distill", "seerflex.block_size=48"], "block_size must be one of"),
     (["distill", "no_such.yaml"], "recipe config no_such.yaml does not exist"),
     (["distill", "a", "b"], "unexpected argument 'a'"),

@@ -109,11 +109,16 @@ def test_per_head_stats_count_the_rows_that_keep_under_half_their_mass():
     kept = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
     kept[0, :, :, 0] = True  # head 0 keeps block 0 only: rows 0 (1.0), 1 (0.3), 2 (0.6)
     kept[0, 1, 1, 1] = True  # head 1 also block 1 of row 1: 1.0
+    kept[0, 1, 2, 1] = True  # and block 1 of row 2: 0.8
+    diagonal = torch.eye(4, dtype=torch.bool)[None, None]  # always on: the free mass is row 1's 0.3 and row 2's 0.8
     collector = Collector(target="mass", skip_first_rows=0.0, per_head=True)
-    collector.add(0, torch.zeros(1, 2, 4, 4), target, kept, BlockLayout(4 * 16, 16))
-    density, recall, lost = collector.head_stats[0]
+    collector.add(0, torch.zeros(1, 2, 4, 4), target, kept, BlockLayout(4 * 16, 16), always_on=diagonal)
+    density, recall, lost, free = collector.head_stats[0]
     torch.testing.assert_close(lost, torch.tensor([1 / 3, 0.0]))
-    torch.testing.assert_close(recall, torch.tensor([(1.0 + 0.3 + 0.6) / 3, (1.0 + 1.0 + 0.6) / 3]))
+    torch.testing.assert_close(recall, torch.tensor([(1.0 + 0.3 + 0.6) / 3, (1.0 + 1.0 + 0.8) / 3]))
+    torch.testing.assert_close(free, torch.tensor([(0.3 + 0.6) / 1.1, 1.0]))  # head 0 misses row 2's block 1
+    collector.add(0, torch.zeros(1, 2, 4, 4), target, kept, BlockLayout(4 * 16, 16))  # none always on: all mass free
+    torch.testing.assert_close(collector.head_stats[0][3], torch.tensor([(1.0 + 0.3 + 0.6) / 3, (1.0 + 1.0 + 0.8) / 3]))
 
 
 def test_row_focus_weighs_each_rows_kl_by_the_mass_its_selection_misses():
@@ -141,9 +146,43 @@ def test_row_focus_weighs_each_rows_kl_by_the_mass_its_selection_misses():
     assert torch.isclose(constant, gate_kl(logits, target), rtol=1e-6)
 
 
+def test_free_kl_is_the_kl_over_the_blocks_the_policy_does_not_keep_anyway():
+    """float64 by hand: always-on blocks leave both distributions, the target is renormalised over the rest, rows with
+    no free block or no free mass count nothing, and the gradient stays finite (an empty row gives no NaN)."""
+    from seerflex.distill.collector import Collector
+    from seerflex.layout import BlockLayout
+
+    gen = torch.Generator().manual_seed(5)
+    n = 8
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    logits = torch.randn(2, 3, n, n, generator=gen).masked_fill(~causal, float("-inf")).requires_grad_()
+    target = torch.rand(2, 3, n, n, generator=gen).masked_fill(~causal, 0.0)
+    target = target / target.sum(-1, keepdim=True)
+    on = (torch.eye(n, dtype=torch.bool) | torch.eye(n, dtype=torch.bool).roll(-1, 1).tril())[None, None]  # diag + 1
+    on = on.clone()
+    on[..., :, 0] = True  # sink
+    collector = Collector(target="mass", skip_first_rows=0.25, kl_blocks="free")
+    collector.add(0, logits, target, torch.ones(2, 3, n, n, dtype=torch.bool), BlockLayout(n * 16, 16), always_on=on)
+    free = causal & ~on[0, 0]
+    t = target.double().masked_fill(~free, 0.0)
+    t = t / t.sum(-1, keepdim=True).clamp(min=1e-300)
+    logq = logits.detach().double().masked_fill(~free, float("-inf")).log_softmax(-1)
+    terms = torch.where(t > 0, t * (t.log() - logq), torch.zeros_like(t))[..., 2:, :]  # rows 0-1 skipped
+    by_hand = terms.sum() / terms.numel()  # rows 2's free set is empty: it adds 0 to the sum, like a short row
+    assert torch.isclose(collector.losses[0].double(), by_hand, rtol=1e-5)
+    assert not torch.isclose(collector.losses[0], gate_kl(logits, target), rtol=1e-3)
+    collector.losses[0].backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[..., 2, :].abs().sum() == 0  # row 2: nothing free
+    with pytest.raises(ValueError, match="always-on"):
+        collector.add(0, logits, target, torch.ones(2, 3, n, n, dtype=torch.bool), BlockLayout(n * 16, 16))
+    with pytest.raises(ValueError, match="kl_blocks must be all or free"):
+        DistillRecipe(kl_blocks="some")
+
+
 def test_row_focus_changes_the_training_is_recorded_and_refuses_bad_values(tmp_path, text_file):
-    """With rows that lose mass (512 tokens, 16 blocks, top 30%) the focused run ends with other gates than the plain
-    one from the same seed; the recipe records the knob, and a negative or non-finite value is refused."""
+    """With rows that lose mass (512 tokens, 16 blocks, top 30%) the focused run, and the run with the KL over the free
+    blocks only, end with other (finite) gates than the plain one from the same seed; the recipe records the knob, and
+    a negative or non-finite focus is refused."""
     import json
 
     from safetensors.torch import load_file
@@ -155,9 +194,10 @@ def test_row_focus_changes_the_training_is_recorded_and_refuses_bad_values(tmp_p
         assert metrics[-1]["recall"] < 1.0  # some rows do lose mass, so the weights are not all one
         return load_file(tmp_path / out / "run" / "adapter" / "adapter_model.safetensors")
 
-    plain, focused = gates("plain"), gates("focused", row_focus=8.0)
-    assert plain.keys() == focused.keys()
+    plain, focused, free = gates("plain"), gates("focused", row_focus=8.0), gates("free", kl_blocks="free")
+    assert plain.keys() == focused.keys() == free.keys()
     assert any(not torch.equal(plain[k], focused[k]) for k in plain)
+    assert any(not torch.equal(plain[k], free[k]) for k in plain) and all(torch.isfinite(v).all() for v in free.values())
     saved = json.loads((tmp_path / "focused" / "run" / "recipe.json").read_text())["recipe"]
     assert saved["row_focus"] == 8.0
     for bad in (-1.0, float("nan"), float("inf")):

@@ -157,6 +157,8 @@ def test_eval_needle_and_sparsity_write_their_files(recipe_model, tiny_text, tmp
     rows = json.loads((out / "sparsity.json").read_text())["rows"]
     assert [r["layer"] for r in rows] == [0, 1]
     assert all(0 < r["density"] <= 1 and 0 < r["recall"] <= 1 + 1e-6 and len(r["recall_per_head"]) == 4 for r in rows)
+    # the chosen blocks' share of the mass beyond the always-on ones is below the recall that counts those too
+    assert all(0 <= r["free_recall"] < r["recall"] and len(r["free_recall_per_head"]) == 4 for r in rows)
     assert all((out / f).stat().st_size > 0 for f in ("density.png", "recall.png", "block_maps.png"))
 
 

@@ -52,6 +52,22 @@ def test_density_zero_keeps_only_forced_blocks(ratio):
     assert torch.equal(kept, forced_of(policy, layout, kept.shape))
 
 
+@pytest.mark.parametrize("ratio", [1, 2, 4])
+@pytest.mark.parametrize("policy", [TopK(density=0.3, sink=2, local=3), TopP(0.5, sink=0, local=1)])
+def test_always_on_is_what_every_selection_keeps_whatever_the_scores(ratio, policy):
+    """``Policy.always_on`` (the free recall's reference set) equals the reference forced blocks, and a selection
+    on random scores always holds it; with left padding the sink moves to the first real block."""
+    scores, layout = random_scores(ratio=ratio)
+    on = policy.always_on(layout, torch.device("cpu"))
+    assert torch.equal(on.expand(scores.shape), forced_of(policy, layout, scores.shape))
+    assert (policy.select(scores, layout).kept >= on).all()
+    mask = torch.ones(2, 8 * 64, dtype=torch.long)
+    mask[1, : 3 * 64 + 10] = 0  # sequence 1 starts inside block 3
+    padded = BlockLayout.from_attention_mask(mask, 8 * 64, 64)
+    on = TopK(density=0.0, sink=1, local=0).always_on(padded, torch.device("cpu"))
+    assert on[0, 0, 7, 0] and not on[1, 0, 7, 0] and on[1, 0, 7, 3]
+
+
 def test_uniform_nz_ratio_form_matches_original_rule():
     scores, layout = random_scores(n=16)
     kept = TopK.original(0.3).select(scores, layout).kept

@@ -19,7 +19,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from seerflex.distill.loss import focus_weights, gate_kl, gate_recall
+from seerflex.distill.loss import focus_weights, free_blocks_only, gate_kl, gate_recall
 from seerflex.ground_truth import block_attention_map
 from seerflex.hf.attention_interface import STATE_ATTR
 from seerflex.last_queries import ranked_scores
@@ -39,15 +39,23 @@ class Collector:
     skip_first_rows: float = 0.25
     per_head: bool = False  # also keep per-head density and recall (evaluation)
     row_focus: float = 0.0  # rows weighted 1 + row_focus x the mass the current selection misses (loss.focus_weights)
+    kl_blocks: Literal["all", "free"] = "all"  # free: the KL over the blocks the policy does not keep anyway
     losses: dict[int, Tensor] = field(default_factory=dict)
     recalls: dict[int, float] = field(default_factory=dict)
-    # layer -> (density [H], recall [H], lost [H]: the share of real query-block rows that keep under half their mass)
-    head_stats: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+    # layer -> (density [H], recall [H], lost [H]: the share of real query-block rows that keep under half their mass,
+    # free recall [H]: the share of the mass outside the always-on blocks that the chosen blocks hold)
+    head_stats: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = field(default_factory=dict)
     maps: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (gate softmax, target) of batch 0
 
-    def add(self, layer_idx: int, logits: Tensor, target: Tensor, kept: Tensor, layout: BlockLayout) -> None:
+    def add(self, layer_idx: int, logits: Tensor, target: Tensor, kept: Tensor, layout: BlockLayout,
+            always_on: Tensor | None = None) -> None:
+        """One layer's loss and recall; with ``per_head`` also its per-head statistics (``always_on``: the policy's
+        blocks kept whatever the scores, [B or 1, 1, nq, nk], for the free recall; None counts none as such)."""
         weights = focus_weights(kept, target, self.row_focus) if self.row_focus else None
-        self.losses[layer_idx] = gate_kl(logits, target, skip_first_rows=self.skip_first_rows, reduction=self.reduction,
+        if self.kl_blocks == "free" and always_on is None:
+            raise ValueError("kl_blocks='free' needs the policy's always-on blocks")
+        scored, goal = (logits, target) if self.kl_blocks == "all" else free_blocks_only(logits, target, always_on)
+        self.losses[layer_idx] = gate_kl(scored, goal, skip_first_rows=self.skip_first_rows, reduction=self.reduction,
                                          row_weights=weights)
         self.recalls[layer_idx] = float(gate_recall(kept, target, self.skip_first_rows))
         if self.per_head:
@@ -56,7 +64,12 @@ class Collector:
             real = target[..., first:, :].sum(-1) > 0  # padded query blocks have no target
             lost = ((rows < 0.5) & real).sum((0, 2)) / real.sum((0, 2)).clamp(min=1)
             recall = (rows * real).sum((0, 2)) / real.sum((0, 2)).clamp(min=1)  # over real rows, as ``lost``
-            self.head_stats[layer_idx] = (SparsityStats.of(kept, layout).density.cpu(), recall.cpu(), lost.float().cpu())
+            # the part a scorer decides: mass beyond the always-on blocks, pooled over the real rows of each head
+            free = target if always_on is None else target * ~always_on
+            free = free[..., first:, :]
+            chosen = (free * kept[..., first:, :]).sum((0, 2, 3)) / free.sum((0, 2, 3)).clamp(min=1e-30)
+            self.head_stats[layer_idx] = (SparsityStats.of(kept, layout).density.cpu(), recall.cpu(), lost.float().cpu(),
+                                          chosen.cpu())
             self.maps[layer_idx] = (logits.detach()[0].float().softmax(-1).nan_to_num(0).cpu(), target[0].cpu())
 
     def total(self, scale: float = 10.0) -> Tensor:
@@ -120,5 +133,7 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
                                      mode=_active.target,
                                      scale=kwargs.get("scaling"), attention_mask=padding)
         kept = layer.policy.select(ranked_scores(layer.policy, logits, inputs), layout, compile=mode).kept
-    _active.add(state.layer_idx, logits, target, kept, layout)
+    needed = _active.per_head or _active.kl_blocks == "free"
+    _active.add(state.layer_idx, logits, target, kept, layout,
+                layer.policy.always_on(layout, query.device) if needed else None)
     return out

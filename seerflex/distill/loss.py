@@ -42,6 +42,19 @@ def gate_recall(kept: Tensor, target: Tensor, skip_first_rows: float = 0.25) -> 
     return (target[..., first:, :] * kept[..., first:, :]).sum(-1).mean()
 
 
+def free_blocks_only(logits: Tensor, target: Tensor, always_on: Tensor) -> tuple[Tensor, Tensor]:
+    """(logits, target) restricted to the blocks a policy does not keep anyway, the target renormalised per row.
+
+    Why: in late layers the always-on blocks (diagonal, local, sink) hold ~90% of each row's mass, so a KL over
+    whole rows spends the gate on blocks that are kept whatever it says; what the gates miss is the rest (their
+    "free recall", RESULTS.md). Rows with no free block or no free mass drop out of the loss (logits 0, target 0).
+    """
+    logits = logits.masked_fill(always_on, float("-inf"))
+    logits = logits.masked_fill(~torch.isfinite(logits).any(-1, keepdim=True), 0.0)  # no NaN from an empty row
+    free = target.masked_fill(always_on, 0.0)
+    return logits, free / free.sum(-1, keepdim=True).clamp(min=1e-30)
+
+
 @torch.no_grad()
 def focus_weights(kept: Tensor, target: Tensor, focus: float) -> Tensor:
     """[B, H, n] row weights 1 + ``focus`` x the target mass the current selection misses in each row.

@@ -194,7 +194,7 @@ class SeerFlexModel(nn.Module):
 
     def set_scorer(self, scorer: str | BlockScorer | None) -> None:
         """What ranks the blocks: ``None`` / ``"gate"`` = the active adapter's learned gates, a name
-        from ``seerflex.scorers.SCORERS`` (``recency``, ``pooled``, ``oracle``) or any BlockScorer."""
+        from ``seerflex.scorers.SCORERS`` (``recency``, ``pooled``, ``oracle``, ``xattention``, ...) or any BlockScorer."""
         if scorer is None or scorer == "gate":
             self._runtime.scorer = None
         elif isinstance(scorer, str):

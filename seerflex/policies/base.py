@@ -104,6 +104,11 @@ class Policy:
         order, count, tail = core(args[0], scores, layout.valid_blocks, layout.first_block, *args[1:])
         return BlockSelection(order, count, nk, tail)
 
+    def always_on(self, layout: BlockLayout, device: torch.device) -> Tensor:
+        """[B or 1, 1, nq, nk] bool: the blocks kept whatever the scores (diagonal group, sink, local)."""
+        (nq, nk), ratio = layout.shape, layout.ratio
+        return always_on_blocks(nq, nk, ratio, layout.valid_blocks, layout.first_block, self.sink, self.local, device)[0]
+
     def select_args(self, layout: BlockLayout, heads: int, device: torch.device
                     ) -> tuple[Callable[..., Tensor], dict[str, Tensor], int, int, int, torch.dtype]:
         """What ``select_blocks`` takes besides the scores and padding: (row rule, parameter tensors, order
@@ -187,15 +192,9 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     available block.
     """
     nq, nk = scores.shape[-2:]
-    i, group = block_grid(nq, nk, ratio, scores.device)
-    j = torch.arange(nk, device=scores.device)[None, :]
-    diagonal = group == i
-    # masks stay [B or 1, 1, nq, nk] and broadcast: per-head copies would dominate the cost (only ``vertical``,
-    # per head by nature, makes ``forced`` [B, H, nq, nk])
-    selectable = selectable_blocks(nq, nk, ratio, valid_blocks, scores.device)
-    first = 0 if first_block is None else first_block.view(-1, 1, 1, 1)
-    sink = (j >= first) & (j < first + params["sink"])
-    forced = (((j >= i * ratio - params["local"]) | sink) & selectable) | diagonal
+    i = torch.arange(nq, device=scores.device)[:, None]
+    forced, selectable, diagonal = always_on_blocks(nq, nk, ratio, valid_blocks, first_block, params["sink"],
+                                                    params["local"], scores.device)
     scores = scores.float().masked_fill(~selectable, float("-inf"))
     if "vertical" in params:
         columns = vertical_columns(scores, forced, valid_blocks, params["vertical"], ratio)
@@ -213,6 +212,22 @@ def select_blocks(row_counts: Callable[..., Tensor], scores: Tensor, valid_block
     count = count.maximum(n_forced.float()).minimum(n_available.float()).clamp(max=bound)
     count = torch.where(i[:, 0] >= nq - dense_rows, n_available.float(), count)
     return order, count.long().expand(scores.shape[:-1]), (selectable | diagonal)[..., nq - dense_rows:, :]
+
+
+def always_on_blocks(nq: int, nk: int, ratio: int, valid_blocks: Tensor | None, first_block: Tensor | None,
+                     sink: Tensor | int, local: Tensor | int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(always-on, selectable, diagonal) [B or 1, 1, nq, nk] bool masks: the diagonal group, the ``sink`` first real
+    blocks and the ``local`` blocks before the diagonal, which every policy keeps whatever the scores say.
+
+    Masks stay [B or 1, 1, nq, nk] and broadcast: per-head copies would dominate the selection's cost (only
+    ``vertical``, per head by nature, makes the forced set [B, H, nq, nk])."""
+    i, group = block_grid(nq, nk, ratio, device)
+    j = torch.arange(nk, device=device)[None, :]
+    diagonal = group == i
+    selectable = selectable_blocks(nq, nk, ratio, valid_blocks, device)
+    first = 0 if first_block is None else first_block.view(-1, 1, 1, 1)
+    sink_blocks = (j >= first) & (j < first + sink)
+    return (((j >= i * ratio - local) | sink_blocks) & selectable) | diagonal, selectable, diagonal
 
 
 def vertical_columns(scores: Tensor, forced: Tensor, valid_blocks: Tensor | None, vertical: Tensor,

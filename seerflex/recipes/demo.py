@@ -43,7 +43,7 @@ class DemoArgs:
     prefix: int = knob(512, "loss counted after this many tokens")
     policies: list[str] = knob(["topk:0.3", "topk:0.2"], "policy specs for perplexity (at 2048 tokens top-k 0.1 keeps "
                                                          "little beyond the always-on blocks: every scorer ties)")
-    scorers: list[str] = knob(["dense", "gate", "recency", "pooled"], "dense, gate, recency, pooled, oracle")
+    scorers: list[str] = knob(["dense", "gate", "recency", "pooled"], "dense, gate or any seerflex.scorers name")
     passkey_length: int = knob(8192, "tokens of the passkey prompts")
     passkey_policy: str = knob("topk:0.1", "policy spec for the passkey prompts")
     depths: list[float] = knob([0.5], "where the passkey sits (0 = start, 1 = end); ~30 s per depth and scorer")

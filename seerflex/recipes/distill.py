@@ -50,6 +50,9 @@ class DistillRecipe:
     reduction: str = knob("mean", "KL reduction: 'mean' (original) or 'batchmean'")
     skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the loss")
     loss_scale: float = knob(10.0, "loss multiplier (the original's x10; under AdamW it only moves eps's share)")
+    kl_blocks: str = knob("all", "'all': the KL over whole rows (original); 'free': over the blocks the policy does not "
+                                 "keep anyway (sink, local, diagonal), renormalised: the gates learn only the choices "
+                                 "they make")
     row_focus: float = knob(0.0, "weigh each query-block row's KL by 1 + row_focus x the mass the gates' current "
                                  "selection misses there: training effort where rows lose most of their attention")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
@@ -74,6 +77,8 @@ class DistillRecipe:
                              f"{self.reduction!r}")
         if not 0 <= self.skip_first_rows < 1:
             raise ValueError(f"skip_first_rows must be in [0, 1), got {self.skip_first_rows}")
+        if self.kl_blocks not in ("all", "free"):
+            raise ValueError(f"kl_blocks must be all or free, got {self.kl_blocks!r}")
         if not (math.isfinite(self.row_focus) and self.row_focus >= 0):
             raise ValueError(f"row_focus must be a finite number >= 0, got {self.row_focus}")
         check_mixture(self.mixture, self.data)
@@ -87,7 +92,7 @@ class DistillRecipe:
 
 
 RESUME_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "lr", "weight_decay", "warmup_steps", "seed", "target",
-               "reduction", "skip_first_rows", "loss_scale", "row_focus")
+               "reduction", "skip_first_rows", "loss_scale", "row_focus", "kl_blocks")
 
 
 def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Path:
@@ -112,7 +117,8 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
                         lambda found, state, gates: check_resumable(found, state, gates, params, config, recipe))
     # the scheduler stays unprepared: accelerate would step it once per process, and the schedule is per step
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
-    collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows, row_focus=recipe.row_focus)
+    collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows, row_focus=recipe.row_focus,
+                          kl_blocks=recipe.kl_blocks)
     metrics_file = open_run(accelerator, recipe, out, start, pieces=pieces.shape[0])
     last: dict[str, Any] = {}
     with collecting(hf_model_of(model), collector), \

@@ -93,7 +93,7 @@ class PasskeyArgs(BudgetArgs):
     lengths: list[int] = knob([8192], "prompt lengths in tokens")
     depths: list[float] = knob([0.1, 0.3, 0.5, 0.7, 0.9], "where the key sits (0 = start, 1 = end)")
     trials: int = knob(4, "trials per (length, depth)")
-    scorers: list[str] = knob(["dense", "gate", "recency", "pooled"], "dense, gate, recency, pooled, oracle")
+    scorers: list[str] = knob(["dense", "gate", "recency", "pooled"], "dense, gate or any seerflex.scorers name")
     policies: list[str] = knob(["topk:0.1"], "policy specs, as for eval ppl")
     seed: int = knob(0, "seed of the keys (the same keys for every scorer)")
 
@@ -142,7 +142,7 @@ class CalibrateArgs(BudgetArgs):
 class LayerBudgetArgs(BudgetArgs):
     """Per-layer densities for an average density, from each layer's measured loss rise."""
 
-    scorer: str = knob("gate", "what ranks the blocks: gate, pooled, oracle, recency")
+    scorer: str = knob("gate", "what ranks the blocks: gate or any seerflex.scorers name (save_adapter needs gate)")
     density: float = knob(0.1, "average density over the layers")
     policy: str = knob("topk:0.1", "top-k spec whose sink/local/bounds every layer keeps")
     save_adapter: str | None = knob(None, "write the adapter with these per-layer policies (scorer gate only)")
@@ -330,6 +330,7 @@ def sparsity_main(argv: list[str]) -> int:
     density = [collector.head_stats[i][0].tolist() for i in layers]
     recall = [collector.head_stats[i][1].tolist() for i in layers]
     lost = [collector.head_stats[i][2].tolist() for i in layers]
+    free = [collector.head_stats[i][3].tolist() for i in layers]
     out = Path(args.out)
     heads = [str(h) for h in range(len(density[0]))]
     plots.heatmap(density, [str(i) for i in layers], heads, out / "density.png", f"achieved density, {args.policy}",
@@ -340,12 +341,14 @@ def sparsity_main(argv: list[str]) -> int:
     plots.block_maps(gate_map[args.head].tolist(), truth[args.head].tolist(), out / "block_maps.png",
                      f"layer {args.layer}, head {args.head}")
     rows = [{"layer": i, "density": sum(d) / len(d), "recall": sum(r) / len(r), "lost_rows": sum(x) / len(x),
-             "density_per_head": d, "recall_per_head": r, "lost_rows_per_head": x}
-            for i, d, r, x in zip(layers, density, recall, lost)]
+             "free_recall": sum(f) / len(f), "density_per_head": d, "recall_per_head": r, "lost_rows_per_head": x,
+             "free_recall_per_head": f}
+            for i, d, r, x, f in zip(layers, density, recall, lost, free)]
     write_json(out / "sparsity.json", {"environment": environment(), "args": asdict(args), "rows": rows})
-    print_table(f"sparsity per layer ({args.policy}; lost rows: query blocks keeping under half their mass)",
-                ["layer", "density", "recall", "lost rows"],
-                [[r["layer"], r["density"], r["recall"], r["lost_rows"]] for r in rows])
+    print_table(f"sparsity per layer ({args.policy}; lost rows: query blocks keeping under half their mass; free "
+                "recall: the share of the mass beyond the always-on blocks that the chosen blocks hold)",
+                ["layer", "density", "recall", "lost rows", "free recall"],
+                [[r["layer"], r["density"], r["recall"], r["lost_rows"], r["free_recall"]] for r in rows])
     return 0
 
 
