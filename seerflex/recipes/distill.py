@@ -52,7 +52,8 @@ class DistillRecipe:
     loss_scale: float = knob(10.0, "loss multiplier (the original's x10; under AdamW it only moves eps's share)")
     kl_blocks: str = knob("all", "'all': the KL over whole rows (original); 'free': over the blocks the policy does not "
                                  "keep anyway (sink, local, diagonal), renormalised: the gates learn only the choices "
-                                 "they make")
+                                 "they make; the always-on blocks' scores stay untrained, so rank with top-k (or "
+                                 "calibrate top-p / threshold)")
     row_focus: float = knob(0.0, "weigh each query-block row's KL by 1 + row_focus x the mass the gates' current "
                                  "selection misses there: training effort where rows lose most of their attention")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
