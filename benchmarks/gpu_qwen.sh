@@ -171,6 +171,7 @@ loss)  # best's design distilled again under another distillation loss, LOSS (de
   # row_focus=8 is the other candidate) into distill_$NAME (default free), read beside best's gates (same steps and
   # seed: qwen_h200_2026-12-03/ppl_*) and XAttention, then its recall, lost rows and free recall on code
   setup
+  [ -z "${LOSS:-}" ] || [ -n "${NAME:-}" ] || { echo "LOSS=... needs NAME=... (its folders' name)"; exit 2; }
   n=${DESIGN:-qmaxminavg_h128} E=$RUN/eval_best N=${NAME:-free} && F=$RUN/distill_$N && mkdir -p $E
   distill_into $F ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[$n]} ${LOSS:-kl_blocks=free}
   cp $F/metrics.jsonl $E/${N}_metrics.jsonl && cp $F/recipe.json $E/${N}_recipe.json && keep

@@ -73,7 +73,7 @@ def main(out: Path, runs: dict[str, dict]) -> None:
               + ", ".join(f"{layer}.{h}: {gap:+.3f}" for gap, layer, h in worst[:8]))
         heatmap(heads, [str(layer) for layer in layers], [str(h) for h in range(len(heads[0]))], out / "gate_gap.png",
                 "oracle recall minus gate recall", "head", "layer", vmax=max(0.05, worst[0][0]))
-        if "lost_rows_per_head" in runs["gate"]["rows"][0]:  # the rows a mean hides, per head
+        if all("lost_rows_per_head" in runs[n]["rows"][0] for n in ("gate", "oracle")):  # the rows a mean hides, per head
             lost_gap = [[g - o for g, o in zip(rg["lost_rows_per_head"], ro["lost_rows_per_head"])]
                         for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
             most = sorted(((gap, layer, h) for layer, row in zip(layers, lost_gap) for h, gap in enumerate(row)),
@@ -83,7 +83,7 @@ def main(out: Path, runs: dict[str, dict]) -> None:
             heatmap(lost_gap, [str(layer) for layer in layers], [str(h) for h in range(len(lost_gap[0]))],
                     out / "lost_gap.png", "gate minus oracle: share of query blocks keeping under half their mass",
                     "head", "layer", vmax=max(0.05, most[0][0]))
-        if "free_recall_per_head" in runs["gate"]["rows"][0]:  # the part of the map the scorers decide
+        if all("free_recall_per_head" in runs[n]["rows"][0] for n in ("gate", "oracle")):  # the part of the map the scorers decide
             free_gap = [[o - g for o, g in zip(ro["free_recall_per_head"], rg["free_recall_per_head"])]
                         for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
             most = sorted(((gap, layer, h) for layer, row in zip(layers, free_gap) for h, gap in enumerate(row)),

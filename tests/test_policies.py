@@ -59,8 +59,10 @@ def test_always_on_is_what_every_selection_keeps_whatever_the_scores(ratio, poli
     on random scores always holds it; with left padding the sink moves to the first real block."""
     scores, layout = random_scores(ratio=ratio)
     on = policy.always_on(layout, torch.device("cpu"))
-    assert torch.equal(on.expand(scores.shape), forced_of(policy, layout, scores.shape))
     assert (policy.select(scores, layout).kept >= on).all()
+    assert torch.equal(on[..., -1, :], layout.selectable_blocks(torch.device("cpu"))[..., -1, :])  # the dense last row
+    on = dataclasses.replace(policy, dense_last_rows=0).always_on(layout, torch.device("cpu"))
+    assert torch.equal(on.expand(scores.shape), forced_of(policy, layout, scores.shape))
     mask = torch.ones(2, 8 * 64, dtype=torch.long)
     mask[1, : 3 * 64 + 10] = 0  # sequence 1 starts inside block 3
     padded = BlockLayout.from_attention_mask(mask, 8 * 64, 64)

@@ -105,9 +105,13 @@ class Policy:
         return BlockSelection(order, count, nk, tail)
 
     def always_on(self, layout: BlockLayout, device: torch.device) -> Tensor:
-        """[B or 1, 1, nq, nk] bool: the blocks kept whatever the scores (diagonal group, sink, local)."""
+        """[B or 1, 1, nq, nk] bool: the blocks kept whatever the scores (diagonal group, sink, local, and every
+        available block of the last ``dense_last_rows`` rows)."""
         (nq, nk), ratio = layout.shape, layout.ratio
-        return always_on_blocks(nq, nk, ratio, layout.valid_blocks, layout.first_block, self.sink, self.local, device)[0]
+        forced, selectable, diagonal = always_on_blocks(nq, nk, ratio, layout.valid_blocks, layout.first_block,
+                                                        self.sink, self.local, device)
+        last = (torch.arange(nq, device=device) >= nq - min(self.dense_last_rows, nq))[:, None]
+        return forced | ((selectable | diagonal) & last)
 
     def select_args(self, layout: BlockLayout, heads: int, device: torch.device
                     ) -> tuple[Callable[..., Tensor], dict[str, Tensor], int, int, int, torch.dtype]:
