@@ -167,7 +167,7 @@ layers)  # where the gates lose, per layer and head: recall of the block-mass ma
       out=$E/swap_$s; keep
   done ;;
 loss)  # best's design distilled again under another distillation loss, LOSS (default kl_blocks=free: the KL over the
-  # blocks the policy does not keep anyway, which cut the rise by 40-47% at equal steps on SmolLM2, RESULTS.md;
+  # blocks the policy does not keep anyway, which cut the rise by 30-46% at equal steps on SmolLM2, RESULTS.md;
   # row_focus=8 is the other candidate) into distill_$NAME (default free), read beside best's gates (same steps and
   # seed: qwen_h200_2026-12-03/ppl_*) and XAttention, then its recall, lost rows and free recall on code
   setup
