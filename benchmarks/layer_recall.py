@@ -65,35 +65,29 @@ def main(out: Path, runs: dict[str, dict]) -> None:
     fig.savefig(out / "layer_recall.png", dpi=120)
     plt.close(fig)
     if {"gate", "oracle"} <= set(names):
-        heads = [[o - g for o, g in zip(ro["recall_per_head"], rg["recall_per_head"])]
-                 for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
-        worst = sorted(((gap, layer, h) for layer, row in zip(layers, heads) for h, gap in enumerate(row)),
-                       reverse=True)
-        print("\nheads furthest below the oracle (layer, head: oracle - gate): "
-              + ", ".join(f"{layer}.{h}: {gap:+.3f}" for gap, layer, h in worst[:8]))
-        heatmap(heads, [str(layer) for layer in layers], [str(h) for h in range(len(heads[0]))], out / "gate_gap.png",
-                "oracle recall minus gate recall", "head", "layer", vmax=max(0.05, worst[0][0]))
-        if all("lost_rows_per_head" in runs[n]["rows"][0] for n in ("gate", "oracle")):  # the rows a mean hides, per head
-            lost_gap = [[g - o for g, o in zip(rg["lost_rows_per_head"], ro["lost_rows_per_head"])]
-                        for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
-            most = sorted(((gap, layer, h) for layer, row in zip(layers, lost_gap) for h, gap in enumerate(row)),
-                          reverse=True)
-            print("heads losing the most rows beyond the oracle (layer, head: gate - oracle share of rows under half "
-                  "their mass): " + ", ".join(f"{layer}.{h}: {gap:+.2f}" for gap, layer, h in most[:8]))
-            heatmap(lost_gap, [str(layer) for layer in layers], [str(h) for h in range(len(lost_gap[0]))],
-                    out / "lost_gap.png", "gate minus oracle: share of query blocks keeping under half their mass",
-                    "head", "layer", vmax=max(0.05, most[0][0]))
-        if all("free_recall_per_head" in runs[n]["rows"][0] for n in ("gate", "oracle")):  # the part of the map the scorers decide
-            free_gap = [[o - g for o, g in zip(ro["free_recall_per_head"], rg["free_recall_per_head"])]
-                        for ro, rg in zip(runs["oracle"]["rows"], runs["gate"]["rows"])]
-            most = sorted(((gap, layer, h) for layer, row in zip(layers, free_gap) for h, gap in enumerate(row)),
-                          reverse=True)
-            print("heads furthest below the oracle in free recall (layer, head: oracle - gate): "
-                  + ", ".join(f"{layer}.{h}: {gap:+.2f}" for gap, layer, h in most[:8]))
-            heatmap(free_gap, [str(layer) for layer in layers], [str(h) for h in range(len(free_gap[0]))],
-                    out / "free_gap.png", "oracle minus gate: free recall (mass beyond the always-on blocks)",
-                    "head", "layer", vmax=max(0.05, most[0][0]))
+        gap_map(runs, layers, "recall_per_head", "oracle", out / "gate_gap.png", "oracle recall minus gate recall",
+                "\nheads furthest below the oracle (layer, head: oracle - gate)", ".3f")
+        gap_map(runs, layers, "lost_rows_per_head", "gate", out / "lost_gap.png",  # the rows a mean hides, per head
+                "gate minus oracle: share of query blocks keeping under half their mass",
+                "heads losing the most rows beyond the oracle (layer, head: gate - oracle share of rows under half "
+                "their mass)", ".2f")
+        gap_map(runs, layers, "free_recall_per_head", "oracle", out / "free_gap.png",  # the part the scorers decide
+                "oracle minus gate: free recall (mass beyond the always-on blocks)",
+                "heads furthest below the oracle in free recall (layer, head: oracle - gate)", ".2f")
 
+
+def gap_map(runs: dict[str, dict], layers: list[int], key: str, ahead: str, path: Path, title: str, label: str,
+            fmt: str) -> None:
+    """One per-head statistic, ``ahead`` (gate or oracle) minus the other: the 8 largest gaps printed, a heatmap
+    saved. Runs older than the statistic lack it and are skipped."""
+    if not all(key in runs[n]["rows"][0] for n in ("gate", "oracle")):
+        return
+    behind = "gate" if ahead == "oracle" else "oracle"
+    gaps = [[a - b for a, b in zip(ra[key], rb[key])] for ra, rb in zip(runs[ahead]["rows"], runs[behind]["rows"])]
+    most = sorted(((gap, layer, h) for layer, row in zip(layers, gaps) for h, gap in enumerate(row)), reverse=True)
+    print(f"{label}: " + ", ".join(f"{layer}.{h}: {gap:+{fmt}}" for gap, layer, h in most[:8]))
+    heatmap(gaps, [str(layer) for layer in layers], [str(h) for h in range(len(gaps[0]))], path, title, "head",
+            "layer", vmax=max(0.05, most[0][0]))
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or not all("=" in a for a in sys.argv[2:]):
