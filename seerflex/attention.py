@@ -56,6 +56,12 @@ class SeerFlexAttention(nn.Module):
         else:
             self.config.layer_policies[self.layer_idx] = policy
 
+    def check_gate_policy(self, scorer: object) -> None:
+        """Refuse a policy that keeps fewer always-on blocks than gates distilled with ``kl_blocks=free`` learnt
+        beyond, when they rank (``SeerFlexConfig.check_policy``): baselines may run any policy on the same model."""
+        if scorer is self.gate:
+            self.config.check_policy(self.policy)
+
     def runs_sparse(self, q_len: int, kv_len: int, *, sliding_window: int | None = None,
                     mask_supported: bool = True) -> bool:
         """Sparse or dense for one call: a whole prefill (no cache prefix) of at least ``dense_below``
@@ -88,6 +94,7 @@ class SeerFlexAttention(nn.Module):
                               q.detach(), k.detach(), layout, options.compile, scale, v.detach())
         backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         learns = self.runtime.gate_loss is not None and scorer is self.gate and self.gate.trains()
+        self.check_gate_policy(scorer)
         fuse = fusable(self.gate, scorer, layout, options.compile, q.device)
         if fuse and (not backward or flex_has_backward(q.device)):  # gate, policy, indices, mask, kernel: one graph
             out, selection, nan_scores, scores = planned_attention(

@@ -35,6 +35,11 @@ class SeerFlexConfig:
     gate_hidden_size: int = 128
     policy: Policy = field(default_factory=lambda: TopK(density=0.1))
     layer_policies: dict[int, Policy] = field(default_factory=dict)
+    # None: gates distilled on whole rows. {"sink": s, "local": l}: distilled with kl_blocks=free under policies
+    # that always kept the diagonal, s sink and l local blocks, so their scores were never trained to rank those
+    # blocks against the others: a policy keeping fewer is refused where the gates rank (counted in key blocks of
+    # block_size tokens: a new key block size rescales them, SeerFlexModel.from_pretrained)
+    free_beyond: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         GateType.parse(self.gate_type)
@@ -50,6 +55,23 @@ class SeerFlexConfig:
             raise ValueError(f"gate_hidden_size must be a positive even number, got {self.gate_hidden_size}")
         self.policy = as_policy(self.policy)
         self.layer_policies = {int(i): as_policy(p) for i, p in self.layer_policies.items()}
+        if self.free_beyond is not None:
+            if set(self.free_beyond) != {"sink", "local"} or any(
+                    isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.free_beyond.values()):
+                raise ValueError(f"free_beyond must be None or {{'sink': int >= 0, 'local': int >= 0}}, "
+                                 f"got {self.free_beyond!r}")
+
+    def check_policy(self, policy: Policy) -> Policy:
+        """``policy``, if these gates can rank under it: gates distilled with ``kl_blocks=free`` never learnt to
+        score the always-on blocks of their training policy, so a policy keeping fewer would rank untrained scores
+        (checked where the gates rank, ``SeerFlexAttention.check_gate_policy``: baselines may use any policy)."""
+        need = self.free_beyond
+        if need is not None and (policy.sink < need["sink"] or policy.local < need["local"]):
+            raise ValueError(f"these gates were distilled with kl_blocks=free beyond sink={need['sink']}, "
+                             f"local={need['local']} (their scores of those blocks are untrained); the policy "
+                             f"{policy.name} has sink={policy.sink}, local={policy.local}: keep at least as many")
+        return policy
+
 
     def policy_for(self, layer_idx: int | None) -> Policy:
         return self.layer_policies.get(layer_idx, self.policy) if layer_idx is not None else self.policy
@@ -58,7 +80,8 @@ class SeerFlexConfig:
         return {"gate_type": self.gate_type, "block_size": self.block_size, "q_block_size": self.q_block_size,
                 "gate_hidden_size": self.gate_hidden_size,
                 "policy": self.policy.to_dict(),
-                "layer_policies": {str(i): p.to_dict() for i, p in sorted(self.layer_policies.items())}}
+                "layer_policies": {str(i): p.to_dict() for i, p in sorted(self.layer_policies.items())},
+                "free_beyond": self.free_beyond}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SeerFlexConfig":

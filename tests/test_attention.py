@@ -85,6 +85,26 @@ def test_every_policy_runs_sparse_and_exact(policy):
     assert relative_error(out, dense_attention_f64(q, k, v, token_mask(kept, 300, 32, None))) < 1e-5
 
 
+def test_gates_distilled_on_free_blocks_refuse_fewer_always_on_blocks_where_they_rank():
+    """Gates distilled with kl_blocks=free never learnt to rank their training policy's always-on blocks: a policy
+    keeping fewer is refused with one line when the gates rank (eager and compiled routes alike), while a baseline
+    scorer may run it; the distillation collector checks the same."""
+    from seerflex.scorers import SCORERS
+
+    cfg = SeerFlexConfig(policy=TopP(0.8, local=1), block_size=32, free_beyond={"sink": 1, "local": 2})
+    q, k, v = make_inputs(1, 4, 2, 300, 32)
+    for compile in ("eager", "dynamic"):
+        layer = sparse_layer(cfg, 4, 2, 32, compile=compile)
+        with pytest.raises(ValueError, match="distilled with kl_blocks=free beyond sink=1, local=2.*local=1"):
+            layer(q, k, v)
+    layer = sparse_layer(cfg, 4, 2, 32)
+    layer.runtime.scorer = SCORERS["xattention"]()
+    assert torch.isfinite(layer(q, k, v)).all()
+    layer.runtime.scorer, layer.policy = None, "topp:0.8:local=2"
+    kept = kept_blocks(layer, q, k, None)
+    assert relative_error(layer(q, k, v), dense_attention_f64(q, k, v, token_mask(kept, 300, 32, None))) < 1e-5
+
+
 def test_gate_sees_pre_rope_inputs_when_given():
     cfg = SeerFlexConfig(policy=TopK(k=2, sink=0, local=0), block_size=32)
     layer = sparse_layer(cfg, 2, 2, 64)

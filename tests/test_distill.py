@@ -15,9 +15,10 @@ SEERFLEX = {"block_size": 32, "gate_hidden_size": 16, "policy": "topk:density=0.
 
 
 def recipe(tmp_path, text_file, **kw) -> DistillRecipe:
+    """A tiny run; the KL over whole rows, since at 128 tokens every block is always-on (the free KL is tested at 512)."""
     return DistillRecipe(**{"model": "unused", "data": str(text_file), "seq_len": 128, "batch_size": 2, "steps": 6,
                             "lr": 1e-2, "warmup_steps": 1, "checkpoint_every": 3, "output_dir": str(tmp_path / "run"),
-                            "seerflex": SEERFLEX} | kw)
+                            "seerflex": SEERFLEX, "kl_blocks": "all"} | kw)
 
 
 @pytest.fixture
@@ -195,12 +196,30 @@ def test_row_focus_changes_the_training_is_recorded_and_refuses_bad_values(tmp_p
         assert metrics[-1]["recall"] < 1.0  # some rows do lose mass, so the weights are not all one
         return load_file(tmp_path / out / "run" / "adapter" / "adapter_model.safetensors")
 
-    plain, focused, free = gates("plain"), gates("focused", row_focus=8.0), gates("free", kl_blocks="free")
+    plain, focused = gates("plain", kl_blocks="all"), gates("focused", row_focus=8.0, kl_blocks="all")
+    free = gates("free", kl_blocks=DistillRecipe().kl_blocks, seerflex=SEERFLEX | {"block_size": 64})  # the default
     assert plain.keys() == focused.keys() == free.keys()
     assert any(not torch.equal(plain[k], focused[k]) for k in plain)
     assert any(not torch.equal(plain[k], free[k]) for k in plain) and all(torch.isfinite(v).all() for v in free.values())
     saved = json.loads((tmp_path / "focused" / "run" / "recipe.json").read_text())["recipe"]
     assert saved["row_focus"] == 8.0
+    adapters = {n: json.loads((tmp_path / n / "run" / "adapter" / "adapter_config.json").read_text()) for n in ("plain", "free")}
+    assert adapters["plain"]["free_beyond"] is None  # whole rows: every score was trained
+    assert adapters["free"]["free_beyond"] == {"sink": 1, "local": 1}  # SEERFLEX's policy: what its scores never learnt
+    with pytest.raises(ValueError, match="at seq_len=128 every block the trained rows may attend is always-on"):
+        recipe(tmp_path, text_file, kl_blocks="free").configs()
+    with pytest.raises(ValueError, match="not a recipe key"):
+        recipe(tmp_path, text_file, seerflex=SEERFLEX | {"free_beyond": {"sink": 0, "local": 0}}).configs()
+    mixed = SEERFLEX | {"layer_policies": {"1": "topk:0.3:sink=2:local=1"}}
+    with pytest.raises(ValueError, match=r"one sink and local in every layer's policy.*\(1, 1\), \(2, 1\)"):
+        recipe(tmp_path, text_file, seq_len=512, kl_blocks="free", seerflex=mixed).configs()
+    from seerflex.hf.model import SeerFlexModel  # the record survives loading, counted in tokens at other key blocks
+    for shape, beyond in ((None, {"sink": 1, "local": 1}), ((32, 32), {"sink": 2, "local": 2})):
+        loaded = SeerFlexModel.from_pretrained(small_llama(), tmp_path / "free" / "run" / "adapter", block_shape=shape)
+        assert loaded.peft_config["default"].free_beyond == beyond
+    with pytest.raises(ValueError, match="trained with kl_blocks=free: resume with that"):  # the loss may not change
+        train(recipe(tmp_path / "free", text_file, seq_len=512, steps=4, checkpoint_every=100, kl_blocks="all",
+                     resume=True, seerflex=SEERFLEX | {"block_size": 64}), small_llama(), CharTokenizer())
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="row_focus must be a finite number >= 0"):
             DistillRecipe(row_focus=bad)

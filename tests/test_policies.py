@@ -243,3 +243,20 @@ def test_sixteen_bit_ranking_never_keeps_a_block_that_may_not_be_chosen(low):
     allowed = layout.selectable_blocks(cpu) | layout.diagonal(cpu)
     assert not (kept & ~allowed).any()
     assert torch.equal(kept.sum(-1), torch.tensor([2, 4, 6, 6]).expand(1, 2, 4))  # rows fill up with causal blocks
+
+
+
+def test_free_beyond_round_trips_and_names_what_a_policy_lacks():
+    """The check itself; the layer runs it where its gates rank (test_attention), so baselines keep any policy."""
+    beyond = {"sink": 1, "local": 2}
+    cfg = SeerFlexConfig(policy=TopK(density=0.1, local=1), free_beyond=beyond)  # stored: checked where gates rank
+    assert SeerFlexConfig.from_json(cfg.to_json()) == cfg and SeerFlexConfig().free_beyond is None
+    with pytest.raises(ValueError, match="kl_blocks=free beyond sink=1, local=2.*topk has sink=1, local=1"):
+        cfg.check_policy(cfg.policy)
+    with pytest.raises(ValueError, match="has sink=0"):
+        cfg.check_policy(Threshold(0.01, sink=0))
+    assert cfg.check_policy(TopP(0.8, sink=2, local=3)) == TopP(0.8, sink=2, local=3)
+    for bad in ({"sink": 1}, {"sink": -1, "local": 2}, {"sink": True, "local": 2}, {"sink": 1, "local": 2, "x": 0}):
+        with pytest.raises(ValueError, match="free_beyond must be None or"):
+            SeerFlexConfig(free_beyond=bad)
+

@@ -127,6 +127,7 @@ def distill_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     scorer = layer.runtime.scorer  # None: the learned gate (distillation); else a baseline under evaluation
     inputs = ScorerInputs(gate_q.detach(), gate_k.detach(), query.detach(), key.detach(), layout, mode,
                           kwargs.get("scaling"), value.detach())
+    layer.check_gate_policy(scorer or layer.gate)
     logits = layer.gate(gate_q, gate_k, layout, compile=mode) if scorer is None else scorer.score_blocks(inputs)
     with torch.no_grad():
         target = block_attention_map(query, key, block_size=layout.block_size, q_block_size=layout.q_block_size,

@@ -105,8 +105,11 @@ class SeerFlexModel(nn.Module):
         """
         checkpoint = load_checkpoint(model_id, revision=revision, token=token)
         if block_shape is not None:
+            config, free = checkpoint.config, checkpoint.config.free_beyond
+            if free is not None:  # counted in key blocks: the same tokens (or more) at the new key block size
+                free = {k: -(-v * config.block_size // block_shape[1]) for k, v in free.items()}
             checkpoint.config = SeerFlexConfig.from_dict(
-                checkpoint.config.to_dict() | {"q_block_size": block_shape[0], "block_size": block_shape[1]})
+                config.to_dict() | {"q_block_size": block_shape[0], "block_size": block_shape[1], "free_beyond": free})
         checkpoint.check_fits(inspect_model(model))
         options = RuntimeOptions(**checkpoint.runtime) if runtime is None else runtime
         wrapped = cls(model, revision=checkpoint.meta.get("revision"), runtime=options)

@@ -23,6 +23,8 @@ from seerflex.console import console, progress, warn
 from seerflex.distill import checkpoint
 from seerflex.distill.collector import Collector, collecting
 from seerflex.distill.data import check_mixture, mixed_pieces
+from seerflex.layout import BlockLayout
+from seerflex.policies import Policy
 from seerflex.recipes.common import end_step, open_run, print_table, resume_step, start_training, step_batch
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
@@ -50,10 +52,11 @@ class DistillRecipe:
     reduction: str = knob("mean", "KL reduction: 'mean' (original) or 'batchmean'")
     skip_first_rows: float = knob(0.25, "fraction of the first query-block rows left out of the loss")
     loss_scale: float = knob(10.0, "loss multiplier (the original's x10; under AdamW it only moves eps's share)")
-    kl_blocks: str = knob("all", "'all': the KL over whole rows (original); 'free': over the blocks the policy does not "
-                                 "keep anyway (sink, local, diagonal), renormalised: the gates learn only the choices "
-                                 "they make; the always-on blocks' scores stay untrained, so rank with top-k (or "
-                                 "calibrate top-p / threshold)")
+    kl_blocks: str = knob("free", "'free': the KL over the blocks the policy does not keep anyway (sink, local, diagonal), "
+                                  "renormalised, so the gates learn only the choices they make (lower perplexity than "
+                                  "'all' in every domain on SmolLM2 and Qwen, RESULTS.md); the adapter records the "
+                                  "always-on blocks its scores never learnt to rank (free_beyond), and policies with "
+                                  "fewer sink / local blocks are refused. 'all': the KL over whole rows (the original's)")
     row_focus: float = knob(0.0, "weigh each query-block row's KL by 1 + row_focus x the mass the gates' current "
                                  "selection misses there: training effort where rows lose most of their attention")
     checkpoint_every: int = knob(50, "steps between atomic checkpoints")
@@ -88,8 +91,30 @@ class DistillRecipe:
     def configs(self) -> tuple[SeerFlexConfig, RuntimeOptions]:
         """The gate config and the runtime options this recipe asks for."""
         legacy = {k: v for k, v in self.seerflex.items() if k in LEGACY_ADAPTER_FIELDS}  # older recipes' runtime keys
+        if "free_beyond" in self.seerflex:
+            raise ValueError("seerflex.free_beyond is not a recipe key: kl_blocks=free writes it")
         config = SeerFlexConfig.from_dict({k: v for k, v in self.seerflex.items() if k not in legacy})
+        if self.kl_blocks == "free":  # the adapter records which blocks its scores never learnt (SeerFlexConfig)
+            policies = (config.policy, *config.layer_policies.values())
+            always_on = sorted({(p.sink, p.local) for p in policies})
+            if len(always_on) > 1:
+                raise ValueError(f"kl_blocks=free needs one sink and local in every layer's policy (the adapter records "
+                                 f"them), got (sink, local) {always_on}")
+            self.check_free_blocks(config, policies)
+            config = SeerFlexConfig.from_dict(config.to_dict() | {"free_beyond": {
+                "sink": config.policy.sink, "local": config.policy.local}})
         return config, RuntimeOptions(**{**legacy, **self.runtime, "dense_below": 0})
+
+    def check_free_blocks(self, config: SeerFlexConfig, policies: tuple[Policy, ...]) -> None:
+        """Refuse a free KL with nothing to learn: in short pieces every block a row may attend can be always-on."""
+        layout = BlockLayout(self.seq_len, config.block_size, None, config.q_block_size)
+        cpu = torch.device("cpu")
+        for policy in policies:
+            free = layout.selectable_blocks(cpu) & ~policy.always_on(layout, cpu)
+            if not free[..., int(layout.num_q_blocks * self.skip_first_rows):, :].any():
+                raise ValueError(f"kl_blocks=free: at seq_len={self.seq_len} every block the trained rows may attend "
+                                 f"is always-on under {policy.name} (sink={policy.sink}, local={policy.local}), so "
+                                 "the gates would learn nothing; use longer pieces or kl_blocks=all")
 
 
 RESUME_KEYS = ("data", "mixture", "seq_len", "batch_size", "steps", "lr", "weight_decay", "warmup_steps", "seed", "target",
@@ -174,6 +199,9 @@ def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torc
         raise ValueError(f"the checkpoint in {ckpt_dir} holds other gates than this model and config "
                          f"(e.g. {(wrong or sorted(set(gates) ^ set(params)))[0]})")
     before = state.get("recipe", {})
+    if before and before.get("kl_blocks", "all") != recipe.kl_blocks:  # runs from before the knob: whole rows
+        raise ValueError(f"the checkpoint in {ckpt_dir} was trained with kl_blocks={before.get('kl_blocks', 'all')}: "
+                         f"resume with that (kl_blocks={recipe.kl_blocks} would change the loss and the adapter mid-run)")
     changed = [f"{k} {before[k]!r} -> {getattr(recipe, k)!r}" for k in RESUME_KEYS
                if k in before and before[k] != getattr(recipe, k)]
     if changed:

@@ -78,7 +78,9 @@ class FinetuneRecipe:
     gates: bool = knob(True, "train gates and run their sparse attention; false: a plain dense fine-tune of the "
                               "extended model (its own attention), the baseline of the distil-after route")
     gates_from: str | None = knob(None, "seerflex adapter whose gates start training (e.g. distilled on the base "
-                                        "model); its gate config replaces `seerflex`")
+                                        "model); its gate config replaces `seerflex` (gates distilled with "
+                                        "kl_blocks=free keep their free_beyond, though the fine-tune's KL covers "
+                                        "whole rows)")
     density: float = knob(0.1, "target block density (top-k) of the sparse attention")
     schedule_steps: int = knob(50, "steps over which the density falls linearly from 1.0 to `density`")
     kl_weight: float = knob(1.0, "weight of the gates' KL loss (summed over layers)")
