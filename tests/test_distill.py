@@ -207,19 +207,55 @@ def test_row_focus_changes_the_training_is_recorded_and_refuses_bad_values(tmp_p
     assert adapters["plain"]["free_beyond"] is None  # whole rows: every score was trained
     assert adapters["free"]["free_beyond"] == {"sink": 1, "local": 1}  # SEERFLEX's policy: what its scores never learnt
     with pytest.raises(ValueError, match="at seq_len=128 every block the trained rows may attend is always-on"):
-        recipe(tmp_path, text_file, kl_blocks="free").configs()
+        recipe(tmp_path, text_file, kl_blocks="free")
     with pytest.raises(ValueError, match="not a recipe key"):
-        recipe(tmp_path, text_file, seerflex=SEERFLEX | {"free_beyond": {"sink": 0, "local": 0}}).configs()
+        recipe(tmp_path, text_file, seerflex=SEERFLEX | {"free_beyond": {"sink": 0, "local": 0}})
     mixed = SEERFLEX | {"layer_policies": {"1": "topk:0.3:sink=2:local=1"}}
     with pytest.raises(ValueError, match=r"one sink and local in every layer's policy.*\(1, 1\), \(2, 1\)"):
-        recipe(tmp_path, text_file, seq_len=512, kl_blocks="free", seerflex=mixed).configs()
-    from seerflex.hf.model import SeerFlexModel  # the record survives loading, counted in tokens at other key blocks
-    for shape, beyond in ((None, {"sink": 1, "local": 1}), ((32, 32), {"sink": 2, "local": 2})):
+        recipe(tmp_path, text_file, seq_len=512, kl_blocks="free", seerflex=mixed)
+    from seerflex.hf.model import SeerFlexModel  # the record survives loading, in tokens at other blocks: from 64 x 64,
+    # local counts back from a query block's start, so 32-token query blocks need 32 tokens more
+    for shape, beyond in ((None, {"sink": 1, "local": 1}), ((32, 32), {"sink": 2, "local": 3}),
+                          ((128, 64), {"sink": 1, "local": 1}), ((128, 128), {"sink": 1, "local": 1})):
         loaded = SeerFlexModel.from_pretrained(small_llama(), tmp_path / "free" / "run" / "adapter", block_shape=shape)
         assert loaded.peft_config["default"].free_beyond == beyond
+    resumed = {"seq_len": 512, "steps": 4, "checkpoint_every": 100, "resume": True}
     with pytest.raises(ValueError, match="trained with kl_blocks=free: resume with that"):  # the loss may not change
-        train(recipe(tmp_path / "free", text_file, seq_len=512, steps=4, checkpoint_every=100, kl_blocks="all",
-                     resume=True, seerflex=SEERFLEX | {"block_size": 64}), small_llama(), CharTokenizer())
+        train(recipe(tmp_path / "free", text_file, kl_blocks="all", seerflex=SEERFLEX | {"block_size": 64}, **resumed),
+              small_llama(), CharTokenizer())
+    wider = SEERFLEX | {"block_size": 64, "policy": "topk:density=0.3:sink=1:local=2"}
+    with pytest.raises(ValueError, match=r"left out the always-on blocks \{'sink': 1, 'local': 1\}"):
+        train(recipe(tmp_path / "free", text_file, kl_blocks="free", seerflex=wider, **resumed), small_llama(),
+              CharTokenizer())
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="row_focus must be a finite number >= 0"):
             DistillRecipe(row_focus=bad)
+
+
+def test_free_gates_refuse_fewer_always_on_blocks_in_the_collector_and_before_an_eval_sweep(tmp_path, text_file,
+                                                                                          recipe_model, capsys):
+    """An eval sweep refuses a policy the gates cannot rank under before running any scorer (a late failure would lose
+    the baselines' rows); the distillation collector refuses it too, and runs baselines under it."""
+    from seerflex import RuntimeOptions, SeerFlexConfig, get_seerflex_model
+    from seerflex.cli import main as cli_main
+    from seerflex.distill.collector import Collector, collecting
+    from seerflex.hf.families import hf_model_of
+    from seerflex.scorers import SCORERS
+
+    cfg = SeerFlexConfig(block_size=32, gate_hidden_size=16, policy="topk:0.3:local=0",
+                         free_beyond={"sink": 1, "local": 1})
+    model = get_seerflex_model(small_llama(), cfg, runtime=RuntimeOptions(dense_below=0))
+    ids = torch.randint(0, 50, (1, 256))
+    with collecting(hf_model_of(model), Collector()), pytest.raises(ValueError, match="kl_blocks=free beyond sink=1"):
+        model(input_ids=ids, use_cache=False)
+    model.set_scorer(SCORERS["xattention"]())
+    with collecting(hf_model_of(model), Collector()), torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    model.save_pretrained(tmp_path / "adapter")
+    argv = ["eval", "ppl", "model=tiny", f"adapter={tmp_path / 'adapter'}", "scorers=[dense,gate]",
+            "policies=[topk:0.3:local=0]", f"text={text_file}", "window=256", "prefix=64", "windows=1",
+            f"out={tmp_path / 'ppl'}"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "kl_blocks=free beyond sink=1, local=1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ppl").exists()

@@ -101,15 +101,15 @@ class SeerFlexModel(nn.Module):
         Every shape and layer count is checked before the model is changed in any way. ``runtime``:
         how the layers run (default: ``RuntimeOptions()``, or the options an older adapter stored).
         ``block_shape`` (query block, key block) runs the gates on other blocks than they were trained
-        on (their weights do not depend on it), e.g. 64 x 64 gates as 128 x 64; measure before trusting it.
+        on (their weights do not depend on it), e.g. 64 x 64 gates as 128 x 64; measure before trusting it
+        (gates distilled with ``kl_blocks=free`` then ask for always-on blocks covering the same tokens).
         """
         checkpoint = load_checkpoint(model_id, revision=revision, token=token)
         if block_shape is not None:
-            config, free = checkpoint.config, checkpoint.config.free_beyond
-            if free is not None:  # counted in key blocks: the same tokens (or more) at the new key block size
-                free = {k: -(-v * config.block_size // block_shape[1]) for k, v in free.items()}
+            config = checkpoint.config
             checkpoint.config = SeerFlexConfig.from_dict(
-                config.to_dict() | {"q_block_size": block_shape[0], "block_size": block_shape[1], "free_beyond": free})
+                config.to_dict() | {"q_block_size": block_shape[0], "block_size": block_shape[1]})
+            checkpoint.config.free_beyond = free_beyond_at(config, *block_shape)
         checkpoint.check_fits(inspect_model(model))
         options = RuntimeOptions(**checkpoint.runtime) if runtime is None else runtime
         wrapped = cls(model, revision=checkpoint.meta.get("revision"), runtime=options)
@@ -424,3 +424,13 @@ def get_seerflex_model(model: nn.Module, config: SeerFlexConfig, adapter_name: s
     how the layers run (``RuntimeOptions``), changeable later with ``set_runtime``.
     """
     return SeerFlexModel(model, config, adapter_name, revision=revision, runtime=runtime)
+
+
+def free_beyond_at(config: SeerFlexConfig, q_block: int, k_block: int) -> dict[str, int] | None:
+    """``config.free_beyond`` at other blocks: sink and local key blocks covering at least the tokens they covered
+    (local counts back from the query block's start, so a smaller query block needs up to Q - Q' tokens more)."""
+    free, b = config.free_beyond, config.block_size
+    if free is None:
+        return None
+    return {"sink": -(-free["sink"] * b // k_block),
+            "local": -(-(free["local"] * b + max(0, config.q_block_size - q_block)) // k_block)}

@@ -185,11 +185,13 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
 
 def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torch.Tensor],
                     params: dict[str, torch.nn.Parameter], config: SeerFlexConfig, recipe: DistillRecipe) -> None:
-    """Refuse a checkpoint of other gates; warn about training settings that changed since it was made."""
+    """Refuse a checkpoint of other gates, or of another loss (``kl_blocks``, and under the free KL the always-on
+    blocks it left out); warn about training settings that changed since it was made."""
     saved, now = state.get("config"), config.to_dict()
     if saved is not None:  # checkpoints from before rectangular blocks had square ones
         saved = {"q_block_size": saved.get("block_size")} | saved
-    architecture = ("gate_type", "block_size", "q_block_size", "gate_hidden_size")  # the policy only changes the logged recall
+    architecture = ("gate_type", "block_size", "q_block_size", "gate_hidden_size")  # else the policy only changes the
+    # logged recall, but under kl_blocks=free its sink / local set the loss (free_beyond, checked below)
     if saved is not None and any(saved.get(k) != now.get(k) for k in architecture):
         changed = [k for k in architecture if saved.get(k) != now.get(k)]
         raise ValueError(f"the checkpoint in {ckpt_dir} is for another gate config (differs in {', '.join(changed)}); "
@@ -202,6 +204,9 @@ def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torc
     if before and before.get("kl_blocks", "all") != recipe.kl_blocks:  # runs from before the knob: whole rows
         raise ValueError(f"the checkpoint in {ckpt_dir} was trained with kl_blocks={before.get('kl_blocks', 'all')}: "
                          f"resume with that (kl_blocks={recipe.kl_blocks} would change the loss and the adapter mid-run)")
+    if saved is not None and "free_beyond" in saved and saved["free_beyond"] != now["free_beyond"]:
+        raise ValueError(f"the checkpoint in {ckpt_dir} left out the always-on blocks {saved['free_beyond']} from its "
+                         f"KL, this recipe's policy {now['free_beyond']}: resume with the policy's sink and local that made it")
     changed = [f"{k} {before[k]!r} -> {getattr(recipe, k)!r}" for k in RESUME_KEYS
                if k in before and before[k] != getattr(recipe, k)]
     if changed:

@@ -168,6 +168,12 @@ def load_seerflex_model(args: EvalArgs) -> tuple[Any, Any]:
         warn("no adapter: the 'gate' scorer uses untrained gates; baselines are unaffected")
         blocks = {} if shape is None else {"q_block_size": shape[0], "block_size": shape[1]}
         wrapped = get_seerflex_model(base, SeerFlexConfig(**blocks), runtime=runtime)
+    scorers = getattr(args, "scorers", None) or [getattr(args, "scorer", "gate")]
+    if "gate" in scorers:  # gates distilled with kl_blocks=free refuse fewer always-on blocks: before any run, not after
+        config = wrapped.peft_config[wrapped.active_adapter]
+        for spec in getattr(args, "policies", None) or [getattr(args, "policy", "adapter")]:
+            if spec != "adapter":
+                config.check_policy(parse_policy("topk:" + spec[len(BUDGET):] if spec.startswith(BUDGET) else spec)[0])
     return wrapped.to(args.device), tokenizer
 
 
