@@ -72,7 +72,6 @@ class SeerFlexConfig:
                              f"{policy.name} has sink={policy.sink}, local={policy.local}: keep at least as many")
         return policy
 
-
     def policy_for(self, layer_idx: int | None) -> Policy:
         return self.layer_policies.get(layer_idx, self.policy) if layer_idx is not None else self.policy
 

@@ -36,6 +36,12 @@ def parse_policy(spec: str) -> tuple[Policy, float | None]:
         raise ValueError(f"bad policy spec {spec!r}: {err}") from None
 
 
+def spec_policy(spec: str) -> Policy:
+    """The policy a spec runs before any calibration (a budget as the top-k whose sink, local and bounds every layer
+    keeps)."""
+    return parse_policy("topk:" + spec[len(BUDGET):] if spec.startswith(BUDGET) else spec)[0]
+
+
 def resolve_policy(model: Any, scorer: str, spec: str | None, density_windows: list[torch.Tensor],
                    budget_windows: list[torch.Tensor] | None, prefix: int,
                    layer_targets: dict[int, float] | None = None
@@ -49,7 +55,7 @@ def resolve_policy(model: Any, scorer: str, spec: str | None, density_windows: l
     if spec is None or spec == "adapter":
         return None, None
     if spec.startswith(BUDGET):
-        base, _ = parse_policy("topk:" + spec[len(BUDGET):])
+        base = spec_policy(spec)
         if not isinstance(base, TopK) or base.density is None or not isinstance(base.density, float):
             raise ValueError(f"{spec!r}: a budget is one average density, e.g. budget:0.1 or budget:0.1:local=1")
         if not budget_windows:

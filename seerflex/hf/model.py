@@ -107,9 +107,9 @@ class SeerFlexModel(nn.Module):
         checkpoint = load_checkpoint(model_id, revision=revision, token=token)
         if block_shape is not None:
             config = checkpoint.config
-            checkpoint.config = SeerFlexConfig.from_dict(
-                config.to_dict() | {"q_block_size": block_shape[0], "block_size": block_shape[1]})
-            checkpoint.config.free_beyond = free_beyond_at(config, *block_shape)
+            checkpoint.config = SeerFlexConfig.from_dict(config.to_dict() | {
+                "q_block_size": block_shape[0], "block_size": block_shape[1],
+                "free_beyond": free_beyond_at(config, *block_shape)})
         checkpoint.check_fits(inspect_model(model))
         options = RuntimeOptions(**checkpoint.runtime) if runtime is None else runtime
         wrapped = cls(model, revision=checkpoint.meta.get("revision"), runtime=options)

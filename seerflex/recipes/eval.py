@@ -37,7 +37,7 @@ from seerflex.evaluation.calibration import allocation_targets, layer_density, s
 from seerflex.evaluation.layer_budget import allocate, layer_sensitivity, topk_like
 from seerflex.evaluation.nll import windows
 from seerflex.evaluation.passkey import answer, needle_trial, passkey_prompt, passkey_trial
-from seerflex.evaluation.policy_specs import BUDGET, parse_policy, resolve_policy
+from seerflex.evaluation.policy_specs import BUDGET, parse_policy, resolve_policy, spec_policy
 from seerflex.evaluation.ppl import evaluate_ppl
 from seerflex.evaluation.selection import achieved_density, runs, selection
 from seerflex.hf.families import hf_model_of
@@ -173,7 +173,7 @@ def load_seerflex_model(args: EvalArgs) -> tuple[Any, Any]:
         config = wrapped.peft_config[wrapped.active_adapter]
         for spec in getattr(args, "policies", None) or [getattr(args, "policy", "adapter")]:
             if spec != "adapter":
-                config.check_policy(parse_policy("topk:" + spec[len(BUDGET):] if spec.startswith(BUDGET) else spec)[0])
+                config.check_policy(spec_policy(spec))
     return wrapped.to(args.device), tokenizer
 
 
@@ -193,7 +193,7 @@ def check_sweep(scorers: list[str], specs: list[str]) -> None:
     runs(scorers, specs)
     for spec in specs:
         if spec != "adapter":
-            parse_policy("topk:" + spec[len(BUDGET):] if spec.startswith(BUDGET) else spec)
+            spec_policy(spec)
 
 
 def ppl_main(argv: list[str]) -> int:
