@@ -307,27 +307,30 @@ free)  # issue 15: the mixture gates distilled again with the KL over the free b
   # seed and data as the whole-row gates), then both read side by side with XAttention, the oracle and dense on
   # 4 held-out 8k windows per domain, top-k 0.05 / 0.1 / 0.2, and the free recall per layer on code (after stash x3).
   # BASE: the whole-row gates, bundled when this ran (2026-12-03; commit 854b479); since then the bundled adapter is
-  # this stage's result, so a rerun carries the old one: git show 854b479:seerflex/adapters/smollm2-mix/<file>
-  B=${BASE:-seerflex/adapters/smollm2-mix}
+  # this stage's result, so a rerun carries the old one: git show 854b479:seerflex/adapters/smollm2-mix/<file>.
+  # NAME=wide MIX_ARGS=steps=1500 BASE=none: another run (the widened corpus), read alone; the others' rows are the
+  # first run's, on the same windows
+  B=${BASE:-seerflex/adapters/smollm2-mix} N=${NAME:-free}
   setup
-  if [ ! -d $RUN/free/adapter ]; then
-    python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/free \
-      $([ -d $RUN/free ] && echo resume=true) kl_blocks=free ${MIX_ARGS:-}
+  if [ ! -d $RUN/$N/adapter ]; then
+    python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/$N \
+      $([ -d $RUN/$N ] && echo resume=true) kl_blocks=free ${MIX_ARGS:-}
   fi
-  mkdir -p "$OUT"/free && cp -r $RUN/free/adapter $RUN/free/metrics.jsonl $RUN/free/recipe.json "$OUT"/free/
+  mkdir -p "$OUT"/$N && cp -r $RUN/$N/adapter $RUN/$N/metrics.jsonl $RUN/$N/recipe.json "$OUT"/$N/
   A="python -m seerflex.cli eval" M="model=smollm2 dtype=float32" W="window=8192 prefix=1024 windows=${WINDOWS:-4}"
   P="policies=[topk:0.05,topk:0.1,topk:0.2]" E=$RUN/free_eval && mkdir -p $E
   keep() { tar czf "$OUT"/free_eval.tgz -C $E .; }
   for d in code docs prose; do
-    [ -f $E/base_$d/ppl.json ] || $A ppl $M adapter=$B $W text=$HELD=$d \
+    [ $B = none ] || [ -f $E/base_$d/ppl.json ] || $A ppl $M adapter=$B $W text=$HELD=$d \
       scorers=dense,gate,xattention,oracle $P out=$E/base_$d; keep
-    [ -f $E/free_$d/ppl.json ] || $A ppl $M adapter=$RUN/free/adapter $W text=$HELD=$d scorers=gate $P out=$E/free_$d
+    [ -f $E/${N}_$d/ppl.json ] || $A ppl $M adapter=$RUN/$N/adapter $W text=$HELD=$d scorers=gate $P out=$E/${N}_$d
     keep
   done
-  for a in free:$RUN/free/adapter base:$B; do
+  for a in $N:$RUN/$N/adapter $([ $B = none ] || echo base:$B); do
     [ -f $E/sparsity_${a%%:*}/sparsity.json ] || $A sparsity $M adapter=${a#*:} window=8192 text=$HELD=code \
       scorer=gate policy=topk:0.1 out=$E/sparsity_${a%%:*}; keep
   done
+  [ $B = none ] && exit 0
   for s in xattention oracle; do
     [ -f $E/sparsity_$s/sparsity.json ] || $A sparsity $M window=8192 text=$HELD=code scorer=$s policy=topk:0.1 \
       out=$E/sparsity_$s; keep

@@ -22,7 +22,8 @@
 #   vertical: best's gates and XAttention on RULER with exact vertical columns, and with top-p calibrated per task
 #   layers:  best's gates, XAttention and the oracle: recall per layer and head on held-out code at 32k, then the
 #            gates with the oracle / XAttention swapped into each layer alone (benchmarks/layer_swap.py)
-#   loss:    distilled again under another loss (LOSS=kl_blocks=free by default, or row_focus=8; NAME names it)
+#   loss:    distilled again under another loss (LOSS=kl_blocks=free by default, or row_focus=8; NAME names it), or
+#            longer (STEPS=1600 NAME=wide: on the widened corpus, 2026-12-03; under `timeout 575`, called again to go on)
 #   output:  the output oracle (seerflex.scorers.oracle_output) beside the mass oracle and XAttention, per domain
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
@@ -179,7 +180,8 @@ loss)  # best's design distilled again under another distillation loss, LOSS (de
     [ -f $E/${N}_$d/ppl.json ] || $A ppl $MODEL adapter=$F/adapter window=$L prefix=$((L / 32)) windows=1 \
       text=$HELD=$d scorers=gate,xattention policies=[topk:0.05,topk:0.1,topk:0.2] out=$E/${N}_$d; keep
   done
-  for s in gate xattention oracle; do  # the free recall (new since the layers stage) of the new gates and both others
+  for s in ${SPARSE:-gate xattention oracle}; do  # the free recall of the new gates and both others (SPARSE=gate: the
+    # gates alone, where the others' were read on the same window before)
     [ -f $E/${N}_layers_$s/sparsity.json ] || $A sparsity $MODEL adapter=$F/adapter window=$L text=$HELD=code \
       scorer=$s policy=topk:0.1 out=$E/${N}_layers_$s; keep
   done ;;

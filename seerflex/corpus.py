@@ -37,6 +37,8 @@ class Source:
     ``include``/``exclude``: fnmatch patterns on member paths (an sdist's top folder and a .deb's ``./``
     removed). ``reader``: ``text`` (a file is a document) or ``r-lazyload`` (each object of an R
     lazy-load database ``<name>.rdx``/``.rdb`` is one; ``include`` matches the .rdx).
+    ``heldout_fraction``: this source's own share (the corpus's when None); 0 makes a train-only source,
+    which widens training without moving the held-out documents every earlier result was read on.
     """
 
     name: str
@@ -49,6 +51,7 @@ class Source:
     heldout: tuple[str, ...] = ()
     min_chars: int = 300
     max_chars: int = 2_000_000
+    heldout_fraction: float | None = None
 
     def __post_init__(self) -> None:
         kind = self.fetch.partition(":")[0]
@@ -58,6 +61,8 @@ class Source:
             raise ValueError(f"source {self.name}: reader must be text or r-lazyload, got {self.reader!r}")
         if not self.include:
             raise ValueError(f"source {self.name}: include needs at least one pattern")
+        if self.heldout_fraction is not None and not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"source {self.name}: heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         for name in ("include", "exclude", "heldout"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -165,6 +170,8 @@ def documents(source: Source, archive: Path, fraction: float) -> list[Document]:
                 texts[path] = data.decode("utf-8")
             except UnicodeDecodeError:
                 continue  # binary or another encoding: not text for this corpus
+    if source.heldout_fraction is not None:
+        fraction = source.heldout_fraction
     docs = [Document(source.name, path, text, path in source.heldout or held_out(source.name, path, fraction))
             for path, text in sorted(texts.items()) if source.min_chars <= len(text) <= source.max_chars]
     if not docs:

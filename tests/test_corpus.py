@@ -70,6 +70,17 @@ def test_build_splits_every_domain_stably_and_writes_a_manifest(tmp_path, archiv
     assert {s["name"]: s["heldout"] for s in again["sources"]} == {n: s["heldout"] for n, s in by_name.items()}
 
 
+def test_a_train_only_source_leaves_the_other_splits_as_they_were(tmp_path, archives):
+    before = build(spec_of(*archives), tmp_path / "a", tmp_path / "cache")
+    spec = spec_of(*archives)
+    spec.sources.append(Source("more-src", "code", f"file:{archives[0]}", ("src/*.py",), "MIT", heldout_fraction=0.0))
+    after = build(spec, tmp_path / "b", tmp_path / "cache")
+    held = {s["name"]: s["heldout"] for s in after["sources"]}
+    assert held.pop("more-src") == [] and held == {s["name"]: s["heldout"] for s in before["sources"]}
+    assert load_corpus(tmp_path / "b", "heldout") == load_corpus(tmp_path / "a", "heldout")
+    assert len(load_corpus(tmp_path / "b")["code"]) == len(load_corpus(tmp_path / "a")["code"]) + 15
+
+
 def test_texts_read_a_corpus_by_split_and_domain(tmp_path, archives):
     build(spec_of(*archives), tmp_path / "c", tmp_path / "cache")
     code = load_texts(f"corpus:{tmp_path / 'c'}:domains=code")
@@ -108,6 +119,8 @@ def test_mixture_sets_each_domains_share_of_the_pieces():
     ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": [], "licence": "MIT"}, "include needs"),
     ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": ["*"], "licence": "MIT", "reader": "pdf"},
      "reader must be"),
+    ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": ["*"], "licence": "MIT", "heldout_fraction": 1},
+     "heldout_fraction must be"),
 ])
 def test_bad_sources_are_named(source, message):
     with pytest.raises(ValueError, match=message):
