@@ -5,8 +5,9 @@
 # the machine's warm window (each may carry at most 64 MiB with the ~23 MB tree):
 #   part:    carry .assets/qwen/pN (N = 0 ... 14; the first call also .whl/gguf-*.whl and .assets/qwen/sha256)
 #            -> kept in /tmp/qparts
-#   apart:   carry .assets/qwen_best/pN (best's run folder sent back earlier by `send`: its parts moved locally into
-#            folders of <= 36 MiB, the sha256 in p0) -> /tmp/aparts: the stages below then read its adapter instead
+#   apart:   carry .assets/qwen_best/pN or .assets/qwen_wide/pN (a run folder sent back earlier by `send`: its parts
+#            moved locally into folders of <= 30 MiB, the sha256 in p0; WHAT=wide) -> /tmp/aparts: the stages below
+#            (TAG=_wide for distill_wide: ruler, ppl) then read its adapter instead
 #            of distilling again (~185 s)
 #   send:    WHAT=distill_best (default; distilled first when missing: carry .assets/corpus.tgz) or distill_$NAME of `loss`:
 #            that run folder, without its checkpoint, back through $OUT as 15 MiB parts, in a call of its own (a call
@@ -57,9 +58,11 @@ setup() {  # the GGUF from its carried parts (checked once), the corpus, the dev
   mkdir -p "$(dirname $G)" $CORPUS
   [ -f $G ] || reassemble $G "$(cat /tmp/qparts/sha256)" /tmp/qparts/part.*
   [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
-  if [ -f /tmp/aparts/qwen_distill_best.sha256 ] && [ ! -d $RUN/distill_best/adapter ]; then  # carried, not redistilled
-    restore_parts /tmp/aparts qwen_distill_best $RUN/distill_best
-  fi
+  for f in /tmp/aparts/qwen_distill_*.sha256; do  # carried run folders (best, wide, ...): read, not distilled again
+    [ -f "$f" ] || continue
+    n=$(basename $f .sha256) && n=${n#qwen_}
+    [ -d $RUN/$n/adapter ] || restore_parts /tmp/aparts qwen_$n $RUN/$n
+  done
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
     >> "$OUT"/device.txt
@@ -82,7 +85,7 @@ part)
   if [ -f .assets/qwen/sha256 ]; then cp .assets/qwen/sha256 /tmp/qparts/; fi
   ls /tmp/qparts | tr '\n' ' ' ;;
 apart)
-  mkdir -p /tmp/aparts && cp .assets/qwen_best/p*/* /tmp/aparts/ && ls /tmp/aparts | tr '\n' ' ' ;;
+  mkdir -p /tmp/aparts && cp .assets/qwen_${WHAT:-best}/p*/* /tmp/aparts/ && ls /tmp/aparts | tr '\n' ' ' ;;
 send)
   w=${WHAT:-distill_best}
   if [ $w = distill_best ]; then setup; distill_into $RUN/$w ${SEQ:-32768} ${STEPS:-400} ${DESIGNS[${DESIGN:-qmaxminavg_h128}]}; fi
