@@ -303,14 +303,16 @@ mix)  # issue 15: SmolLM2 gates distilled on the corpus mixture (8k), then kept
       $([ -d $RUN/mix ] && echo resume=true) ${MIX_ARGS:-}
   fi
   mkdir -p "$OUT"/mix && cp -r $RUN/mix/adapter $RUN/mix/metrics.jsonl $RUN/mix/recipe.json "$OUT"/mix/ ;;
-free)  # issue 15: the mixture gates distilled again with the KL over the free blocks only (kl_blocks=free; same recipe,
-  # seed and data as the whole-row gates), then both read side by side with XAttention, the oracle and dense on
-  # 4 held-out 8k windows per domain, top-k 0.05 / 0.1 / 0.2, and the free recall per layer on code (after stash x3).
-  # BASE: the whole-row gates, bundled when this ran (2026-12-03; commit 854b479); since then the bundled adapter is
-  # this stage's result, so a rerun carries the old one: git show 854b479:seerflex/adapters/smollm2-mix/<file>.
-  # NAME=wide MIX_ARGS=steps=1500 BASE=none: another run (the widened corpus), read alone; the others' rows are the
-  # first run's, on the same windows
+free)  # issue 15: the mixture gates distilled with the KL over the free blocks only (kl_blocks=free), then read side by
+  # side with BASE's gates, XAttention, the oracle and dense on 4 held-out 8k windows per domain, top-k 0.05 / 0.1 /
+  # 0.2, and the free recall per layer on code (after stash x3). What ran (2026-12-03):
+  #   free_h200_2026-12-03: MIX_ARGS=steps=500 on the first corpus (mixture then a subset fixed per run), BASE = the
+  #     whole-row gates of 854b479 (git show 854b479:seerflex/adapters/smollm2-mix/<file>); its gates were bundled
+  #     at 99a01a8
+  #   wide_h200_2026-12-03: NAME=wide MIX_ARGS=steps=1500 BASE=none on the widened corpus: the gates bundled now,
+  #     read alone (the others' rows are the first run's, on the same windows)
   B=${BASE:-seerflex/adapters/smollm2-mix} N=${NAME:-free}
+  case $N in base|xattention|oracle) echo "NAME=$N would collide with the base / baseline folders"; exit 2 ;; esac
   setup
   if [ ! -d $RUN/$N/adapter ]; then
     python -m seerflex.cli distill recipes/distill_smollm2_mix.yaml data=corpus:$CORPUS output_dir=$RUN/$N \

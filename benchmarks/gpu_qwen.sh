@@ -24,7 +24,7 @@
 #   layers:  best's gates, XAttention and the oracle: recall per layer and head on held-out code at 32k, then the
 #            gates with the oracle / XAttention swapped into each layer alone (benchmarks/layer_swap.py)
 #   loss:    distilled again under another loss (LOSS=kl_blocks=free by default, or row_focus=8; NAME names it), or
-#            longer (STEPS=1600 NAME=wide: on the widened corpus, 2026-12-03; under `timeout 575`, called again to go on)
+#            longer (STEPS=1600 NAME=wide: on the widened corpus, 2026-12-03; under `timeout 570`, called again to go on)
 #   output:  the output oracle (seerflex.scorers.oracle_output) beside the mass oracle and XAttention, per domain
 #   ruler:   RULER-style tasks at 16k and 32k, every scorer at top-k 0.1, then the gates' calibrated top-p (on
 #            2026-12-02 the oracle and top-p runs were a separate call of the same commands)
@@ -45,7 +45,11 @@ MODEL="model=qwen2.5-coder-0.5b"
 D=$RUN/distill${TAG:-}  # TAG=_32k SEQ=32768 STEPS=800: another distillation, read into eval${TAG}
 ADAPTER=$D/adapter
 V=${VERTICAL:-8}  # key blocks kept in every row as the last row's best columns (the policies' ``vertical``)
-declare -A DESIGNS=([base]="" [h128]="seerflex.gate_hidden_size=128" [max_target]="target=max"
+# Each design in full, since the recipe's own values moved to the best one (2026-12-03). Runs before 2026-12-03
+# night used the whole-row KL (then the default): add kl_blocks=all to repeat one of them.
+BASE_GATE="seerflex.gate_type=Qavg_Kmaxminavg seerflex.gate_hidden_size=64"
+declare -A DESIGNS=([base]="$BASE_GATE" [h128]="seerflex.gate_type=Qavg_Kmaxminavg seerflex.gate_hidden_size=128"
+  [max_target]="$BASE_GATE target=max"
   [qmaxminavg_h128]="seerflex.gate_type=Qavgmaxmin_Kmaxminavg seerflex.gate_hidden_size=128")
 SCORERS=gate,xattention,flexprefill,vertical_slash,oracle,oracle_max  # oracle_max: the bound of target=max gates
 A="python -m seerflex.cli eval"
@@ -93,7 +97,7 @@ send)
   send_back $RUN/$w qwen_$w && ls "$OUT" ;;
 distill)
   setup
-  distill_into $D ${SEQ:-16384} ${STEPS:-400}
+  distill_into $D ${SEQ:-16384} ${STEPS:-400} ${DESIGNS[base]}
   o="$OUT/$(basename $D)" && mkdir -p "$o" && cp $D/metrics.jsonl $D/recipe.json "$o"/ && cp -r $ADAPTER "$o"/adapter ;;
 ppl)
   setup

@@ -5,7 +5,8 @@ from it (glob patterns), its domain and its licence. Archives are fetched once i
 sha256 recorded. Every matching file is one document (an R lazy-load database, as Debian ships the Austen
 novels, gives one document per object). A document is held out when a stable hash of ``source/path``
 falls below ``heldout_fraction`` or when its source lists it, so the split of a document never depends
-on the other sources or on their order. ``build`` writes ``<domain>/{train,heldout}.jsonl`` and a
+on the other sources or on their order; a training document whose text equals a held-out one (another
+source shipping the same file) is dropped. ``build`` writes ``<domain>/{train,heldout}.jsonl`` and a
 ``manifest.json`` (sources, licences, hashes, counts, the held-out paths); ``load_corpus`` reads them back.
 """
 
@@ -61,8 +62,12 @@ class Source:
             raise ValueError(f"source {self.name}: reader must be text or r-lazyload, got {self.reader!r}")
         if not self.include:
             raise ValueError(f"source {self.name}: include needs at least one pattern")
-        if self.heldout_fraction is not None and not 0 <= self.heldout_fraction < 1:
-            raise ValueError(f"source {self.name}: heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        share = self.heldout_fraction
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1):
+            raise ValueError(f"source {self.name}: heldout_fraction must be a number in [0, 1), got {share!r}")
+        if share == 0 and self.heldout:
+            raise ValueError(f"source {self.name}: heldout_fraction 0 makes a train-only source, but it lists "
+                             f"held-out documents {list(self.heldout)}")
         for name in ("include", "exclude", "heldout"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -198,7 +203,8 @@ def build(spec: CorpusSpec, out: Path, cache: Path, *, step: Callable[[str], Non
     """Fetch, extract and split every source; write the domain files and the manifest (atomically)."""
     out.mkdir(parents=True, exist_ok=True)
     per_domain: dict[str, dict[str, list[dict]]] = {d: {s: [] for s in SPLITS} for d in spec.domains}
-    manifest = {"heldout_fraction": spec.heldout_fraction, "sources": [], "domains": {}}
+    manifest = {"heldout_fraction": spec.heldout_fraction, "sources": [], "domains": {}, "dropped_as_heldout": []}
+    held_texts: set[str] = set()
     for source in spec.sources:
         step(source.name)
         archive = fetch(source, cache)
@@ -206,10 +212,16 @@ def build(spec: CorpusSpec, out: Path, cache: Path, *, step: Callable[[str], Non
         for doc in docs:
             per_domain[source.domain]["heldout" if doc.heldout else "train"].append(
                 {"text": doc.text, "source": doc.source, "path": doc.path})
+            if doc.heldout:
+                held_texts.add(doc.text)
         manifest["sources"].append(asdict(source) | {
             "archive": archive.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
             "documents": len(docs), "chars": sum(len(d.text) for d in docs),
             "heldout": [d.path for d in docs if d.heldout]})
+    for splits in per_domain.values():  # a held-out text that another source also ships never trains
+        manifest["dropped_as_heldout"] += [f"{r['source']}/{r['path']}" for r in splits["train"]
+                                           if r["text"] in held_texts]
+        splits["train"] = [r for r in splits["train"] if r["text"] not in held_texts]
     for domain, splits in per_domain.items():
         folder = out / domain
         folder.mkdir(exist_ok=True)

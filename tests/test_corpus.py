@@ -78,7 +78,12 @@ def test_a_train_only_source_leaves_the_other_splits_as_they_were(tmp_path, arch
     held = {s["name"]: s["heldout"] for s in after["sources"]}
     assert held.pop("more-src") == [] and held == {s["name"]: s["heldout"] for s in before["sources"]}
     assert load_corpus(tmp_path / "b", "heldout") == load_corpus(tmp_path / "a", "heldout")
-    assert len(load_corpus(tmp_path / "b")["code"]) == len(load_corpus(tmp_path / "a")["code"]) + 15
+    # it ships pkg-src's own files: those pkg-src holds out are dropped from training, the rest train twice
+    twins = sorted(f"more-src/{p}" for p in held["pkg-src"])
+    assert twins and after["dropped_as_heldout"] == twins and before["dropped_as_heldout"] == []
+    assert len(load_corpus(tmp_path / "b")["code"]) == len(load_corpus(tmp_path / "a")["code"]) + 15 - len(twins)
+    held_texts = set(load_corpus(tmp_path / "b", "heldout")["code"])
+    assert not held_texts & set(load_corpus(tmp_path / "b")["code"])
 
 
 def test_texts_read_a_corpus_by_split_and_domain(tmp_path, archives):
@@ -95,20 +100,25 @@ def test_texts_read_a_corpus_by_split_and_domain(tmp_path, archives):
         load_texts(f"corpus:{tmp_path}")
 
 
-def test_mixture_sets_each_domains_share_of_the_pieces():
+def test_mixture_sets_each_domains_share_and_reads_all_of_its_text():
     tok = CharTokenizer()
     domains = {"prose": ["a" * 95] * 1, "code": ["b" * 95] * 3}  # 96 tokens per doc (EOS) -> 3 and 9 pieces of 32
-    pieces, counts = mixed_pieces(domains, tok, 32, {}, seed=0)
-    assert counts == {"all": 12} and len(pieces) == 12
-    _, counts = mixed_pieces(domains | {"poems": ["c" * 10]}, tok, 32, {"poems": 1, "code": 1}, seed=0)
-    assert counts == {"code": 9}  # a domain shorter than one sequence is left out (with a warning)
-    pieces, counts = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 1}, seed=0)
-    assert counts == {"code": 6, "prose": 6}
-    prose_rows = (pieces == tok("a")["input_ids"][0]).any(-1)
-    assert int(prose_rows.sum()) == 6  # the small domain's pieces repeat to reach its share
-    again, _ = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 1}, seed=0)
-    assert torch.equal(pieces, again)
-    _, counts = mixed_pieces(domains, tok, 32, {"prose": 0, "code": 1}, seed=0)
+    pieces, epoch, counts = mixed_pieces(domains, tok, 32, {}, seed=0)
+    assert counts == {"all": 12} and len(pieces) == 12 and torch.equal(epoch, torch.arange(12))
+    _, epoch, counts = mixed_pieces(domains | {"poems": ["c" * 10]}, tok, 32, {"poems": 1, "code": 1}, seed=0)
+    assert counts == {"code": 9} and len(epoch) == 9  # a domain shorter than one sequence is left out (with a warning)
+    pieces, epoch, counts = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 1}, seed=0)
+    assert counts == {"code": 9, "prose": 9} and len(pieces) == 12  # each piece stored once, repeats are ids
+    rows = pieces[epoch]
+    assert int((rows == tok("a")["input_ids"][0]).any(-1).sum()) == 9  # the small domain repeats to its share
+    assert set(epoch.tolist()) == set(range(12))  # and no piece of the large one is left out
+    again = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 1}, seed=0)
+    assert torch.equal(again[0], pieces) and torch.equal(again[1], epoch)
+    _, epoch, counts = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 3}, seed=0)
+    assert counts == {"code": 9, "prose": 3} and len(epoch) == 12  # weights as the text: each piece once
+    _, _, counts = mixed_pieces(domains, tok, 32, {"prose": 3, "code": 1}, seed=0)
+    assert counts == {"code": 9, "prose": 27}
+    _, _, counts = mixed_pieces(domains, tok, 32, {"prose": 0, "code": 1}, seed=0)
     assert counts == {"code": 9}  # a zero weight leaves the domain out
     with pytest.raises(ValueError, match="unknown domain"):
         mixed_pieces(domains, tok, 32, {"poetry": 1}, seed=0)
@@ -121,6 +131,10 @@ def test_mixture_sets_each_domains_share_of_the_pieces():
      "reader must be"),
     ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": ["*"], "licence": "MIT", "heldout_fraction": 1},
      "heldout_fraction must be"),
+    ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": ["*"], "licence": "MIT",
+      "heldout_fraction": "0.1"}, "heldout_fraction must be a number"),
+    ({"name": "x", "domain": "code", "fetch": "pypi:x==1", "include": ["*"], "licence": "MIT", "heldout_fraction": 0,
+      "heldout": ["a.py"]}, "train-only source, but it lists"),
 ])
 def test_bad_sources_are_named(source, message):
     with pytest.raises(ValueError, match=message):

@@ -3,11 +3,12 @@
 Every document is tokenized, followed by EOS, concatenated and cut into ``seq_len`` pieces; the tail that
 does not fill a piece is dropped. The order of pieces per epoch is a seeded permutation, so a
 step number alone says which pieces come next (exact resume). A corpus with domains is packed per
-domain and mixed by weight (``mixed_pieces``).
+domain and mixed by weight (``mixed_pieces``): an epoch lists piece ids, so repeats cost no memory.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -49,13 +50,16 @@ def check_mixture(mixture: dict[str, float], data: str) -> None:
 
 
 def mixed_pieces(domains: dict[str, list[str]], tokenizer: Any, seq_len: int, mixture: dict[str, float],
-                 seed: int) -> tuple[Tensor, dict[str, int]]:
-    """Pieces of every domain with a positive weight, repeated or subsampled so that domain d makes up
-    mixture[d] / (sum of the weights) of as many pieces as those domains hold (seeded, fixed for the run);
-    with an empty ``mixture`` every domain's pieces once. Returns the pieces and how many of each domain."""
+                 seed: int) -> tuple[Tensor, Tensor, dict[str, int]]:
+    """(every piece once [N, seq_len], one epoch as piece ids, each domain's pieces per epoch).
+
+    With a ``mixture`` an epoch is the shortest in which every domain with a positive weight makes up its
+    share and none of its text is left out: the domain with the most pieces per unit of weight is read once,
+    the others repeat (seeded permutations, back to back). A subset fixed for the whole run would leave part
+    of a large domain unread however long the run. With an empty ``mixture`` every piece once."""
     if not mixture:  # every document once, packed together as one stream
         pieces = pack([t for d in sorted(domains) for t in domains[d]], tokenizer, seq_len)
-        return pieces, {"all": len(pieces)}
+        return pieces, torch.arange(len(pieces)), {"all": len(pieces)}
     unknown = sorted(set(mixture) - set(domains))
     if unknown:
         raise ValueError(f"mixture names unknown domain(s) {unknown}; the data has {sorted(domains)}")
@@ -67,12 +71,13 @@ def mixed_pieces(domains: dict[str, list[str]], tokenizer: Any, seq_len: int, mi
             warn(f"domain {d!r} holds less than one sequence of {seq_len} tokens; left out of the mixture")
     if not packed:
         raise ValueError(f"no domain of the mixture holds a whole sequence of {seq_len} tokens")
-    total, norm = sum(len(p) for p in packed.values()), sum(mixture[d] for d in packed)
-    out, counts = [], {}
-    for i, (d, pieces) in enumerate(packed.items()):
-        want = max(1, round(total * mixture[d] / norm))
+    norm = sum(mixture[d] for d in packed)
+    length = max(math.ceil(len(p) * norm / mixture[d] - 1e-9) for d, p in packed.items())
+    epoch, counts, offset = [], {}, 0
+    for i, (d, p) in enumerate(packed.items()):
+        want = max(len(p), round(length * mixture[d] / norm))
         g = torch.Generator().manual_seed(seed + 7919 * (i + 1))
-        reps = torch.cat([torch.randperm(len(pieces), generator=g) for _ in range(-(-want // len(pieces)))])
-        out.append(pieces[reps[:want]])
-        counts[d] = want
-    return torch.cat(out), counts
+        reps = torch.cat([torch.randperm(len(p), generator=g) for _ in range(-(-want // len(p)))])
+        epoch.append(offset + reps[:want])
+        counts[d], offset = want, offset + len(p)
+    return torch.cat(list(packed.values())), torch.cat(epoch), counts

@@ -100,12 +100,12 @@ def keep_metrics_until(path: Path, step: int) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in lines)))
 
 
-def step_batch(accelerator: Any, recipe: Any, pieces: torch.Tensor, step: int) -> torch.Tensor:
-    """This process's share of step ``step``'s batch: the same sequences in the same order for any number of
-    processes and on resume."""
+def step_batch(accelerator: Any, recipe: Any, pieces: torch.Tensor, epoch: torch.Tensor, step: int) -> torch.Tensor:
+    """This process's share of step ``step``'s batch (``epoch``: piece ids, ``mixed_pieces``): the same sequences
+    in the same order for any number of processes and on resume."""
     world, rank = accelerator.num_processes, accelerator.process_index
-    chosen = batch_indices(step, recipe.batch_size * world, pieces.shape[0], recipe.seed)
-    return pieces[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]].to(accelerator.device)
+    chosen = batch_indices(step, recipe.batch_size * world, len(epoch), recipe.seed)
+    return pieces[epoch[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]]].to(accelerator.device)
 
 
 def end_step(accelerator: Any, recipe: Any, metrics: Path, row: dict[str, Any], save: Callable[[], None]) -> None:

@@ -6,8 +6,9 @@ attention, the bundled learned gates (``seerflex/adapters``) and two training-fr
 same policy: how much perplexity does block sparsity cost on a 2048-token window, and does the model
 still find a passkey hidden in the middle of an 8192-token prompt? Recency (a sink plus a local
 window) stays close in perplexity but loses the passkey; the learned gates keep it (the earlier,
-Austen-only gates did in 15/15 trials on GPU, RESULTS.md, where recency found 0/15). CPU, 2026-12-01, the
-bundled corpus-mixture gates: dense 28.11, gates 30.20 at d 0.379; passkey found by gates, missed by recency.
+Austen-only gates did in 15/15 trials on GPU, RESULTS.md, where recency found 0/15). CPU, 2026-12-03, the
+bundled corpus-mixture gates: dense 28.11, gates 30.04 at d 0.379 (pooled 30.15, recency 30.30); passkey found
+by gates, missed by recency.
 """
 
 from __future__ import annotations

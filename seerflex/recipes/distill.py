@@ -131,7 +131,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     accelerator, model, tokenizer = start_training(recipe, model, tokenizer, frozen=True)
     config, runtime = recipe.configs()
     wrapped = get_seerflex_model(model, config, runtime=runtime)
-    pieces, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
+    pieces, epoch, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
                                   recipe.mixture, recipe.seed)
     console.log(f"training pieces of {recipe.seq_len} tokens: {counts}")
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
@@ -145,14 +145,14 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
     collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows, row_focus=recipe.row_focus,
                           kl_blocks=recipe.kl_blocks)
-    metrics_file = open_run(accelerator, recipe, out, start, pieces=pieces.shape[0])
+    metrics_file = open_run(accelerator, recipe, out, start, pieces=counts)
     last: dict[str, Any] = {}
     with collecting(hf_model_of(model), collector), \
             progress(transient=False, disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("distill", total=recipe.steps, completed=start, info="")
         for step in range(start, recipe.steps):
             tic = time.perf_counter()
-            ids = step_batch(accelerator, recipe, pieces, step)
+            ids = step_batch(accelerator, recipe, pieces, epoch, step)
             with accelerator.autocast():
                 runner(input_ids=ids, use_cache=False, logits_to_keep=1)
             loss = collector.total(recipe.loss_scale)

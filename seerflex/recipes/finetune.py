@@ -215,7 +215,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
          "weight_decay": recipe.weight_decay},
         {"params": [params[n] for n in names if "seerflex" in n], "lr": recipe.gate_lr, "weight_decay": 0.0}])
     scheduler = get_cosine_schedule_with_warmup(adamw, recipe.warmup_steps, recipe.steps)
-    pieces, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
+    pieces, epoch, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
                                   recipe.mixture, recipe.seed)
     out = Path(recipe.output_dir)
     ckpt_dir = out / "checkpoint"
@@ -253,7 +253,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
                     wrapped.set_runtime(cuda_graphs=True)
                     torch.cuda.empty_cache()
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
-            ids = step_batch(accelerator, recipe, pieces, step)
+            ids = step_batch(accelerator, recipe, pieces, epoch, step)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             with (wrapped.track_sparsity() if recipe.gates else nullcontext([])) as stats, accelerator.autocast():
