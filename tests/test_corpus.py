@@ -86,6 +86,21 @@ def test_a_train_only_source_leaves_the_other_splits_as_they_were(tmp_path, arch
     assert not held_texts & set(load_corpus(tmp_path / "b")["code"])
 
 
+def test_the_corpus_command_names_what_it_left_out(tmp_path, archives, capsys):
+    from seerflex.cli import main as cli_main
+
+    sources = [{"name": "pkg-src", "domain": "code", "fetch": f"file:{archives[0]}", "include": ["src/*.py"],
+                "licence": "MIT"},
+               {"name": "again", "domain": "code", "fetch": f"file:{archives[0]}", "include": ["src/*.py"],
+                "licence": "MIT", "heldout_fraction": 0}]
+    recipe = tmp_path / "corpus.yaml"
+    recipe.write_text(json.dumps({"sources": sources, "heldout_fraction": 0.3}))  # JSON is YAML
+    assert cli_main(["corpus", str(recipe), f"out={tmp_path / 'c'}", f"cache={tmp_path / 'cache'}"]) == 0
+    dropped = json.loads((tmp_path / "c" / "manifest.json").read_text())["dropped_as_heldout"]
+    assert dropped and all(d.startswith("again/") for d in dropped)
+    assert "left out of training" in capsys.readouterr().out
+
+
 def test_texts_read_a_corpus_by_split_and_domain(tmp_path, archives):
     build(spec_of(*archives), tmp_path / "c", tmp_path / "cache")
     code = load_texts(f"corpus:{tmp_path / 'c'}:domains=code")

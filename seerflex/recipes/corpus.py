@@ -46,5 +46,7 @@ def main(argv: list[str]) -> int:
         bar.update(task, completed=len(spec.sources), info="done")
     rows = [[d, s, v["documents"], v["chars"]] for d, splits in manifest["domains"].items() for s, v in splits.items()]
     print_table(f"corpus in {out}", ["domain", "split", "documents", "characters"], rows)
+    if manifest["dropped_as_heldout"]:
+        console.print(f"left out of training, the same text as a held-out document: {manifest['dropped_as_heldout']}")
     console.print(f"manifest: {out / 'manifest.json'}")
     return 0
