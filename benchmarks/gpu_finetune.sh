@@ -32,7 +32,7 @@ set -euo pipefail
 source "$(dirname "$0")/device_lib.sh"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SEERFLEX_CACHE=/tmp/cache COLUMNS=160
 RUN=/tmp/run
-CORPUS=/tmp/cache/corpus
+CORPUS=/tmp/cache/${CORPUS_NAME:-corpus}  # CORPUS_NAME=corpus_v1: the first corpus (.assets/corpus_v1.tgz)
 L=${LEN:-32768}  # LEN=1024 STEPS=2 SCHEDULE=1 OUT=/tmp/o: a quick local check of every command line
 FT_ARGS="recipes/finetune_smollm2.yaml data=corpus:$CORPUS seq_len=$L steps=${STEPS:-80}
     schedule_steps=${SCHEDULE:-25} warmup_steps=10 checkpoint_every=20"
@@ -74,7 +74,7 @@ setup() {  # the GGUF from its carried parts (checked), the corpus, the device's
   if [ -d .assets/gguf ]; then cp .assets/gguf/p*/part.* /tmp/parts/; fi
   G=/tmp/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   [ -f $G ] || reassemble $G "$(cat .assets/gguf/sha256 2>/dev/null || cat /tmp/parts/sha256)" /tmp/parts/part.*
-  [ -f $CORPUS/manifest.json ] || tar xzf .assets/corpus.tgz -C $CORPUS
+  [ -f $CORPUS/manifest.json ] || tar xzf .assets/${CORPUS_NAME:-corpus}.tgz -C $CORPUS
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT"/device.txt || echo cpu > "$OUT"/device.txt
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
     >> "$OUT"/device.txt
@@ -87,7 +87,9 @@ stash)  # whatever this call carries: the gguf wheel (installed), GGUF parts and
   fi
   mkdir -p /tmp/parts && cp .assets/gguf/p*/part.* /tmp/parts/ 2>/dev/null || true
   if [ -f .assets/gguf/sha256 ]; then cp .assets/gguf/sha256 /tmp/parts/; fi
-  if [ -f .assets/corpus.tgz ]; then mkdir -p $CORPUS && tar xzf .assets/corpus.tgz -C $CORPUS; fi
+  for t in .assets/corpus*.tgz; do  # each carried corpus into /tmp/cache/<its name>
+    [ -f $t ] && mkdir -p /tmp/cache/$(basename $t .tgz) && tar xzf $t -C /tmp/cache/$(basename $t .tgz)
+  done
   ls /tmp/parts ;;
 ft)  # the first runs (2026-12-01) computed the gates' target on every row: kl_rows=1
   setup
