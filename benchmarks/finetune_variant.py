@@ -49,10 +49,10 @@ def apply_variant(names: list[str]) -> list[str]:
     if "skip_guards" in names:
         batch = finetune.step_batch
 
-        def each_step(accelerator, recipe, pieces, step):
+        def each_step(accelerator, recipe, pieces, epoch, step):
             if step == WARM:
                 torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
-            return batch(accelerator, recipe, pieces, step)
+            return batch(accelerator, recipe, pieces, epoch, step)
 
         finetune.step_batch = each_step
     keys = [key for name in names for key in KEYS[name]]

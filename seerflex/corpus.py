@@ -93,8 +93,9 @@ class CorpusSpec:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        if not 0 <= self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        share = self.heldout_fraction
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+            raise ValueError(f"heldout_fraction must be a number in [0, 1), got {share!r}")
         self.domains = sorted({s.domain for s in self.sources})
 
 
@@ -222,6 +223,8 @@ def build(spec: CorpusSpec, out: Path, cache: Path, *, step: Callable[[str], Non
         manifest["dropped_as_heldout"] += [f"{r['source']}/{r['path']}" for r in splits["train"]
                                            if r["text"] in held_texts]
         splits["train"] = [r for r in splits["train"] if r["text"] not in held_texts]
+    for entry in manifest["sources"]:  # its documents and chars count what matched, these what trains
+        entry["dropped_as_heldout"] = [d.split("/", 1)[0] for d in manifest["dropped_as_heldout"]].count(entry["name"])
     for domain, splits in per_domain.items():
         folder = out / domain
         folder.mkdir(exist_ok=True)

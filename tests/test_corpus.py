@@ -81,6 +81,7 @@ def test_a_train_only_source_leaves_the_other_splits_as_they_were(tmp_path, arch
     # it ships pkg-src's own files: those pkg-src holds out are dropped from training, the rest train twice
     twins = sorted(f"more-src/{p}" for p in held["pkg-src"])
     assert twins and after["dropped_as_heldout"] == twins and before["dropped_as_heldout"] == []
+    assert {e["name"]: e["dropped_as_heldout"] for e in after["sources"]}["more-src"] == len(twins)
     assert len(load_corpus(tmp_path / "b")["code"]) == len(load_corpus(tmp_path / "a")["code"]) + 15 - len(twins)
     held_texts = set(load_corpus(tmp_path / "b", "heldout")["code"])
     assert not held_texts & set(load_corpus(tmp_path / "b")["code"])
@@ -115,7 +116,7 @@ def test_texts_read_a_corpus_by_split_and_domain(tmp_path, archives):
         load_texts(f"corpus:{tmp_path}")
 
 
-def test_mixture_sets_each_domains_share_and_reads_all_of_its_text():
+def test_mixture_sets_each_domains_share_and_reads_all_of_its_text(capsys):
     tok = CharTokenizer()
     domains = {"prose": ["a" * 95] * 1, "code": ["b" * 95] * 3}  # 96 tokens per doc (EOS) -> 3 and 9 pieces of 32
     pieces, epoch, counts = mixed_pieces(domains, tok, 32, {}, seed=0)
@@ -135,6 +136,12 @@ def test_mixture_sets_each_domains_share_and_reads_all_of_its_text():
     assert counts == {"code": 9, "prose": 27}
     _, _, counts = mixed_pieces(domains, tok, 32, {"prose": 0, "code": 1}, seed=0)
     assert counts == {"code": 9}  # a zero weight leaves the domain out
+    _, epoch, counts = mixed_pieces(domains, tok, 32, {"prose": 0.892, "code": 6}, seed=0)
+    assert counts == {"code": 20, "prose": 3}  # prose has the most text per weight: read once, exactly
+    assert sorted(epoch[epoch >= 9].tolist()) == [9, 10, 11]  # (code's pieces come first: ids 0-8)
+    _, _, counts = mixed_pieces(domains, tok, 32, {"prose": 1, "code": 0.01}, seed=0)
+    assert counts == {"code": 9, "prose": 900}
+    assert "reads each piece" in capsys.readouterr().out  # a skewed mixture is named
     with pytest.raises(ValueError, match="unknown domain"):
         mixed_pieces(domains, tok, 32, {"poetry": 1}, seed=0)
 
@@ -154,6 +161,12 @@ def test_mixture_sets_each_domains_share_and_reads_all_of_its_text():
 def test_bad_sources_are_named(source, message):
     with pytest.raises(ValueError, match=message):
         Source(**source)
+
+
+@pytest.mark.parametrize("share", ["0.1", True, 1.0, -0.1])
+def test_a_bad_corpus_heldout_fraction_is_named(share):
+    with pytest.raises(ValueError, match="heldout_fraction must be a number"):
+        CorpusSpec([], share)
 
 
 def test_distill_trains_on_a_mixed_corpus(tmp_path, archives):

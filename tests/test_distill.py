@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models import CharTokenizer, small_llama
+from seerflex.distill import checkpoint
 from seerflex.distill import data as distill_data
 from seerflex.distill.loss import gate_kl, gate_recall
 from seerflex.recipes.config import parse_recipe
@@ -77,6 +78,8 @@ def test_kill_and_resume_gives_identical_gates(tmp_path, text_file, killed_after
     train(recipe(tmp_path / "a", text_file), small_llama(), CharTokenizer())
     killed_after_checkpoint(lambda: train(recipe(tmp_path / "b", text_file), small_llama(), CharTokenizer()))  # at step 3
     torch.manual_seed(1234)  # the resumed run must not depend on the process's RNG state
+    _, state = checkpoint.load(tmp_path / "b" / "run" / "checkpoint")
+    assert isinstance(state["data"], str) and len(state["data"]) == 16  # the data it was trained on, hashed
     train(recipe(tmp_path / "b", text_file, resume=True), small_llama(), CharTokenizer())
     import json
 
@@ -85,6 +88,21 @@ def test_kill_and_resume_gives_identical_gates(tmp_path, text_file, killed_after
     a = load_file(str(tmp_path / "a" / "run" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "run" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_on_other_data_is_named(tmp_path, capsys):
+    from seerflex.recipes.common import data_fingerprint, warn_if_other_data
+
+    pieces, epoch = torch.arange(24).view(4, 6), torch.tensor([0, 1, 2, 3, 0])
+    same = data_fingerprint(pieces, epoch)
+    assert same == data_fingerprint(pieces.clone(), epoch.clone())
+    for other in (data_fingerprint(pieces + 1, epoch), data_fingerprint(pieces, epoch.flip(0))):
+        assert other != same
+    warn_if_other_data(tmp_path, {"data": same}, same)
+    warn_if_other_data(tmp_path, {}, same)  # checkpoints from before the record
+    assert "other data" not in capsys.readouterr().out
+    warn_if_other_data(tmp_path, {"data": data_fingerprint(pieces + 1, epoch)}, same)
+    assert "trained on other data" in capsys.readouterr().out
 
 
 def test_packing_and_batch_order_are_deterministic():

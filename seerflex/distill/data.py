@@ -8,7 +8,6 @@ domain and mixed by weight (``mixed_pieces``): an epoch lists piece ids, so repe
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -32,11 +31,13 @@ def pack(texts: list[str], tokenizer: Any, seq_len: int) -> Tensor:
 def batch_indices(step: int, batch_size: int, num_pieces: int, seed: int) -> Tensor:
     """Which pieces form batch ``step``: epochs of seeded permutations, read consecutively."""
     start = step * batch_size
+    perms: dict[int, Tensor] = {}  # one permutation per epoch the batch touches
     out = []
     for pos in range(start, start + batch_size):
         epoch, offset = divmod(pos, num_pieces)
-        perm = torch.randperm(num_pieces, generator=torch.Generator().manual_seed(seed + epoch))
-        out.append(int(perm[offset]))
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(num_pieces, generator=torch.Generator().manual_seed(seed + epoch))
+        out.append(int(perms[epoch][offset]))
     return torch.tensor(out)
 
 
@@ -72,12 +73,16 @@ def mixed_pieces(domains: dict[str, list[str]], tokenizer: Any, seq_len: int, mi
     if not packed:
         raise ValueError(f"no domain of the mixture holds a whole sequence of {seq_len} tokens")
     norm = sum(mixture[d] for d in packed)
-    length = max(math.ceil(len(p) * norm / mixture[d] - 1e-9) for d, p in packed.items())
+    length = max(len(p) * norm / mixture[d] for d, p in packed.items())  # the domain read once sets it
     epoch, counts, offset = [], {}, 0
     for i, (d, p) in enumerate(packed.items()):
         want = max(len(p), round(length * mixture[d] / norm))
         g = torch.Generator().manual_seed(seed + 7919 * (i + 1))
-        reps = torch.cat([torch.randperm(len(p), generator=g) for _ in range(-(-want // len(p)))])
+        reps = torch.rand(-(-want // len(p)), len(p), generator=g).argsort(-1).flatten()  # permutations back to back
         epoch.append(offset + reps[:want])
         counts[d], offset = want, offset + len(p)
-    return torch.cat(list(packed.values())), torch.cat(epoch), counts
+    pieces = torch.cat(list(packed.values()))
+    if sum(counts.values()) > 10 * len(pieces):
+        warn(f"the mixture {mixture} reads each piece {sum(counts.values()) / len(pieces):.0f} times an epoch on average "
+             f"(pieces per epoch {counts}, stored {len(pieces)}): a domain with much text has a small weight")
+    return pieces, torch.cat(epoch), counts

@@ -7,6 +7,7 @@ Recipes sit on top of the library: they import it, it never imports them.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -106,6 +107,20 @@ def step_batch(accelerator: Any, recipe: Any, pieces: torch.Tensor, epoch: torch
     world, rank = accelerator.num_processes, accelerator.process_index
     chosen = batch_indices(step, recipe.batch_size * world, len(epoch), recipe.seed)
     return pieces[epoch[chosen[rank * recipe.batch_size:(rank + 1) * recipe.batch_size]]].to(accelerator.device)
+
+
+def data_fingerprint(pieces: torch.Tensor, epoch: torch.Tensor) -> str:
+    """The training tokens and one epoch's order, hashed: a checkpoint records it, so a resume on a rebuilt
+    corpus or another mixture (whose batches differ from the run so far) is named, not silent."""
+    digest = hashlib.sha256(pieces.contiguous().numpy().tobytes())
+    digest.update(epoch.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def warn_if_other_data(found: Path, state: dict[str, Any], fingerprint: str) -> None:
+    if state.get("data", fingerprint) != fingerprint:
+        warn(f"the checkpoint in {found} was trained on other data (another corpus build or mixture): the batches "
+             "from here on differ from the run so far")
 
 
 def end_step(accelerator: Any, recipe: Any, metrics: Path, row: dict[str, Any], save: Callable[[], None]) -> None:

@@ -25,7 +25,8 @@ from seerflex.distill.collector import Collector, collecting
 from seerflex.distill.data import check_mixture, mixed_pieces
 from seerflex.layout import BlockLayout
 from seerflex.policies import Policy
-from seerflex.recipes.common import end_step, open_run, print_table, resume_step, start_training, step_batch
+from seerflex.recipes.common import (data_fingerprint, end_step, open_run, print_table, resume_step, start_training,
+                                     step_batch, warn_if_other_data)
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import LEGACY_ADAPTER_FIELDS, RuntimeOptions
 from seerflex.texts import load_domains
@@ -134,13 +135,14 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     pieces, epoch, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
                                   recipe.mixture, recipe.seed)
     console.log(f"training pieces of {recipe.seq_len} tokens: {counts}")
+    data = data_fingerprint(pieces, epoch)
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
     out = Path(recipe.output_dir)
     ckpt_dir = out / "checkpoint"
     start = resume_step(out, recipe.resume, recipe.overwrite, params, optimizer, scheduler,
-                        lambda found, state, gates: check_resumable(found, state, gates, params, config, recipe))
+                        lambda found, state, gates: check_resumable(found, state, gates, params, config, recipe, data))
     # the scheduler stays unprepared: accelerate would step it once per process, and the schedule is per step
     runner, optimizer = accelerator.prepare(wrapped, optimizer)
     collector = Collector(recipe.target, recipe.reduction, recipe.skip_first_rows, row_focus=recipe.row_focus,
@@ -172,7 +174,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
             end_step(accelerator, recipe, metrics_file, last, lambda: checkpoint.save(
                 ckpt_dir, dict(params), {"step": step + 1, "optimizer": optimizer.state_dict(),
                                          "scheduler": scheduler.state_dict(), "config": config.to_dict(),
-                                         "recipe": {k: getattr(recipe, k) for k in RESUME_KEYS}}))
+                                         "recipe": {k: getattr(recipe, k) for k in RESUME_KEYS}, "data": data}))
     adapter = out / "adapter"
     if accelerator.is_main_process:
         accelerator.unwrap_model(runner).save_pretrained(adapter)
@@ -184,7 +186,8 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
 
 
 def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torch.Tensor],
-                    params: dict[str, torch.nn.Parameter], config: SeerFlexConfig, recipe: DistillRecipe) -> None:
+                    params: dict[str, torch.nn.Parameter], config: SeerFlexConfig, recipe: DistillRecipe,
+                    data: str) -> None:
     """Refuse a checkpoint of other gates, or of another loss (``kl_blocks``, and under the free KL the always-on
     blocks it left out); warn about training settings that changed since it was made."""
     saved, now = state.get("config"), config.to_dict()
@@ -211,6 +214,7 @@ def check_resumable(ckpt_dir: Path, state: dict[str, Any], gates: dict[str, torc
                if k in before and before[k] != getattr(recipe, k)]
     if changed:
         warn(f"resuming with changed settings: {'; '.join(changed)}")
+    warn_if_other_data(ckpt_dir, state, data)
 
 
 def main(argv: list[str]) -> int:

@@ -40,8 +40,8 @@ from seerflex.finetune import GateLoss, extend_context
 from seerflex.flex import kernel_backend
 from seerflex.hf.families import hf_model_of
 from seerflex.policies import TopK
-from seerflex.recipes.common import (checkpoint_due, end_step, load_checkpoint, open_run, print_table, start_training,
-                                     step_batch)
+from seerflex.recipes.common import (checkpoint_due, data_fingerprint, end_step, load_checkpoint, open_run, print_table,
+                                     start_training, step_batch, warn_if_other_data)
 from seerflex.recipes.config import knob, parse_recipe
 from seerflex.runtime import RuntimeOptions
 from seerflex.texts import load_domains
@@ -217,10 +217,12 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
     scheduler = get_cosine_schedule_with_warmup(adamw, recipe.warmup_steps, recipe.steps)
     pieces, epoch, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
                                   recipe.mixture, recipe.seed)
+    data = data_fingerprint(pieces, epoch)
     out = Path(recipe.output_dir)
     ckpt_dir = out / "checkpoint"
     resumed = load_checkpoint(out, recipe.resume, recipe.overwrite,
-                              lambda found, state, tensors: check_resumable(found, state, tensors, params, recipe))
+                              lambda found, state, tensors: check_resumable(found, state, tensors, params, recipe,
+                                                                            data))
     sharded = getattr(accelerator, "is_fsdp2", False)  # check_world let no other sharding through
     home = plain_copy(wrapped) if sharded and accelerator.is_main_process else None  # the export's, before sharding
     runner, optimizer = accelerator.prepare(wrapped, adamw)
@@ -283,7 +285,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
             tensors, optim = gather_state(runner, adamw, names) if checkpoint_due(recipe, step + 1) else ({}, {})
             end_step(accelerator, recipe, metrics_file, last, lambda: checkpoint.save(
                 ckpt_dir, tensors, {"step": step + 1, "optimizer": optim, "scheduler": scheduler.state_dict(),
-                                    "recipe": asdict(recipe)}))
+                                    "recipe": asdict(recipe), "data": data}))
     accelerator.wait_for_everyone()
     export = out / "export"
     if sharded:  # every rank takes part in the gather
@@ -342,7 +344,7 @@ def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def check_resumable(found: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor],
-                    params: dict[str, torch.nn.Parameter], recipe: FinetuneRecipe) -> None:
+                    params: dict[str, torch.nn.Parameter], recipe: FinetuneRecipe, data: str) -> None:
     """Refuse a checkpoint of another model, rope, trainable part or gate config; warn when the data order or
     the schedule changed since it was made."""
     saved, now = state.get("recipe", {}), asdict(recipe)
@@ -356,6 +358,7 @@ def check_resumable(found: Path, state: dict[str, Any], tensors: dict[str, torch
     if moved:
         warn(f"resuming with changed settings (the data order or schedule differs from the run so far): "
              f"{'; '.join(moved)}")
+    warn_if_other_data(found, state, data)
 
 
 def export_model(wrapped: Any, recipe: FinetuneRecipe, tokenizer: Any, export: Path) -> None:
