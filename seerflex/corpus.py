@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -62,10 +63,9 @@ class Source:
             raise ValueError(f"source {self.name}: reader must be text or r-lazyload, got {self.reader!r}")
         if not self.include:
             raise ValueError(f"source {self.name}: include needs at least one pattern")
-        share = self.heldout_fraction
-        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1):
-            raise ValueError(f"source {self.name}: heldout_fraction must be a number in [0, 1), got {share!r}")
-        if share == 0 and self.heldout:
+        if self.heldout_fraction is not None:
+            check_share(self.heldout_fraction, f"source {self.name}: ")
+        if self.heldout_fraction == 0 and self.heldout:
             raise ValueError(f"source {self.name}: heldout_fraction 0 makes a train-only source, but it lists "
                              f"held-out documents {list(self.heldout)}")
         for name in ("include", "exclude", "heldout"):
@@ -93,10 +93,13 @@ class CorpusSpec:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        share = self.heldout_fraction
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-            raise ValueError(f"heldout_fraction must be a number in [0, 1), got {share!r}")
+        check_share(self.heldout_fraction)
         self.domains = sorted({s.domain for s in self.sources})
+
+
+def check_share(share: object, where: str = "") -> None:
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ValueError(f"{where}heldout_fraction must be a number in [0, 1), got {share!r}")
 
 
 def held_out(source: str, path: str, fraction: float) -> bool:
@@ -176,8 +179,6 @@ def documents(source: Source, archive: Path, fraction: float) -> list[Document]:
                 texts[path] = data.decode("utf-8")
             except UnicodeDecodeError:
                 continue  # binary or another encoding: not text for this corpus
-    if source.heldout_fraction is not None:
-        fraction = source.heldout_fraction
     docs = [Document(source.name, path, text, path in source.heldout or held_out(source.name, path, fraction))
             for path, text in sorted(texts.items()) if source.min_chars <= len(text) <= source.max_chars]
     if not docs:
@@ -204,12 +205,13 @@ def build(spec: CorpusSpec, out: Path, cache: Path, *, step: Callable[[str], Non
     """Fetch, extract and split every source; write the domain files and the manifest (atomically)."""
     out.mkdir(parents=True, exist_ok=True)
     per_domain: dict[str, dict[str, list[dict]]] = {d: {s: [] for s in SPLITS} for d in spec.domains}
-    manifest = {"heldout_fraction": spec.heldout_fraction, "sources": [], "domains": {}, "dropped_as_heldout": []}
+    manifest = {"heldout_fraction": spec.heldout_fraction, "sources": [], "domains": {}}
     held_texts: set[str] = set()
     for source in spec.sources:
         step(source.name)
         archive = fetch(source, cache)
-        docs = documents(source, archive, spec.heldout_fraction)
+        docs = documents(source, archive, spec.heldout_fraction if source.heldout_fraction is None
+                         else source.heldout_fraction)
         for doc in docs:
             per_domain[source.domain]["heldout" if doc.heldout else "train"].append(
                 {"text": doc.text, "source": doc.source, "path": doc.path})
@@ -219,12 +221,16 @@ def build(spec: CorpusSpec, out: Path, cache: Path, *, step: Callable[[str], Non
             "archive": archive.name, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
             "documents": len(docs), "chars": sum(len(d.text) for d in docs),
             "heldout": [d.path for d in docs if d.heldout]})
-    for splits in per_domain.values():  # a held-out text that another source also ships never trains
-        manifest["dropped_as_heldout"] += [f"{r['source']}/{r['path']}" for r in splits["train"]
-                                           if r["text"] in held_texts]
-        splits["train"] = [r for r in splits["train"] if r["text"] not in held_texts]
-    for entry in manifest["sources"]:  # its documents and chars count what matched, these what trains
-        entry["dropped_as_heldout"] = [d.split("/", 1)[0] for d in manifest["dropped_as_heldout"]].count(entry["name"])
+    dropped = []  # a held-out text that another source also ships never trains
+    for splits in per_domain.values():
+        kept = []
+        for r in splits["train"]:
+            (dropped if r["text"] in held_texts else kept).append(r)
+        splits["train"] = kept
+    manifest["dropped_as_heldout"] = [f"{r['source']}/{r['path']}" for r in dropped]
+    per_source = Counter(r["source"] for r in dropped)
+    for entry in manifest["sources"]:  # its documents and chars count what matched, this what did not train
+        entry["dropped_as_heldout"] = per_source[entry["name"]]
     for domain, splits in per_domain.items():
         folder = out / domain
         folder.mkdir(exist_ok=True)

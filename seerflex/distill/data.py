@@ -81,8 +81,8 @@ def mixed_pieces(domains: dict[str, list[str]], tokenizer: Any, seq_len: int, mi
         reps = torch.rand(-(-want // len(p)), len(p), generator=g).argsort(-1).flatten()  # permutations back to back
         epoch.append(offset + reps[:want])
         counts[d], offset = want, offset + len(p)
-    pieces = torch.cat(list(packed.values()))
-    if sum(counts.values()) > 10 * len(pieces):
-        warn(f"the mixture {mixture} reads each piece {sum(counts.values()) / len(pieces):.0f} times an epoch on average "
+    pieces, reads = torch.cat(list(packed.values())), sum(counts.values())
+    if reads > 10 * len(pieces):
+        warn(f"the mixture {mixture} reads each piece {reads / len(pieces):.0f} times an epoch on average "
              f"(pieces per epoch {counts}, stored {len(pieces)}): a domain with much text has a small weight")
     return pieces, torch.cat(epoch), counts

@@ -133,7 +133,7 @@ def train(recipe: DistillRecipe, model: Any = None, tokenizer: Any = None) -> Pa
     config, runtime = recipe.configs()
     wrapped = get_seerflex_model(model, config, runtime=runtime)
     pieces, epoch, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
-                                  recipe.mixture, recipe.seed)
+                                         recipe.mixture, recipe.seed)
     console.log(f"training pieces of {recipe.seq_len} tokens: {counts}")
     data = data_fingerprint(pieces, epoch)
     params = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}

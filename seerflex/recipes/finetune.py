@@ -216,7 +216,7 @@ def train(recipe: FinetuneRecipe, model: Any = None, tokenizer: Any = None) -> P
         {"params": [params[n] for n in names if "seerflex" in n], "lr": recipe.gate_lr, "weight_decay": 0.0}])
     scheduler = get_cosine_schedule_with_warmup(adamw, recipe.warmup_steps, recipe.steps)
     pieces, epoch, counts = mixed_pieces(load_domains(recipe.data, recipe.text_field), tokenizer, recipe.seq_len,
-                                  recipe.mixture, recipe.seed)
+                                         recipe.mixture, recipe.seed)
     data = data_fingerprint(pieces, epoch)
     out = Path(recipe.output_dir)
     ckpt_dir = out / "checkpoint"
